@@ -1,0 +1,195 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"sluice/consumer"
+	"sluice/consumer/llm"
+	"sluice/producer"
+	"sluice/shared/bus"
+	"sluice/shared/mockllm"
+	"sluice/shared/store"
+)
+
+// envName is the environment twin of a flag: kafka-brokers → SLUICE_KAFKA_BROKERS.
+func envName(flagName string) string {
+	return "SLUICE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// settingError names a setting by both its spellings.
+func settingError(flagName string, err error) error {
+	return fmt.Errorf("%s (--%s): %w", envName(flagName), flagName, err)
+}
+
+// parse applies the environment twins of fs's flags, then args, so that a
+// flag on the command line wins over the environment. Errors name the setting.
+func parse(fs *flag.FlagSet, args []string) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, settingError(f.Name, fmt.Errorf("invalid value %q: %w", v, err)))
+			}
+		}
+	})
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return fs.Parse(args)
+}
+
+func newFlagSet(name string, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: sluice %s [flags]\n\nEvery flag can also be set by its environment twin, e.g. --http-addr as SLUICE_HTTP_ADDR.\n\n", name)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// listValue is a comma-separated list flag.
+type listValue struct{ p *[]string }
+
+func (l listValue) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+
+func (l listValue) Set(s string) error {
+	*l.p = nil
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l.p = append(*l.p, part)
+		}
+	}
+	return nil
+}
+
+// partitionsValue is a comma-separated list of partition numbers.
+type partitionsValue struct{ p *[]int32 }
+
+func (v partitionsValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	s := make([]string, len(*v.p))
+	for i, n := range *v.p {
+		s[i] = strconv.Itoa(int(n))
+	}
+	return strings.Join(s, ",")
+}
+
+func (v partitionsValue) Set(s string) error {
+	*v.p = nil
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(part, 10, 32)
+		if err != nil || n < 0 {
+			return fmt.Errorf("%q is not a partition number", part)
+		}
+		*v.p = append(*v.p, int32(n))
+	}
+	return nil
+}
+
+// logSettings are common to every subcommand.
+type logSettings struct {
+	level  string
+	format string
+}
+
+func registerLog(fs *flag.FlagSet, l *logSettings) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+}
+
+func registerKafka(fs *flag.FlagSet, c *bus.Config) {
+	fs.Var(listValue{&c.Brokers}, "kafka-brokers", "Kafka bootstrap brokers, comma-separated host:port")
+	fs.StringVar(&c.RequestsTopic, "requests-topic", c.RequestsTopic, "topic of chat requests")
+	fs.StringVar(&c.RepliesTopic, "replies-topic", c.RepliesTopic, "topic of replies for the HTTP ingress")
+	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic of unprocessable request records")
+	fs.StringVar(&c.Group, "consumer-group", c.Group, "consumer group of the consumers")
+	var parts int
+	fs.Func("topic-partitions", fmt.Sprintf("partitions of topics Sluice creates (default %d)", c.Partitions), func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 10000 {
+			return errors.New("must be a number from 1 to 10000")
+		}
+		parts = n
+		c.Partitions = int32(parts)
+		return nil
+	})
+}
+
+// redisSettings select the Redis deployment.
+type redisSettings struct {
+	addrs    []string
+	master   string
+	username string
+	password string
+	db       int
+}
+
+func registerRedis(fs *flag.FlagSet, r *redisSettings, st *store.Config) {
+	fs.Var(listValue{&r.addrs}, "redis-addr", "Redis host:port; a comma list means Redis Cluster (or Sentinels with --redis-master)")
+	fs.StringVar(&r.master, "redis-master", "", "Sentinel master name (addresses are then Sentinels)")
+	fs.StringVar(&r.username, "redis-username", "", "Redis ACL user name")
+	fs.StringVar(&r.password, "redis-password", "", "Redis password")
+	fs.IntVar(&r.db, "redis-db", 0, "Redis database number (single and Sentinel only)")
+	fs.StringVar(&st.Prefix, "redis-prefix", st.Prefix, "prefix of every Redis key")
+	fs.IntVar(&st.HistoryTurns, "history-turns", st.HistoryTurns, "turns kept per dialog (user and assistant each count one)")
+	fs.DurationVar(&st.HistoryTTL, "history-ttl", st.HistoryTTL, "how long an untouched dialog is kept")
+	fs.DurationVar(&st.ResultTTL, "result-ttl", st.ResultTTL, "how long a request's result can be polled")
+}
+
+func registerLLM(fs *flag.FlagSet, c *llm.Config) {
+	fs.StringVar(&c.BaseURL, "llm-base-url", c.BaseURL, "OpenAI-compatible base URL including /v1; the client posts to {base}/chat/completions")
+	fs.StringVar(&c.APIKey, "llm-api-key", c.APIKey, "API key of the LLM endpoint")
+	fs.StringVar(&c.Model, "llm-model", c.Model, "model name")
+	fs.Int64Var(&c.MaxTokens, "llm-max-tokens", c.MaxTokens, "max_tokens of each call (0 leaves it out)")
+	fs.Float64Var(&c.Temperature, "llm-temperature", c.Temperature, "temperature of each call (0 leaves it out)")
+	fs.DurationVar(&c.Timeout, "llm-timeout", c.Timeout, "timeout of one LLM call (the request's deadline bounds it too)")
+	fs.StringVar(&c.SystemPrompt, "llm-system-prompt", c.SystemPrompt, "system prompt")
+}
+
+func registerConsumer(fs *flag.FlagSet, c *consumer.Config) {
+	fs.IntVar(&c.InFlight, "in-flight", c.InFlight, "records a consumer process works on at once")
+	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "how often finished offsets are committed")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long a stopping consumer finishes in-flight work")
+	fs.DurationVar(&c.RevokeTimeout, "revoke-timeout", c.RevokeTimeout, "how long a rebalance waits for work of revoked partitions")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout")
+}
+
+func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys *[]string) {
+	fs.StringVar(&c.Addr, "http-addr", c.Addr, "HTTP listen address of the API")
+	fs.StringVar(secret, "jwt-secret", "", "HS256 secret of bearer tokens (at least 16 bytes)")
+	fs.Var(listValue{keys}, "jwt-public-keys", "PEM files of RS256/ES256/EdDSA public keys, comma-separated")
+	fs.DurationVar(&c.WaitDefault, "wait-default", c.WaitDefault, "wait of wait mode when the request names none")
+	fs.DurationVar(&c.WaitMax, "wait-max", c.WaitMax, "largest wait_ms accepted")
+	fs.DurationVar(&c.RequestTTL, "request-ttl", c.RequestTTL, "how long after acceptance a request is still answered (its deadline)")
+	fs.IntVar(&c.MaxTextChars, "max-text-chars", c.MaxTextChars, "longest question, in characters")
+	fs.Int64Var(&c.BodyLimit, "body-limit", c.BodyLimit, "largest request body, in bytes")
+	fs.DurationVar(&c.ProduceTimeout, "produce-timeout", c.ProduceTimeout, "how long putting a request on Kafka may take before 503")
+	fs.DurationVar(&c.Linger, "kafka-linger", c.Linger, "Kafka producer linger")
+	fs.Var(partitionsValue{&c.ReplyPartitions}, "reply-partitions", "reply partitions this replica reads, comma-separated (default all)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long a stopping ingress lets waiting requests finish")
+}
+
+func registerMock(fs *flag.FlagSet, c *mockllm.Config) {
+	fs.DurationVar(&c.Latency, "mock-latency", c.Latency, "mock LLM: base latency of an answer")
+	fs.DurationVar(&c.Jitter, "mock-jitter", c.Jitter, "mock LLM: uniform random latency added, 0..jitter")
+	fs.Float64Var(&c.ErrorRate, "mock-error-rate", c.ErrorRate, "mock LLM: fraction of calls answered 500")
+	fs.Float64Var(&c.RateLimitRate, "mock-rate-limit-rate", c.RateLimitRate, "mock LLM: fraction of calls answered 429")
+	fs.DurationVar(&c.RetryAfter, "mock-retry-after", c.RetryAfter, "mock LLM: Retry-After of a 429")
+}

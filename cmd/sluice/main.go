@@ -1,0 +1,108 @@
+// Command sluice is Sluice's one binary.
+//
+//	sluice dev        everything in one process on embedded defaults (--roles picks a subset)
+//	sluice producer   the HTTP ingress
+//	sluice consumer   the worker
+//	sluice mockllm    the OpenAI-compatible mock LLM
+//	sluice token      mint a bearer token with the configured key
+//
+// Every flag has an environment twin: --kafka-brokers is SLUICE_KAFKA_BROKERS.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `Sluice: a Kafka-backed asynchronous chat pipeline for e-commerce customer service.
+
+Usage: sluice <command> [flags]
+
+Commands:
+  dev        run everything in one process on embedded Kafka, Redis and mock LLM
+  producer   run the HTTP ingress
+  consumer   run the worker that answers requests
+  mockllm    run the OpenAI-compatible mock LLM
+  token      mint a bearer token (--sub U --tenant T --ttl 2h)
+  version    print the version
+
+Run 'sluice <command> -h' for a command's flags. Every flag has an
+environment twin: --kafka-brokers is SLUICE_KAFKA_BROKERS.
+`
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// run executes one subcommand and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "dev":
+		err = runDev(ctx, rest, stdout, stderr)
+	case "producer":
+		err = runProducer(ctx, rest, stderr)
+	case "consumer":
+		err = runConsumer(ctx, rest, stderr)
+	case "mockllm":
+		err = runMock(ctx, rest, stdout, stderr)
+	case "token":
+		err = runToken(rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "sluice", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "sluice: %v\n", err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "sluice: %v\n", err)
+		return 1
+	}
+}
+
+// errUsage marks configuration errors (exit code 2).
+var errUsage = errors.New("configuration")
+
+func usageError(err error) error { return fmt.Errorf("%w: %w", errUsage, err) }
+
+func newLogger(l logSettings, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, usageError(settingError("log-level", errors.New("must be debug, info, warn or error")))
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(l.format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usageError(settingError("log-format", errors.New("must be text or json")))
+}

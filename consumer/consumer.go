@@ -1,0 +1,562 @@
+// Package consumer is Sluice's worker: it reads chat requests from Kafka as a
+// member of a consumer group, answers them with the LLM, keeps each dialog's
+// history in Redis and publishes the replies.
+//
+// Records of different dialogs (record keys) are processed concurrently, up to
+// an in-flight budget per process that is independent of the partition count;
+// records of one dialog run strictly one after another, in offset order. A
+// partition's offset is committed only up to its oldest unfinished record, so
+// a crash re-delivers exactly the records that were not finished. Effects are
+// idempotent on the request id: a re-delivered request republishes the stored
+// reply without calling the LLM or touching the history again.
+//
+// Metrics (on the registerer given to New):
+//
+//	sluice_consumer_records_total{outcome}          done, expired, duplicate, dead_letter, abandoned
+//	sluice_consumer_in_flight                        records handed to workers and not finished
+//	sluice_consumer_paused                           1 while fetching is paused because the budget is full
+//	sluice_consumer_process_duration_seconds        from poll to reply produced
+//	sluice_consumer_end_to_end_seconds               from the request's created_at to reply produced
+//	sluice_consumer_retries_total{step}             transient Redis/Kafka failures retried
+//	sluice_consumer_commit_errors_total              failed offset commits
+//	sluice_kafka_consumer_*                          franz-go client metrics (kprom)
+package consumer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"sluice/consumer/llm"
+	"sluice/shared/bus"
+	"sluice/shared/envelope"
+	"sluice/shared/store"
+)
+
+// Config holds the consumer's settings.
+type Config struct {
+	// InFlight is the most records a process works on at once. Default 256.
+	InFlight int
+	// CommitInterval is how often marked offsets are committed. Default 1 s.
+	CommitInterval time.Duration
+	// DrainTimeout bounds how long a stopping consumer finishes in-flight work.
+	// Default 25 s (Kubernetes gives 30 s by default).
+	DrainTimeout time.Duration
+	// RevokeTimeout bounds how long a rebalance waits for the in-flight work
+	// of revoked partitions. Default 10 s.
+	RevokeTimeout time.Duration
+	// RetryBackoff is the first pause after a transient Redis or Kafka error;
+	// it grows linearly up to 2 s. Default 100 ms.
+	RetryBackoff time.Duration
+	// SessionTimeout is the consumer group session timeout. Default 10 s.
+	SessionTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		InFlight:       256,
+		CommitInterval: time.Second,
+		DrainTimeout:   25 * time.Second,
+		RevokeTimeout:  10 * time.Second,
+		RetryBackoff:   100 * time.Millisecond,
+		SessionTimeout: 10 * time.Second,
+	}
+}
+
+// Validate reports the first setting out of range.
+func (c Config) Validate() error {
+	switch {
+	case c.InFlight < 1:
+		return fmt.Errorf("in-flight budget must be at least 1, got %d", c.InFlight)
+	case c.CommitInterval <= 0:
+		return errors.New("commit interval must be positive")
+	case c.DrainTimeout <= 0:
+		return errors.New("drain timeout must be positive")
+	case c.RevokeTimeout <= 0:
+		return errors.New("revoke timeout must be positive")
+	case c.RetryBackoff <= 0:
+		return errors.New("retry backoff must be positive")
+	case c.SessionTimeout < time.Second:
+		return errors.New("session timeout must be at least 1s")
+	}
+	return nil
+}
+
+// Answerer answers one request given the dialog's history, oldest first. It
+// returns an error only when ctx ends.
+type Answerer interface {
+	Answer(ctx context.Context, req *envelope.Request, history []envelope.Turn) (llm.Answer, error)
+}
+
+// Store is the state the consumer keeps in Redis.
+type Store interface {
+	Result(ctx context.Context, d store.Dialog, requestID string) (store.Result, error)
+	History(ctx context.Context, d store.Dialog) ([]envelope.Turn, error)
+	Complete(ctx context.Context, d store.Dialog, reply envelope.Reply, created time.Time, turns ...envelope.Turn) (envelope.Reply, bool, error)
+}
+
+var _ Store = (*store.Redis)(nil)
+var _ Answerer = (*llm.Client)(nil)
+
+// Consumer processes chat requests.
+type Consumer struct {
+	cfg   Config
+	bus   bus.Config
+	log   *slog.Logger
+	cl    *kgo.Client
+	store Store
+	llm   Answerer
+	now   func() time.Time
+
+	tracker *tracker
+	markMu  sync.Mutex // orders marks against partition release
+
+	mu   sync.Mutex
+	keys map[string][]*work // records waiting behind the running one, by key
+
+	inflight atomic.Int64
+	freed    chan struct{}
+	wg       sync.WaitGroup
+	ready    atomic.Bool
+
+	work     context.Context // ends on hard stop
+	stopWork context.CancelFunc
+
+	m metrics
+}
+
+type work struct {
+	rec  *kgo.Record
+	part *partition
+	key  string
+	got  time.Time
+}
+
+type metrics struct {
+	records  *prometheus.CounterVec
+	inflight prometheus.GaugeFunc
+	paused   prometheus.Gauge
+	process  prometheus.Histogram
+	e2e      prometheus.Histogram
+	retries  *prometheus.CounterVec
+	commits  prometheus.Counter
+}
+
+// New returns a consumer of cfgBus's requests topic in its group. It creates
+// the Kafka client but does not contact the cluster before Run. It returns an
+// error for an invalid configuration or when metrics cannot be registered.
+func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger, reg prometheus.Registerer) (*Consumer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfgBus.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Consumer{
+		cfg: cfg, bus: cfgBus, log: log, store: st, llm: ans, now: time.Now,
+		tracker: newTracker(),
+		keys:    map[string][]*work{},
+		freed:   make(chan struct{}, 1),
+	}
+	c.work, c.stopWork = context.WithCancel(context.Background())
+	c.m = metrics{
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_consumer_records_total", Help: "Request records finished, by outcome.",
+		}, []string{"outcome"}),
+		inflight: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sluice_consumer_in_flight", Help: "Records handed to workers and not finished.",
+		}, func() float64 { return float64(c.inflight.Load()) }),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_consumer_paused", Help: "1 while fetching is paused because the in-flight budget is full.",
+		}),
+		process: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sluice_consumer_process_duration_seconds", Help: "From poll to reply produced.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		e2e: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sluice_consumer_end_to_end_seconds", Help: "From the request's created_at to its reply produced.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_consumer_retries_total", Help: "Transient Redis or Kafka failures retried, by step.",
+		}, []string{"step"}),
+		commits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_consumer_commit_errors_total", Help: "Failed offset commits.",
+		}),
+	}
+	if reg != nil {
+		for _, col := range []prometheus.Collector{c.m.records, c.m.inflight, c.m.paused, c.m.process, c.m.e2e, c.m.retries, c.m.commits} {
+			if err := reg.Register(col); err != nil {
+				return nil, fmt.Errorf("register consumer metrics: %w", err)
+			}
+		}
+	}
+	cl, err := bus.NewClient(cfgBus, "consumer", log, reg,
+		kgo.ConsumerGroup(cfgBus.Group),
+		kgo.ConsumeTopics(cfgBus.RequestsTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.AutoCommitMarks(),
+		kgo.AutoCommitInterval(cfg.CommitInterval),
+		kgo.OnPartitionsRevoked(c.revoked),
+		kgo.OnPartitionsLost(c.lost),
+		kgo.FetchMaxBytes(16<<20),
+		kgo.RecordPartitioner(bus.ReplyPartitioner()),
+		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
+		kgo.ProducerLinger(0),
+		kgo.AllowAutoTopicCreation(), // a bot's own reply topic
+	)
+	if err != nil {
+		return nil, err
+	}
+	c.cl = cl
+	return c, nil
+}
+
+// Client returns the consumer's Kafka client.
+func (c *Consumer) Client() *kgo.Client { return c.cl }
+
+// Ready reports whether the consumer is running and not draining.
+func (c *Consumer) Ready() bool { return c.ready.Load() }
+
+// Run consumes until ctx ends, then drains: it stops fetching, lets in-flight
+// work finish for up to the drain timeout, and commits what finished. It
+// returns an error when the cluster cannot be reached at start.
+func (c *Consumer) Run(ctx context.Context) error {
+	if err := c.cl.Ping(ctx); err != nil {
+		return fmt.Errorf("kafka ping: %w", err)
+	}
+	c.ready.Store(true)
+	c.log.Info("consumer running", "group", c.bus.Group, "topic", c.bus.RequestsTopic, "in_flight", c.cfg.InFlight)
+	paused := false
+	for ctx.Err() == nil {
+		free := c.cfg.InFlight - int(c.inflight.Load())
+		if free <= 0 {
+			if !paused {
+				c.cl.PauseFetchTopics(c.bus.RequestsTopic)
+				c.m.paused.Set(1)
+				paused = true
+			}
+			select {
+			case <-c.freed:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		if paused {
+			c.cl.ResumeFetchTopics(c.bus.RequestsTopic)
+			c.m.paused.Set(0)
+			paused = false
+		}
+		fetches := c.cl.PollRecords(ctx, free)
+		if fetches.IsClientClosed() {
+			c.cl.AllowRebalance()
+			break
+		}
+		fetches.EachError(func(topic string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				c.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
+			}
+		})
+		now := time.Now()
+		fetches.EachRecord(func(r *kgo.Record) { c.dispatch(r, now) })
+		c.cl.AllowRebalance()
+	}
+	return c.drain()
+}
+
+// drain waits for in-flight work up to the drain timeout, abandons the rest
+// and commits what finished.
+func (c *Consumer) drain() error {
+	c.ready.Store(false)
+	c.log.Info("consumer draining", "in_flight", c.inflight.Load(), "timeout", c.cfg.DrainTimeout)
+	done := make(chan struct{})
+	go func() { c.wg.Wait(); close(done) }()
+	t := time.NewTimer(c.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		c.log.Warn("drain timeout: abandoning unfinished records, they stay uncommitted", "in_flight", c.inflight.Load())
+		c.stopWork()
+		<-done
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.cl.CommitMarkedOffsets(ctx); err != nil {
+		c.m.commits.Inc()
+		c.log.Error("final commit", "err", err)
+	}
+	c.log.Info("consumer drained")
+	return nil
+}
+
+// Close leaves the group and closes the Kafka client. Call it after Run
+// returned.
+func (c *Consumer) Close() {
+	c.stopWork()
+	c.cl.CloseAllowingRebalance()
+}
+
+// dispatch hands r to the worker of its key, starting one when none runs.
+func (c *Consumer) dispatch(r *kgo.Record, now time.Time) {
+	w := &work{rec: r, part: c.tracker.add(r), key: string(r.Key), got: now}
+	if len(r.Key) == 0 {
+		w.key = fmt.Sprintf("\x00%s/%d/%d", r.Topic, r.Partition, r.Offset) // unordered
+	}
+	c.inflight.Add(1)
+	c.mu.Lock()
+	if q, busy := c.keys[w.key]; busy {
+		c.keys[w.key] = append(q, w)
+		c.mu.Unlock()
+		return
+	}
+	c.keys[w.key] = nil
+	c.mu.Unlock()
+	c.wg.Add(1)
+	go c.runKey(w)
+}
+
+// runKey processes w and then every record queued behind it for its key.
+func (c *Consumer) runKey(w *work) {
+	defer c.wg.Done()
+	for w != nil {
+		c.handle(w)
+		c.mu.Lock()
+		q := c.keys[w.key]
+		if len(q) == 0 {
+			delete(c.keys, w.key)
+			w = nil
+		} else {
+			w, c.keys[w.key] = q[0], q[1:]
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *Consumer) handle(w *work) {
+	defer func() {
+		c.inflight.Add(-1)
+		select {
+		case c.freed <- struct{}{}:
+		default:
+		}
+	}()
+	if !c.tracker.alive(w.part) {
+		c.m.records.WithLabelValues("abandoned").Inc()
+		return // revoked while queued: its new owner processes it
+	}
+	outcome, err := c.process(c.work, w.rec)
+	if err != nil {
+		c.m.records.WithLabelValues("abandoned").Inc()
+		c.log.Warn("record abandoned uncommitted", "partition", w.rec.Partition, "offset", w.rec.Offset, "err", err)
+		return
+	}
+	c.m.records.WithLabelValues(outcome).Inc()
+	c.m.process.Observe(time.Since(w.got).Seconds())
+	if eo, ok := c.tracker.finish(w.part, w.rec.Offset); ok {
+		c.markMu.Lock()
+		if c.tracker.alive(w.part) {
+			c.cl.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{w.part.topic: {w.part.id: eo}})
+		}
+		c.markMu.Unlock()
+	}
+}
+
+// process runs the pipeline for one record and returns its outcome. It
+// returns an error only when ctx ended before the record was finished.
+func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
+	req, err := envelope.DecodeRequest(r.Value)
+	if err != nil {
+		return "dead_letter", c.deadLetter(ctx, r, err)
+	}
+	d := store.DialogOf(&req)
+
+	var res store.Result
+	err = c.retry(ctx, "redis_result", func(ctx context.Context) error {
+		var err error
+		res, err = c.store.Result(ctx, d, req.RequestID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	if res.Final() {
+		return "duplicate", c.publish(ctx, r, &req, res.Reply)
+	}
+
+	if req.Expired(c.now()) {
+		reply := envelope.NewReply(&req, envelope.StatusExpired, c.now().UTC())
+		stored, _, err := c.complete(ctx, d, &req, reply)
+		if err != nil {
+			return "", err
+		}
+		return "expired", c.publish(ctx, r, &req, stored)
+	}
+
+	var history []envelope.Turn
+	if err := c.retry(ctx, "redis_history", func(ctx context.Context) error {
+		var err error
+		history, err = c.store.History(ctx, d)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	ans, err := c.llm.Answer(ctx, &req, history)
+	if err != nil {
+		return "", err
+	}
+	finished := c.now().UTC()
+	reply := envelope.NewReply(&req, envelope.StatusDone, finished)
+	reply.Answer, reply.Source, reply.Handoff, reply.LLMMs = ans.Text, ans.Source, ans.Handoff, ans.LLMTime.Milliseconds()
+	stored, fresh, err := c.complete(ctx, d, &req, reply,
+		envelope.Turn{Role: envelope.RoleUser, Content: req.Text, RequestID: req.RequestID, At: req.CreatedAt.UTC()},
+		envelope.Turn{Role: envelope.RoleAssistant, Content: ans.Text, RequestID: req.RequestID, At: finished},
+	)
+	if err != nil {
+		return "", err
+	}
+	outcome := "done"
+	if !fresh {
+		outcome = "duplicate"
+	}
+	return outcome, c.publish(ctx, r, &req, stored)
+}
+
+// complete stores the reply (and turns) and returns the reply that is stored,
+// with fresh false when an earlier delivery of the request had stored one.
+func (c *Consumer) complete(ctx context.Context, d store.Dialog, req *envelope.Request, reply envelope.Reply, turns ...envelope.Turn) (stored envelope.Reply, fresh bool, err error) {
+	err = c.retry(ctx, "redis_complete", func(ctx context.Context) error {
+		var err error
+		stored, fresh, err = c.store.Complete(ctx, d, reply, req.CreatedAt, turns...)
+		return err
+	})
+	return stored, fresh, err
+}
+
+// publish produces the reply where the request asked for it.
+func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.Request, reply envelope.Reply) error {
+	value, err := json.Marshal(reply)
+	if err != nil {
+		return fmt.Errorf("encode reply: %w", err)
+	}
+	rec := &kgo.Record{
+		Topic:     req.Reply.Topic,
+		Partition: req.Reply.Partition,
+		Key:       []byte(reply.RequestID),
+		Value:     value,
+	}
+	for _, h := range src.Headers {
+		if h.Key == envelope.HeaderTraceparent {
+			rec.Headers = append(rec.Headers, h)
+		}
+	}
+	if err := c.retry(ctx, "kafka_reply", func(ctx context.Context) error {
+		return c.cl.ProduceSync(ctx, rec).FirstErr()
+	}); err != nil {
+		return err
+	}
+	if !req.CreatedAt.IsZero() {
+		c.m.e2e.Observe(time.Since(req.CreatedAt).Seconds())
+	}
+	return nil
+}
+
+// deadLetter sends a record that cannot be processed to the DLQ topic with
+// the reason in a header.
+func (c *Consumer) deadLetter(ctx context.Context, r *kgo.Record, cause error) error {
+	c.log.Warn("dead-lettering request record", "partition", r.Partition, "offset", r.Offset, "err", cause)
+	rec := &kgo.Record{
+		Topic:     c.bus.DLQTopic,
+		Partition: envelope.AnyPartition,
+		Key:       r.Key,
+		Value:     r.Value,
+		Headers: append(append([]kgo.RecordHeader(nil), r.Headers...),
+			kgo.RecordHeader{Key: envelope.HeaderError, Value: []byte(cause.Error())},
+			kgo.RecordHeader{Key: "sluice-source", Value: fmt.Appendf(nil, "%s/%d/%d", r.Topic, r.Partition, r.Offset)},
+		),
+	}
+	return c.retry(ctx, "kafka_dlq", func(ctx context.Context) error {
+		return c.cl.ProduceSync(ctx, rec).FirstErr()
+	})
+}
+
+// retry runs fn until it succeeds or ctx ends, pausing after each failure
+// for a linearly growing, jittered backoff capped at 2 s.
+func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Context) error) error {
+	for attempt := 1; ; attempt++ {
+		err := fn(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.m.retries.WithLabelValues(step).Inc()
+		if attempt == 1 || attempt%10 == 0 {
+			c.log.Warn("transient failure, retrying", "step", step, "attempt", attempt, "err", err)
+		}
+		pause := min(time.Duration(attempt)*c.cfg.RetryBackoff, 2*time.Second)
+		pause += rand.N(pause/2 + 1)
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
+// revoked runs while the group takes partitions away: it lets their
+// in-flight work finish up to the revoke timeout, commits, and forgets them.
+func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, parts map[string][]int32) {
+	t := time.NewTimer(c.cfg.RevokeTimeout)
+	defer t.Stop()
+wait:
+	for topic, ids := range parts {
+		for _, id := range ids {
+			select {
+			case <-c.tracker.idle(topic, id):
+			case <-t.C:
+				c.log.Warn("revoke timeout: abandoning unfinished records of revoked partitions")
+				break wait
+			case <-c.work.Done():
+				break wait
+			}
+		}
+	}
+	c.markMu.Lock()
+	final := c.tracker.release(parts)
+	if len(final) > 0 {
+		cl.MarkCommitOffsets(final)
+	}
+	c.markMu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := cl.CommitMarkedOffsets(cctx); err != nil {
+		c.m.commits.Inc()
+		c.log.Warn("commit on revoke", "err", err)
+	}
+}
+
+// lost forgets partitions taken away without a chance to commit.
+func (c *Consumer) lost(_ context.Context, _ *kgo.Client, parts map[string][]int32) {
+	c.markMu.Lock()
+	c.tracker.release(parts)
+	c.markMu.Unlock()
+}

@@ -1,0 +1,367 @@
+package producer
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"sluice/shared/auth"
+	"sluice/shared/envelope"
+	"sluice/shared/store"
+)
+
+// Modes of POST /v1/chat.
+const (
+	ModeWait     = "wait"
+	ModeAsync    = "async"
+	ModeCallback = "callback"
+)
+
+// ChatRequest is the body of POST /v1/chat.
+type ChatRequest struct {
+	Text        string `json:"text"`
+	DialogID    string `json:"dialog_id,omitempty"`
+	Mode        string `json:"mode,omitempty"`
+	WaitMS      *int64 `json:"wait_ms,omitempty"`
+	CallbackURL string `json:"callback_url,omitempty"`
+}
+
+// DoneBody is the 200 answer of POST /v1/chat and of a poll.
+type DoneBody struct {
+	RequestID string `json:"request_id"`
+	DialogID  string `json:"dialog_id"`
+	Status    string `json:"status"`
+	Answer    string `json:"answer,omitempty"`
+	Source    string `json:"source,omitempty"`
+	Handoff   bool   `json:"handoff"`
+	CostMS    int64  `json:"cost_ms"`
+}
+
+// QueuedBody is the 202 answer: the request is accepted, poll for it.
+type QueuedBody struct {
+	RequestID string `json:"request_id"`
+	DialogID  string `json:"dialog_id"`
+	Status    string `json:"status"`
+	PollURL   string `json:"poll_url"`
+}
+
+// DialogBody is the answer of GET /v1/dialogs/{dialog_id}.
+type DialogBody struct {
+	DialogID string          `json:"dialog_id"`
+	Turns    []envelope.Turn `json:"turns"`
+}
+
+const identityKey = "sluice.identity"
+
+// authenticate checks the bearer token and puts the identity in the context.
+func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Request().Header.Get(echo.HeaderAuthorization)
+		scheme, token, ok := strings.Cut(h, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
+			return unauthorized("missing bearer token")
+		}
+		id, err := s.auth.Verify(strings.TrimSpace(token))
+		if err != nil {
+			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="sluice", error="invalid_token"`)
+			return unauthorized(err.Error())
+		}
+		c.Set(identityKey, id)
+		return next(c)
+	}
+}
+
+func identity(c echo.Context) auth.Identity { return c.Get(identityKey).(auth.Identity) }
+
+// decodeChat reads and validates a POST /v1/chat body strictly.
+func (s *Server) decodeChat(c echo.Context) (ChatRequest, time.Duration, error) {
+	var req ChatRequest
+	body, err := io.ReadAll(c.Request().Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return req, 0, echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", s.cfg.BodyLimit))
+		}
+		return req, 0, badRequest("cannot read body")
+	}
+	if ct := c.Request().Header.Get(echo.HeaderContentType); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
+		return req, 0, &apiError{status: http.StatusUnsupportedMediaType, slug: "unsupported-media-type", detail: "Content-Type must be application/json"}
+	}
+	if !utf8.Valid(body) {
+		return req, 0, badRequest("body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, 0, badRequest(jsonProblem(err))
+	}
+	if dec.More() {
+		return req, 0, badRequest("body must hold exactly one JSON object")
+	}
+	n := utf8.RuneCountInString(req.Text)
+	switch {
+	case strings.TrimSpace(req.Text) == "":
+		return req, 0, badRequest("text must not be empty")
+	case n > s.cfg.MaxTextChars:
+		return req, 0, badRequest(fmt.Sprintf("text has %d characters, at most %d are allowed", n, s.cfg.MaxTextChars))
+	case req.DialogID != "" && !envelope.ValidDialogID(req.DialogID):
+		return req, 0, badRequest("dialog_id must be 32 lowercase hex characters")
+	}
+	switch req.Mode {
+	case "":
+		req.Mode = ModeWait
+	case ModeWait, ModeAsync:
+	case ModeCallback:
+		return req, 0, badRequest("mode callback is not enabled on this server")
+	default:
+		return req, 0, badRequest(fmt.Sprintf("mode must be wait, async or callback, got %q", req.Mode))
+	}
+	if req.CallbackURL != "" && req.Mode != ModeCallback {
+		return req, 0, badRequest("callback_url is only allowed with mode callback")
+	}
+	wait, err := s.waitParam(req.WaitMS)
+	return req, wait, err
+}
+
+func (s *Server) waitParam(ms *int64) (time.Duration, error) {
+	if ms == nil {
+		return s.cfg.WaitDefault, nil
+	}
+	if *ms < 0 {
+		return 0, badRequest("wait_ms must not be negative")
+	}
+	if w := time.Duration(*ms) * time.Millisecond; w <= s.cfg.WaitMax {
+		return w, nil
+	}
+	return 0, badRequest(fmt.Sprintf("wait_ms must be at most %d", s.cfg.WaitMax.Milliseconds()))
+}
+
+// jsonProblem turns a decoding error into a detail a client can act on.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		return fmt.Sprintf("field %s must be %s", te.Field, te.Type.String())
+	case errors.As(err, &se):
+		return fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)
+	case errors.Is(err, io.EOF):
+		return "body must be a JSON object"
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	return "malformed JSON: " + err.Error()
+}
+
+func newDialogID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func pollURL(dialogID, requestID string) string {
+	return "/v1/chat/" + dialogID + "/" + requestID
+}
+
+// postChat accepts a question: it is on Kafka before the client hears 200 or 202.
+func (s *Server) postChat(c echo.Context) error {
+	if s.draining.Load() {
+		return unavailable("server is shutting down", 1)
+	}
+	id := identity(c)
+	body, wait, err := s.decodeChat(c)
+	if err != nil {
+		return err
+	}
+	if body.DialogID == "" {
+		body.DialogID = newDialogID()
+	}
+	rid, err := uuid.NewV7()
+	if err != nil {
+		return fmt.Errorf("request id: %w", err)
+	}
+	now := s.now().UTC()
+	req := envelope.Request{
+		V: envelope.Version, RequestID: rid.String(), Tenant: id.Tenant, User: id.User,
+		DialogID: body.DialogID, Text: body.Text, CreatedAt: now, Deadline: now.Add(s.cfg.RequestTTL),
+		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: s.router.partition()},
+	}
+	value, err := json.Marshal(&req)
+	if err != nil {
+		return fmt.Errorf("encode request: %w", err)
+	}
+	rec := &kgo.Record{Key: []byte(req.Key()), Value: value}
+	if tp := c.Request().Header.Get(envelope.HeaderTraceparent); tp != "" {
+		rec.Headers = []kgo.RecordHeader{{Key: envelope.HeaderTraceparent, Value: []byte(tp)}}
+	}
+
+	var wake <-chan *envelope.Reply
+	if body.Mode == ModeWait && wait > 0 {
+		ch, done := s.waiters.add(req.RequestID)
+		defer done()
+		wake = ch
+	}
+	ctx := c.Request().Context()
+	d := store.DialogOf(&req)
+	// The queued marker lets any replica tell "queued" from "unknown" on a
+	// poll. Without it a poll answers 404 until the result is stored, so a
+	// Redis blip costs this, not the request.
+	if err := s.store.MarkQueued(ctx, d, req.RequestID, now); err != nil {
+		s.m.storeErrors.WithLabelValues("mark_queued").Inc()
+		s.log.Warn("mark queued", "request_id", req.RequestID, "err", err)
+	}
+	// Produce on a context of its own: a client that hangs up must not leave
+	// a record half-sent and unanswered.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
+	err = s.cl.ProduceSync(pctx, rec).FirstErr()
+	cancel()
+	if err != nil {
+		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
+		return unavailable("the request queue is unavailable, retry shortly", 1)
+	}
+	s.m.accepted.WithLabelValues(body.Mode).Inc()
+
+	if wake != nil {
+		if res, ok := s.await(ctx, d, req.RequestID, wake, wait); ok {
+			s.m.answered.WithLabelValues("answered").Inc()
+			return c.JSON(http.StatusOK, doneBody(res, now))
+		}
+		s.m.answered.WithLabelValues("timed_out").Inc()
+	}
+	return s.queued(c, req.DialogID, req.RequestID)
+}
+
+// await waits up to wait for the request's final result: from the reply
+// topic, or from the store when notified. It reports false when the wait
+// ends first.
+func (s *Server) await(ctx context.Context, d store.Dialog, requestID string, wake <-chan *envelope.Reply, wait time.Duration) (envelope.Reply, bool) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case r := <-wake:
+			if r != nil {
+				return *r, true
+			}
+			if res, err := s.store.Result(ctx, d, requestID); err == nil && res.Final() {
+				return res.Reply, true
+			}
+		case <-t.C:
+			// A last look: the result may have been stored while no wake
+			// could reach us (e.g. a reply partition moved).
+			if res, err := s.store.Result(context.WithoutCancel(ctx), d, requestID); err == nil && res.Final() {
+				return res.Reply, true
+			}
+			return envelope.Reply{}, false
+		case <-ctx.Done():
+			return envelope.Reply{}, false
+		}
+	}
+}
+
+func (s *Server) queued(c echo.Context, dialogID, requestID string) error {
+	u := pollURL(dialogID, requestID)
+	c.Response().Header().Set(echo.HeaderLocation, u)
+	return c.JSON(http.StatusAccepted, QueuedBody{RequestID: requestID, DialogID: dialogID, Status: envelope.StatusQueued, PollURL: u})
+}
+
+func doneBody(r envelope.Reply, created time.Time) DoneBody {
+	b := DoneBody{RequestID: r.RequestID, DialogID: r.DialogID, Status: r.Status, Answer: r.Answer, Source: r.Source, Handoff: r.Handoff}
+	if !created.IsZero() && !r.FinishedAt.IsZero() {
+		b.CostMS = max(r.FinishedAt.Sub(created).Milliseconds(), 0)
+	}
+	return b
+}
+
+// pollChat answers GET {poll_url}?wait_ms=N: 200 when final, 202 when still
+// queued at the end of the wait, 404 when unknown or not the caller's.
+func (s *Server) pollChat(c echo.Context) error {
+	id := identity(c)
+	dialogID, requestID := c.Param("dialog_id"), c.Param("request_id")
+	if !envelope.ValidDialogID(dialogID) || !envelope.ValidID(requestID) {
+		return notFound("no such request")
+	}
+	var waitMS *int64
+	if q := c.QueryParam("wait_ms"); q != "" {
+		n, err := strconv.ParseInt(q, 10, 64)
+		if err != nil {
+			return badRequest("wait_ms must be an integer")
+		}
+		waitMS = &n
+	}
+	wait, err := s.waitParam(waitMS)
+	if err != nil {
+		return err
+	}
+	d := store.Dialog{Tenant: id.Tenant, User: id.User, ID: dialogID}
+	ctx := c.Request().Context()
+	wake, done := s.waiters.add(requestID) // before the look, so no wake is missed
+	defer done()
+	res, err := s.store.Result(ctx, d, requestID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return notFound("no such request")
+	case err != nil:
+		s.m.storeErrors.WithLabelValues("poll").Inc()
+		return unavailable("result store unavailable, retry shortly", 1)
+	case res.Final():
+		return c.JSON(http.StatusOK, doneBody(res.Reply, res.CreatedAt))
+	}
+	if wait > 0 {
+		if r, ok := s.await(ctx, d, requestID, wake, wait); ok && r.Tenant == id.Tenant && r.User == id.User {
+			return c.JSON(http.StatusOK, doneBody(r, res.CreatedAt))
+		}
+	}
+	return s.queued(c, dialogID, requestID)
+}
+
+func (s *Server) dialogParam(c echo.Context) (store.Dialog, error) {
+	id := identity(c)
+	dialogID := c.Param("dialog_id")
+	if !envelope.ValidDialogID(dialogID) {
+		return store.Dialog{}, badRequest("dialog_id must be 32 lowercase hex characters")
+	}
+	return store.Dialog{Tenant: id.Tenant, User: id.User, ID: dialogID}, nil
+}
+
+// getDialog returns the caller's history of a dialog, oldest first.
+func (s *Server) getDialog(c echo.Context) error {
+	d, err := s.dialogParam(c)
+	if err != nil {
+		return err
+	}
+	turns, err := s.store.History(c.Request().Context(), d)
+	if err != nil {
+		s.m.storeErrors.WithLabelValues("history").Inc()
+		return unavailable("history store unavailable, retry shortly", 1)
+	}
+	return c.JSON(http.StatusOK, DialogBody{DialogID: d.ID, Turns: turns})
+}
+
+// deleteDialog forgets the caller's history of a dialog.
+func (s *Server) deleteDialog(c echo.Context) error {
+	d, err := s.dialogParam(c)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteHistory(c.Request().Context(), d); err != nil {
+		s.m.storeErrors.WithLabelValues("delete").Inc()
+		return unavailable("history store unavailable, retry shortly", 1)
+	}
+	return c.NoContent(http.StatusNoContent)
+}

@@ -1,0 +1,304 @@
+// Package producer is Sluice's HTTP ingress. It authenticates and validates
+// chat questions, puts them on the requests topic keyed by tenant/user/dialog,
+// and answers the client when the reply comes back on this replica's reply
+// partitions: at once (wait mode), or through a long-poll of the poll_url
+// that any replica can answer from the result store.
+//
+// The ingress stays thin: no LLM call and no history read on the hot path.
+//
+// Metrics (on the registerer given to New):
+//
+//	sluice_http_requests_total{route,method,code}          requests served
+//	sluice_http_request_duration_seconds{route,method}     latency
+//	sluice_producer_accepted_total{mode}                   requests put on Kafka
+//	sluice_producer_answered_total{how}                    wait-mode outcomes: answered, timed_out
+//	sluice_producer_waiters                                handlers waiting for an answer
+//	sluice_producer_replies_total{outcome}                 reply records read: woke, no_waiter, invalid
+//	sluice_producer_store_errors_total{op}                 Redis failures tolerated on the hot path
+//	sluice_kafka_producer_*, sluice_kafka_replies_*        franz-go client metrics (kprom)
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"sluice/shared/auth"
+	"sluice/shared/bus"
+	"sluice/shared/store"
+)
+
+// Config holds the ingress's settings.
+type Config struct {
+	// Addr is the HTTP listen address. Default ":8080".
+	Addr string
+	// WaitDefault and WaitMax bound wait_ms. Defaults 3 s and 30 s.
+	WaitDefault time.Duration
+	WaitMax     time.Duration
+	// RequestTTL is how long after acceptance a request is still worth
+	// answering; it becomes the request's deadline. Default 30 s.
+	RequestTTL time.Duration
+	// MaxTextChars bounds a question, counted in characters. Default 2000.
+	MaxTextChars int
+	// BodyLimit bounds a request body in bytes. Default 16 KiB.
+	BodyLimit int64
+	// ProduceTimeout bounds putting a request on Kafka; past it the client
+	// gets 503. Default 3 s.
+	ProduceTimeout time.Duration
+	// Linger is the Kafka producer linger. Default 0: see docs/benchmarks.md.
+	Linger time.Duration
+	// ReplyPartitions are the partitions of the replies topic this replica
+	// reads; empty means all.
+	ReplyPartitions []int32
+	// ReplyFetchMaxWait bounds how long a reply fetch waits on an idle
+	// partition. Default 100 ms.
+	ReplyFetchMaxWait time.Duration
+	// ShutdownTimeout bounds the graceful stop. Default 25 s.
+	ShutdownTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Addr:              ":8080",
+		WaitDefault:       3 * time.Second,
+		WaitMax:           30 * time.Second,
+		RequestTTL:        30 * time.Second,
+		MaxTextChars:      2000,
+		BodyLimit:         16 << 10,
+		ProduceTimeout:    3 * time.Second,
+		ReplyFetchMaxWait: 100 * time.Millisecond,
+		ShutdownTimeout:   25 * time.Second,
+	}
+}
+
+// Validate reports the first setting out of range.
+func (c Config) Validate() error {
+	switch {
+	case c.Addr == "":
+		return errors.New("http address must not be empty")
+	case c.WaitDefault < 0 || c.WaitMax <= 0 || c.WaitDefault > c.WaitMax:
+		return fmt.Errorf("wait default %v must be within 0..wait max %v", c.WaitDefault, c.WaitMax)
+	case c.RequestTTL <= 0:
+		return errors.New("request TTL must be positive")
+	case c.MaxTextChars < 1:
+		return errors.New("max text chars must be at least 1")
+	case c.BodyLimit < 256:
+		return errors.New("body limit must be at least 256 bytes")
+	case c.ProduceTimeout <= 0:
+		return errors.New("produce timeout must be positive")
+	case c.Linger < 0:
+		return errors.New("linger must not be negative")
+	case c.ReplyFetchMaxWait <= 0:
+		return errors.New("reply fetch max wait must be positive")
+	case c.ShutdownTimeout <= 0:
+		return errors.New("shutdown timeout must be positive")
+	}
+	return nil
+}
+
+// Server is the HTTP ingress.
+type Server struct {
+	cfg    Config
+	bus    bus.Config
+	log    *slog.Logger
+	reg    prometheus.Registerer
+	auth   *auth.Verifier
+	store  *store.Redis
+	cl     *kgo.Client
+	echo   *echo.Echo
+	now    func() time.Time
+	router *replyRouter
+	notify *notifier
+
+	waiters  *waiters
+	ready    atomic.Bool
+	draining atomic.Bool
+	inflight sync.WaitGroup // handlers between accept and answer
+
+	m metrics
+}
+
+type metrics struct {
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	accepted    *prometheus.CounterVec
+	answered    *prometheus.CounterVec
+	replies     *prometheus.CounterVec
+	storeErrors *prometheus.CounterVec
+	waiters     prometheus.GaugeFunc
+}
+
+// New returns an ingress. It creates its Kafka client but contacts neither
+// Kafka nor Redis before Run. It returns an error for an invalid configuration
+// or when metrics cannot be registered.
+func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfgBus.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, bus: cfgBus, log: log, reg: reg, auth: v, store: st, now: time.Now, waiters: newWaiters()}
+	s.m = metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_http_requests_total", Help: "HTTP requests served.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sluice_http_request_duration_seconds", Help: "HTTP request latency.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route", "method"}),
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_accepted_total", Help: "Requests put on Kafka, by mode.",
+		}, []string{"mode"}),
+		answered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_answered_total", Help: "Wait-mode outcomes: answered within the wait, or timed out to 202.",
+		}, []string{"how"}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_replies_total", Help: "Reply records read, by outcome.",
+		}, []string{"outcome"}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_store_errors_total", Help: "Redis failures tolerated on the hot path, by operation.",
+		}, []string{"op"}),
+		waiters: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sluice_producer_waiters", Help: "Handlers waiting for an answer.",
+		}, func() float64 { return float64(s.waiters.len()) }),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register producer metrics: %w", err)
+			}
+		}
+	}
+	cl, err := bus.NewClient(cfgBus, "producer", log, reg,
+		kgo.DefaultProduceTopic(cfgBus.RequestsTopic),
+		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
+		kgo.ProducerLinger(cfg.Linger),
+		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotent by default with all acks
+		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
+	)
+	if err != nil {
+		return nil, err
+	}
+	s.cl = cl
+	s.echo = s.routes()
+	return s, nil
+}
+
+// Handler returns the HTTP handler, for tests.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Ready reports whether the ingress takes traffic: running, not draining.
+func (s *Server) Ready() bool { return s.ready.Load() && !s.draining.Load() }
+
+// Client returns the Kafka client, for readiness checks.
+func (s *Server) Client() *kgo.Client { return s.cl }
+
+func (s *Server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.errorHandler
+	e.Use(s.observe)
+	e.Use(middleware.BodyLimit(strconv.FormatInt(s.cfg.BodyLimit, 10) + "B"))
+	api := e.Group("/v1", s.authenticate)
+	api.POST("/chat", s.postChat)
+	api.GET("/chat/:dialog_id/:request_id", s.pollChat)
+	api.GET("/dialogs/:dialog_id", s.getDialog)
+	api.DELETE("/dialogs/:dialog_id", s.deleteDialog)
+	return e
+}
+
+// observe counts and times requests by route pattern (bounded labels).
+func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		method := c.Request().Method
+		s.m.requests.WithLabelValues(route, method, strconv.Itoa(c.Response().Status)).Inc()
+		s.m.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+		return nil
+	}
+}
+
+// Run checks Kafka, starts reading replies and serves HTTP on ln (or on the
+// configured address when ln is nil) until ctx ends, then shuts down
+// gracefully: readiness turns false, new connections are refused, waiting
+// handlers get their answer or their wait's end, and the Kafka producer is
+// flushed. It returns an error when Kafka or Redis cannot be reached at start
+// or the address cannot be listened on.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	if err := s.cl.Ping(ctx); err != nil {
+		return fmt.Errorf("kafka ping: %w", err)
+	}
+	if err := s.store.Client().Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis ping: %w", err)
+	}
+	router, err := newReplyRouter(ctx, s, s.cfg.ReplyPartitions)
+	if err != nil {
+		return err
+	}
+	s.router = router
+	defer router.close()
+	nt, err := newNotifier(ctx, s.store.Client(), s.store.ResultsChannel(), s.waiters)
+	if err != nil {
+		return fmt.Errorf("subscribe to results: %w", err)
+	}
+	s.notify = nt
+	defer nt.close()
+
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	go router.run(bg)
+	go nt.run(bg)
+
+	if ln == nil {
+		if ln, err = net.Listen("tcp", s.cfg.Addr); err != nil {
+			return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
+		}
+	}
+	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.ready.Store(true)
+	s.log.Info("producer listening", "addr", ln.Addr().String(), "reply_partitions", router.parts)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.draining.Store(true)
+	s.log.Info("producer shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		s.log.Warn("http shutdown", "err", err)
+	}
+	if err := s.cl.Flush(sctx); err != nil {
+		s.log.Warn("kafka flush", "err", err)
+	}
+	return nil
+}
+
+// Close releases the Kafka client. Call it after Run returned.
+func (s *Server) Close() { s.cl.Close() }

@@ -1,0 +1,161 @@
+// Package auth verifies and mints the bearer tokens of Sluice's HTTP API.
+//
+// A token is a JWT with the claims sub (user id), tenant (tenant id) and exp,
+// all required. The accepted signing algorithms are pinned: HS256 with the
+// shared secret, plus RS256, ES256 and EdDSA when public keys are configured.
+// "none" and any other algorithm are refused.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"sluice/shared/envelope"
+)
+
+// ErrInvalidToken is returned by Verify for every token that must not pass.
+// The wrapped detail is safe to show the client.
+var ErrInvalidToken = errors.New("invalid token")
+
+// Config holds the verifier's keys.
+type Config struct {
+	// Secret is the HS256 shared secret. Empty disables HS256.
+	Secret string
+	// PublicKeyFiles are PEM files of RSA, ECDSA P-256 or Ed25519 public keys
+	// (RS256, ES256, EdDSA).
+	PublicKeyFiles []string
+	// Leeway tolerates clock skew on exp, nbf and iat. Default 30 s.
+	Leeway time.Duration
+}
+
+// Identity is who a verified token speaks for.
+type Identity struct {
+	Tenant string
+	User   string
+}
+
+// Claims are Sluice's token claims.
+type Claims struct {
+	Tenant string `json:"tenant"`
+	jwt.RegisteredClaims
+}
+
+// Verifier checks bearer tokens.
+type Verifier struct {
+	secret  []byte
+	keys    map[string][]jwt.VerificationKey // by algorithm
+	methods []string
+	parser  *jwt.Parser
+}
+
+// NewVerifier returns a verifier for cfg. It returns an error when no key is
+// configured or a public key file cannot be read or parsed.
+func NewVerifier(cfg Config) (*Verifier, error) {
+	v := &Verifier{keys: map[string][]jwt.VerificationKey{}}
+	if cfg.Secret != "" {
+		if len(cfg.Secret) < 16 {
+			return nil, errors.New("jwt secret must be at least 16 bytes")
+		}
+		v.secret = []byte(cfg.Secret)
+		v.methods = append(v.methods, jwt.SigningMethodHS256.Alg())
+	}
+	for _, f := range cfg.PublicKeyFiles {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("read public key: %w", err)
+		}
+		alg, key, err := parsePublicKey(pem)
+		if err != nil {
+			return nil, fmt.Errorf("public key %s: %w", f, err)
+		}
+		if len(v.keys[alg]) == 0 {
+			v.methods = append(v.methods, alg)
+		}
+		v.keys[alg] = append(v.keys[alg], key)
+	}
+	if len(v.methods) == 0 {
+		return nil, errors.New("no jwt secret or public key configured")
+	}
+	leeway := cfg.Leeway
+	if leeway == 0 {
+		leeway = 30 * time.Second
+	}
+	v.parser = jwt.NewParser(
+		jwt.WithValidMethods(v.methods),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(leeway),
+	)
+	return v, nil
+}
+
+func parsePublicKey(pem []byte) (string, jwt.VerificationKey, error) {
+	if k, err := jwt.ParseRSAPublicKeyFromPEM(pem); err == nil {
+		return jwt.SigningMethodRS256.Alg(), k, nil
+	}
+	if k, err := jwt.ParseECPublicKeyFromPEM(pem); err == nil {
+		if k.Curve.Params().Name != "P-256" {
+			return "", nil, fmt.Errorf("ECDSA curve %s: only P-256 (ES256) is accepted", k.Curve.Params().Name)
+		}
+		return jwt.SigningMethodES256.Alg(), k, nil
+	}
+	if k, err := jwt.ParseEdPublicKeyFromPEM(pem); err == nil {
+		return jwt.SigningMethodEdDSA.Alg(), k, nil
+	}
+	return "", nil, errors.New("not an RSA, ECDSA or Ed25519 public key in PEM")
+}
+
+// Verify checks a token and returns its identity. Every failure wraps
+// ErrInvalidToken.
+func (v *Verifier) Verify(token string) (Identity, error) {
+	var c Claims
+	keyFunc := func(t *jwt.Token) (any, error) {
+		switch t.Method.(type) {
+		case *jwt.SigningMethodHMAC:
+			return v.secret, nil
+		}
+		keys := v.keys[t.Method.Alg()]
+		if len(keys) == 0 {
+			return nil, fmt.Errorf("no key for %s", t.Method.Alg())
+		}
+		return jwt.VerificationKeySet{Keys: keys}, nil
+	}
+	if _, err := v.parser.ParseWithClaims(token, &c, keyFunc); err != nil {
+		return Identity{}, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+	}
+	switch {
+	case c.Subject == "":
+		return Identity{}, fmt.Errorf("%w: claim sub is required", ErrInvalidToken)
+	case c.Tenant == "":
+		return Identity{}, fmt.Errorf("%w: claim tenant is required", ErrInvalidToken)
+	case !envelope.ValidID(c.Subject) || !envelope.ValidID(c.Tenant):
+		return Identity{}, fmt.Errorf("%w: sub and tenant must be 1-%d of [A-Za-z0-9._@|+-]", ErrInvalidToken, envelope.MaxIDLen)
+	}
+	return Identity{Tenant: c.Tenant, User: c.Subject}, nil
+}
+
+// Mint returns an HS256 token for user of tenant valid for ttl. It returns an
+// error when the ids are not valid ids or the secret is empty.
+func Mint(secret, tenant, user string, ttl time.Duration, now time.Time) (string, error) {
+	if secret == "" {
+		return "", errors.New("no jwt secret configured")
+	}
+	if !envelope.ValidID(tenant) || !envelope.ValidID(user) {
+		return "", fmt.Errorf("tenant and sub must be 1-%d of [A-Za-z0-9._@|+-]", envelope.MaxIDLen)
+	}
+	if ttl <= 0 {
+		return "", errors.New("ttl must be positive")
+	}
+	c := Claims{
+		Tenant: tenant,
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   user,
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+		},
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(secret))
+}

@@ -1,0 +1,145 @@
+// Package bus builds the franz-go clients and topics Sluice runs on.
+//
+// Kafka client metrics are exported through franz-go's kprom plugin, one
+// subsystem per role: sluice_kafka_<role>_* (connects, bytes and records
+// produced and fetched, request latency by broker). Client logs go through
+// kslog to the process's slog logger.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
+	"github.com/twmb/franz-go/plugin/kslog"
+)
+
+// Config names the cluster, topics and group.
+type Config struct {
+	Brokers []string
+	// RequestsTopic receives chat requests. Default "chat.requests".
+	RequestsTopic string
+	// RepliesTopic receives the answers for the HTTP ingress. Default "chat.replies".
+	RepliesTopic string
+	// DLQTopic receives request records that cannot be processed. Default
+	// "chat.requests.dlq".
+	DLQTopic string
+	// Group is the consumer group of the consumers. Default "sluice".
+	Group string
+	// Partitions is the partition count used when Sluice creates the topics.
+	// Default 12.
+	Partitions int32
+	// ReplicationFactor for created topics; -1 is the broker's default.
+	ReplicationFactor int16
+}
+
+// DefaultConfig returns the default topics and group on a local broker.
+func DefaultConfig() Config {
+	return Config{
+		Brokers:           []string{"127.0.0.1:9092"},
+		RequestsTopic:     "chat.requests",
+		RepliesTopic:      "chat.replies",
+		DLQTopic:          "chat.requests.dlq",
+		Group:             "sluice",
+		Partitions:        12,
+		ReplicationFactor: -1,
+	}
+}
+
+// Validate reports the first missing or malformed setting.
+func (c Config) Validate() error {
+	if len(c.Brokers) == 0 {
+		return errors.New("no Kafka brokers configured")
+	}
+	for _, b := range c.Brokers {
+		if b == "" || !strings.Contains(b, ":") {
+			return fmt.Errorf("broker %q is not host:port", b)
+		}
+	}
+	switch {
+	case c.RequestsTopic == "", c.RepliesTopic == "", c.DLQTopic == "":
+		return errors.New("topic names must not be empty")
+	case c.Group == "":
+		return errors.New("consumer group must not be empty")
+	case c.Partitions < 1:
+		return fmt.Errorf("partitions must be at least 1, got %d", c.Partitions)
+	}
+	return nil
+}
+
+// NewClient returns a client for cfg's brokers whose logs go to log and whose
+// metrics are registered on reg under the subsystem "kafka_<role>". It does
+// not contact the cluster; call Ping for that.
+func NewClient(cfg Config, role string, log *slog.Logger, reg prometheus.Registerer, opts ...kgo.Opt) (*kgo.Client, error) {
+	base := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ClientID("sluice-" + role),
+		// The client's info logs (metadata refreshes, assignments) drown the
+		// service's own; warnings and errors stay.
+		kgo.WithLogger(kslog.New(slog.New(atLeast{log.Handler(), slog.LevelWarn}).With("kafka", role))),
+	}
+	if reg != nil {
+		base = append(base, kgo.WithHooks(kprom.NewMetrics("sluice", kprom.Registerer(reg), kprom.Subsystem("kafka_"+role))))
+	}
+	cl, err := kgo.NewClient(append(base, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	return cl, nil
+}
+
+// EnsureTopics creates the requests, replies and DLQ topics when missing.
+// Existing topics are left as they are.
+func EnsureTopics(ctx context.Context, cl *kgo.Client, cfg Config) error {
+	adm := kadm.NewClient(cl)
+	resp, err := adm.CreateTopics(ctx, cfg.Partitions, cfg.ReplicationFactor, nil,
+		cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic)
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	for _, r := range resp.Sorted() {
+		if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", r.Topic, r.Err)
+		}
+	}
+	return nil
+}
+
+// ReplyPartitioner sends a record to its Partition when that is set (>= 0)
+// and within the topic, otherwise where Kafka's default partitioner (murmur2
+// of the key) would. Replies use it to honour a request's reply.partition.
+func ReplyPartitioner() kgo.Partitioner {
+	keyed := kgo.StickyKeyPartitioner(nil)
+	return kgo.BasicConsistentPartitioner(func(topic string) func(*kgo.Record, int) int {
+		tp := keyed.ForTopic(topic)
+		return func(r *kgo.Record, n int) int {
+			if r.Partition >= 0 && int(r.Partition) < n {
+				return int(r.Partition)
+			}
+			return tp.Partition(r, n)
+		}
+	})
+}
+
+// atLeast passes on records at or above min (and what h itself enables).
+type atLeast struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (a atLeast) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= a.min && a.Handler.Enabled(ctx, l)
+}
+
+func (a atLeast) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return atLeast{a.Handler.WithAttrs(attrs), a.min}
+}
+
+func (a atLeast) WithGroup(name string) slog.Handler { return atLeast{a.Handler.WithGroup(name), a.min} }

@@ -1,0 +1,287 @@
+// Package mockllm is an OpenAI-compatible Chat Completions server that answers
+// like a shop's customer service. It stands in for the LLM vendor in `sluice
+// dev`, tests and load tests, with knobs for latency, jitter, errors and rate
+// limiting so every failure path can be driven.
+//
+// Routes: POST /v1/chat/completions (also /chat/completions), GET /v1/models.
+//
+// Metrics (on the registerer given to New):
+//
+//	sluice_mockllm_requests_total{outcome}   ok, error, rate_limited, bad_request
+package mockllm
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config holds the mock's knobs.
+type Config struct {
+	// Latency is the base time to answer. Jitter adds a uniform random 0..Jitter.
+	Latency time.Duration
+	Jitter  time.Duration
+	// ErrorRate is the fraction (0..1) of calls answered with HTTP 500.
+	ErrorRate float64
+	// RateLimitRate is the fraction (0..1) of calls answered with 429 and a
+	// Retry-After header of RetryAfter (rounded up to whole seconds).
+	RateLimitRate float64
+	RetryAfter    time.Duration
+	// Model is reported in answers. Default "sluice-mock".
+	Model string
+}
+
+// DefaultConfig returns a mock that answers in about 30 ms without errors.
+func DefaultConfig() Config {
+	return Config{Latency: 30 * time.Millisecond, Jitter: 20 * time.Millisecond, RetryAfter: time.Second, Model: "sluice-mock"}
+}
+
+// Validate reports the first knob out of range.
+func (c Config) Validate() error {
+	switch {
+	case c.Latency < 0 || c.Jitter < 0:
+		return fmt.Errorf("latency and jitter must not be negative")
+	case c.ErrorRate < 0 || c.ErrorRate > 1:
+		return fmt.Errorf("error rate must be within 0..1, got %v", c.ErrorRate)
+	case c.RateLimitRate < 0 || c.RateLimitRate > 1:
+		return fmt.Errorf("rate-limit rate must be within 0..1, got %v", c.RateLimitRate)
+	case c.RetryAfter < 0:
+		return fmt.Errorf("retry-after must not be negative")
+	}
+	return nil
+}
+
+// Server is the mock's HTTP handler.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	requests *prometheus.CounterVec
+	calls    atomic.Int64
+}
+
+// New returns a mock server. It returns an error when cfg is invalid.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Model == "" {
+		cfg.Model = "sluice-mock"
+	}
+	s := &Server{
+		cfg: cfg,
+		log: log,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_mockllm_requests_total",
+			Help: "Chat completion calls answered by the mock LLM, by outcome.",
+		}, []string{"outcome"}),
+	}
+	if reg != nil {
+		if err := reg.Register(s.requests); err != nil {
+			return nil, fmt.Errorf("register mockllm metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Calls returns how many chat completion calls the mock has received.
+func (s *Server) Calls() int64 { return s.calls.Load() }
+
+// Handler returns the HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/chat/completions", s.completions)
+	mux.HandleFunc("POST /chat/completions", s.completions)
+	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []any{
+			map[string]any{"id": s.cfg.Model, "object": "model", "owned_by": "sluice"},
+		}})
+	})
+	return mux
+}
+
+type message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+type completionRequest struct {
+	Model    string    `json:"model"`
+	Messages []message `json:"messages"`
+}
+
+func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
+	s.calls.Add(1)
+	var req completionRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<20)).Decode(&req); err != nil || len(req.Messages) == 0 {
+		s.requests.WithLabelValues("bad_request").Inc()
+		writeError(w, http.StatusBadRequest, "invalid_request_error", "body must be a chat completion request with messages")
+		return
+	}
+	delay := s.cfg.Latency
+	if s.cfg.Jitter > 0 {
+		delay += rand.N(s.cfg.Jitter)
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+	}
+	switch p := rand.Float64(); {
+	case p < s.cfg.RateLimitRate:
+		s.requests.WithLabelValues("rate_limited").Inc()
+		secs := int((s.cfg.RetryAfter + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		writeError(w, http.StatusTooManyRequests, "rate_limit_exceeded", "mock rate limit")
+		return
+	case p < s.cfg.RateLimitRate+s.cfg.ErrorRate:
+		s.requests.WithLabelValues("error").Inc()
+		writeError(w, http.StatusInternalServerError, "server_error", "mock failure")
+		return
+	}
+	answer := Answer(req.Messages)
+	s.requests.WithLabelValues("ok").Inc()
+	model := req.Model
+	if model == "" {
+		model = s.cfg.Model
+	}
+	prompt := 0
+	for _, m := range req.Messages {
+		prompt += utf8.RuneCountInString(m.Content)
+	}
+	completion := utf8.RuneCountInString(answer)
+	writeJSON(w, http.StatusOK, map[string]any{
+		"id":      fmt.Sprintf("chatcmpl-mock-%d", s.calls.Load()),
+		"object":  "chat.completion",
+		"created": time.Now().Unix(),
+		"model":   model,
+		"choices": []any{map[string]any{
+			"index":         0,
+			"message":       map[string]any{"role": "assistant", "content": answer},
+			"finish_reason": "stop",
+		}},
+		"usage": map[string]any{"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+	})
+}
+
+type topic struct {
+	keywords []string
+	zh, en   string
+}
+
+var topics = []topic{
+	{[]string{"发货", "物流", "快递", "配送", "到货", "什么时候到", "ship", "deliver", "track"},
+		"订单付款后 24 小时内发货，大促期间最迟 48 小时；发货后可在「我的订单」查看物流单号。",
+		"orders ship within 24 hours of payment (48 hours during the sale); the tracking number appears under My Orders once it ships."},
+	{[]string{"优惠券", "优惠", "券", "满减", "coupon", "voucher", "promo"},
+		"优惠券在有效期内可用，结算页会自动选择最优券；已过期或已使用的券无法恢复。",
+		"coupons work until they expire and checkout picks the best one for you; expired or used coupons cannot be restored."},
+	{[]string{"退款", "refund", "money back"},
+		"退款审核通过后 1–3 个工作日原路退回。",
+		"refunds go back to the original payment method within 1-3 business days after approval."},
+	{[]string{"退货", "换货", "return", "exchange"},
+		"签收后 7 天内可无理由退货，请在订单详情页申请并按提示寄回。",
+		"you can return items within 7 days of delivery; start the return from the order page and follow the shipping instructions."},
+	{[]string{"发票", "invoice", "receipt"},
+		"电子发票会在确认收货后开具，可在订单详情页下载。",
+		"the e-invoice is issued once delivery is confirmed and can be downloaded from the order page."},
+	{[]string{"会员", "积分", "member", "points", "vip"},
+		"会员每消费 1 元积 1 分，积分可在下单时抵扣现金。",
+		"members earn one point per unit spent, and points can be used as cash at checkout."},
+}
+
+// Answer composes the mock's reply to a conversation: it picks the topic of
+// the last user message, quotes part of it back and, when the conversation
+// has an earlier user turn, refers to it, so that context is visible.
+func Answer(msgs []message) string {
+	var last, earlier string
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if msgs[i].Role != "user" {
+			continue
+		}
+		if last == "" {
+			last = msgs[i].Content
+			continue
+		}
+		earlier = msgs[i].Content
+		break
+	}
+	zh := hasHan(last)
+	lower := strings.ToLower(last)
+	var body string
+	for _, t := range topics {
+		for _, k := range t.keywords {
+			if strings.Contains(lower, k) {
+				body = t.zh
+				if !zh {
+					body = t.en
+				}
+				break
+			}
+		}
+		if body != "" {
+			break
+		}
+	}
+	if body == "" {
+		body = "我已记录您的问题，稍后会有专人跟进。"
+		if !zh {
+			body = "I have noted your question and a colleague will follow up shortly."
+		}
+	}
+	var b strings.Builder
+	if zh {
+		fmt.Fprintf(&b, "您好！关于「%s」：%s", clip(last, 24), body)
+		if earlier != "" {
+			fmt.Fprintf(&b, "（接着您之前问的「%s」）", clip(earlier, 24))
+		}
+		return b.String()
+	}
+	fmt.Fprintf(&b, "Hello! About %q: %s", clip(last, 48), body)
+	if earlier != "" {
+		fmt.Fprintf(&b, " (Following up on your earlier question %q.)", clip(earlier, 48))
+	}
+	return b.String()
+}
+
+func hasHan(s string) bool {
+	for _, r := range s {
+		if unicode.Is(unicode.Han, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// clip shortens s to at most n characters.
+func clip(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n]) + "…"
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, typ, msg string) {
+	writeJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ}})
+}

@@ -1,0 +1,239 @@
+// Package store keeps Sluice's state in Redis: dialog histories and request
+// results. It works on a single Redis, Sentinel or Cluster: all keys of one
+// dialog share the hash tag {tenant:user:dialog}, so the script that appends a
+// dialog's turns and stores the request's result runs atomically in one slot.
+//
+// Layout, with the default prefix "sluice":
+//
+//	sluice:{t:u:d}:hist       list of JSON turns, oldest first, trimmed to the last N, TTL refreshed on write
+//	sluice:{t:u:d}:req:<id>   hash {state, created_at, body}: state "queued" (set at the door),
+//	                          "done" or "expired" with body = the reply JSON; expires after the result TTL
+//
+// Every completed result is also announced on the channel "<prefix>:results"
+// with the message "<tenant>/<user>/<dialog>/<request_id>", so that waiters on
+// any replica wake without polling.
+package store
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"sluice/shared/envelope"
+)
+
+// ErrNotFound is returned by Result when no request of that id is known for
+// the dialog (never accepted, expired from the store, or someone else's).
+var ErrNotFound = errors.New("request not found")
+
+// Config holds the store's settings.
+type Config struct {
+	// Prefix starts every key. Default "sluice".
+	Prefix string
+	// HistoryTurns is how many turns (user and assistant each count one) a
+	// dialog keeps. Default 50.
+	HistoryTurns int
+	// HistoryTTL is how long an untouched dialog is kept. Default 7 days.
+	HistoryTTL time.Duration
+	// ResultTTL is how long a request's result can be polled. Default 10 minutes.
+	ResultTTL time.Duration
+}
+
+// DefaultConfig returns the default settings.
+func DefaultConfig() Config {
+	return Config{Prefix: "sluice", HistoryTurns: 50, HistoryTTL: 7 * 24 * time.Hour, ResultTTL: 10 * time.Minute}
+}
+
+// Validate reports the first setting out of range.
+func (c Config) Validate() error {
+	switch {
+	case c.Prefix == "":
+		return errors.New("store prefix must not be empty")
+	case c.HistoryTurns < 2:
+		return fmt.Errorf("history turns must be at least 2, got %d", c.HistoryTurns)
+	case c.HistoryTTL <= 0:
+		return errors.New("history TTL must be positive")
+	case c.ResultTTL <= 0:
+		return errors.New("result TTL must be positive")
+	}
+	return nil
+}
+
+// Dialog names one dialog of one user of one tenant.
+type Dialog struct {
+	Tenant, User, ID string
+}
+
+// DialogOf returns the dialog a request belongs to.
+func DialogOf(r *envelope.Request) Dialog { return Dialog{r.Tenant, r.User, r.DialogID} }
+
+// Result states.
+const (
+	StateQueued  = envelope.StatusQueued
+	StateDone    = envelope.StatusDone
+	StateExpired = envelope.StatusExpired
+)
+
+// Result is what the store knows of one request.
+type Result struct {
+	State     string // StateQueued, StateDone or StateExpired
+	CreatedAt time.Time
+	Reply     envelope.Reply // set unless State is StateQueued
+}
+
+// Final reports whether the request has its answer (done or expired).
+func (r Result) Final() bool { return r.State == StateDone || r.State == StateExpired }
+
+// Redis is the Redis-backed store.
+type Redis struct {
+	rdb redis.UniversalClient
+	cfg Config
+}
+
+// New returns a store on rdb. It returns an error when cfg is invalid.
+func New(rdb redis.UniversalClient, cfg Config) (*Redis, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Redis{rdb: rdb, cfg: cfg}, nil
+}
+
+// Client returns the underlying Redis client.
+func (s *Redis) Client() redis.UniversalClient { return s.rdb }
+
+// ResultsChannel is the pub/sub channel on which completions are announced.
+func (s *Redis) ResultsChannel() string { return s.cfg.Prefix + ":results" }
+
+func (s *Redis) tag(d Dialog) string {
+	return s.cfg.Prefix + ":{" + d.Tenant + ":" + d.User + ":" + d.ID + "}"
+}
+
+func (s *Redis) histKey(d Dialog) string { return s.tag(d) + ":hist" }
+
+func (s *Redis) reqKey(d Dialog, requestID string) string { return s.tag(d) + ":req:" + requestID }
+
+// MarkQueued records that the request was accepted, so that a poll can tell
+// "still queued" from "unknown". It never overwrites a result.
+func (s *Redis) MarkQueued(ctx context.Context, d Dialog, requestID string, createdAt time.Time) error {
+	key := s.reqKey(d, requestID)
+	pipe := s.rdb.TxPipeline()
+	pipe.HSetNX(ctx, key, "state", StateQueued)
+	pipe.HSetNX(ctx, key, "created_at", strconv.FormatInt(createdAt.UnixMilli(), 10))
+	pipe.PExpire(ctx, key, s.cfg.ResultTTL)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("mark queued: %w", err)
+	}
+	return nil
+}
+
+// Result returns what is known of a request. It returns ErrNotFound when the
+// request is unknown for this dialog.
+func (s *Redis) Result(ctx context.Context, d Dialog, requestID string) (Result, error) {
+	vals, err := s.rdb.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body").Result()
+	if err != nil {
+		return Result{}, fmt.Errorf("get result: %w", err)
+	}
+	state, _ := vals[0].(string)
+	if state == "" {
+		return Result{}, ErrNotFound
+	}
+	res := Result{State: state}
+	if ms, ok := vals[1].(string); ok {
+		if n, err := strconv.ParseInt(ms, 10, 64); err == nil {
+			res.CreatedAt = time.UnixMilli(n)
+		}
+	}
+	if res.Final() {
+		body, _ := vals[2].(string)
+		if err := json.Unmarshal([]byte(body), &res.Reply); err != nil {
+			return Result{}, fmt.Errorf("decode stored result %s: %w", requestID, err)
+		}
+	}
+	return res, nil
+}
+
+// History returns the dialog's turns, oldest first.
+func (s *Redis) History(ctx context.Context, d Dialog) ([]envelope.Turn, error) {
+	items, err := s.rdb.LRange(ctx, s.histKey(d), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("load history: %w", err)
+	}
+	turns := make([]envelope.Turn, 0, len(items))
+	for _, it := range items {
+		var t envelope.Turn
+		if err := json.Unmarshal([]byte(it), &t); err != nil {
+			return nil, fmt.Errorf("decode history turn: %w", err)
+		}
+		turns = append(turns, t)
+	}
+	return turns, nil
+}
+
+// HasHistory reports whether the dialog has any turn.
+func (s *Redis) HasHistory(ctx context.Context, d Dialog) (bool, error) {
+	n, err := s.rdb.Exists(ctx, s.histKey(d)).Result()
+	if err != nil {
+		return false, fmt.Errorf("check history: %w", err)
+	}
+	return n > 0, nil
+}
+
+// DeleteHistory forgets the dialog's turns. Results stay until they expire.
+func (s *Redis) DeleteHistory(ctx context.Context, d Dialog) error {
+	if err := s.rdb.Del(ctx, s.histKey(d)).Err(); err != nil {
+		return fmt.Errorf("delete history: %w", err)
+	}
+	return nil
+}
+
+//go:embed complete.lua
+var completeSrc string
+
+var completeScript = redis.NewScript(completeSrc)
+
+// Complete stores the final reply of a request and, when turns are given,
+// appends them to the dialog's history, in one atomic step. It is idempotent
+// on the request id: when the request already has a final result, or its
+// turns are already in the history, nothing is appended and the stored reply
+// is returned with fresh false. created is the request's creation time.
+func (s *Redis) Complete(ctx context.Context, d Dialog, reply envelope.Reply, created time.Time, turns ...envelope.Turn) (stored envelope.Reply, fresh bool, err error) {
+	body, err := json.Marshal(reply)
+	if err != nil {
+		return envelope.Reply{}, false, fmt.Errorf("encode reply: %w", err)
+	}
+	args := []any{
+		string(body), reply.Status, s.cfg.ResultTTL.Milliseconds(), created.UnixMilli(),
+		reply.RequestID, s.cfg.HistoryTurns, s.cfg.HistoryTTL.Milliseconds(),
+		s.ResultsChannel(), d.Tenant + "/" + d.User + "/" + d.ID + "/" + reply.RequestID,
+	}
+	for _, t := range turns {
+		b, err := json.Marshal(t)
+		if err != nil {
+			return envelope.Reply{}, false, fmt.Errorf("encode turn: %w", err)
+		}
+		args = append(args, string(b))
+	}
+	keys := []string{s.reqKey(d, reply.RequestID), s.histKey(d)}
+	res, err := completeScript.Run(ctx, s.rdb, keys, args...).Slice()
+	if err != nil {
+		return envelope.Reply{}, false, fmt.Errorf("complete request: %w", err)
+	}
+	if len(res) != 2 {
+		return envelope.Reply{}, false, fmt.Errorf("complete request: unexpected script result %v", res)
+	}
+	fresh = res[0].(int64) == 1
+	if fresh {
+		return reply, true, nil
+	}
+	storedBody, _ := res[1].(string)
+	if err := json.Unmarshal([]byte(storedBody), &stored); err != nil {
+		return envelope.Reply{}, false, fmt.Errorf("decode stored result: %w", err)
+	}
+	return stored, false, nil
+}
