@@ -188,7 +188,7 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
 		kgo.ProducerLinger(cfg.Linger),
 		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotent by default with all acks
-		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
+		kgo.RecordDeliveryTimeout(max(cfg.ProduceTimeout, time.Second)), // franz-go refuses less than 1 s
 	)
 	if err != nil {
 		return nil, err
@@ -213,11 +213,12 @@ func (s *Server) routes() *echo.Echo {
 	e.HTTPErrorHandler = s.errorHandler
 	e.Use(s.observe)
 	e.Use(middleware.BodyLimit(strconv.FormatInt(s.cfg.BodyLimit, 10) + "B"))
-	api := e.Group("/v1", s.authenticate)
-	api.POST("/chat", s.postChat)
-	api.GET("/chat/:dialog_id/:request_id", s.pollChat)
-	api.GET("/dialogs/:dialog_id", s.getDialog)
-	api.DELETE("/dialogs/:dialog_id", s.deleteDialog)
+	// Middleware per route, not per group: an Echo group with middleware
+	// answers every unknown method under it with 404 instead of 405.
+	e.POST("/v1/chat", s.postChat, s.authenticate)
+	e.GET("/v1/chat/:dialog_id/:request_id", s.pollChat, s.authenticate)
+	e.GET("/v1/dialogs/:dialog_id", s.getDialog, s.authenticate)
+	e.DELETE("/v1/dialogs/:dialog_id", s.deleteDialog, s.authenticate)
 	return e
 }
 

@@ -1,0 +1,283 @@
+package producer_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"sluice/producer"
+	"sluice/shared/auth"
+	"sluice/shared/bus"
+	"sluice/shared/devstack"
+	"sluice/shared/envelope"
+	"sluice/shared/store"
+)
+
+const secret = "producer-test-secret-0123456789"
+
+type harness struct {
+	url    string
+	broker *devstack.Broker
+	bus    bus.Config
+	store  *store.Redis
+}
+
+// mustStart runs a producer against kfake and miniredis, without consumers.
+func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
+	tb.Helper()
+	cfg := bus.DefaultConfig()
+	cfg.Partitions = 2
+	b, err := devstack.StartBroker(devstack.BrokerConfig{Addr: "127.0.0.1:0", Partitions: 2,
+		Topics: []string{cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(b.Close)
+	cfg.Brokers = []string{b.Addr()}
+	m := miniredis.RunT(tb)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	tb.Cleanup(func() { _ = rdb.Close() })
+	st, err := store.New(rdb, store.DefaultConfig())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	v, err := auth.NewVerifier(auth.Config{Secret: secret})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pcfg := producer.DefaultConfig()
+	pcfg.MaxTextChars = 10
+	pcfg.BodyLimit = 1024
+	pcfg.ProduceTimeout = 500 * time.Millisecond
+	pcfg.ShutdownTimeout = 2 * time.Second
+	if mutate != nil {
+		mutate(&pcfg)
+	}
+	p, err := producer.New(pcfg, cfg, v, st, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, ln) }()
+	tb.Cleanup(func() { cancel(); <-done; p.Close() })
+	for !p.Ready() {
+		select {
+		case err := <-done:
+			tb.Fatalf("producer stopped: %v", err)
+		case <-time.After(5 * time.Millisecond): // readiness has no event to await
+		}
+	}
+	return &harness{url: "http://" + ln.Addr().String(), broker: b, bus: cfg, store: st}
+}
+
+func token(tb testing.TB, tenant, user string) string {
+	tok, err := auth.Mint(secret, tenant, user, time.Hour, time.Now())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+type response struct {
+	code    int
+	header  http.Header
+	body    []byte
+	problem producer.Problem
+}
+
+func (h *harness) send(tb testing.TB, method, path, auth, contentType, body string) response {
+	tb.Helper()
+	req, err := http.NewRequest(method, h.url+path, strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := response{code: resp.StatusCode, header: resp.Header}
+	r.body, _ = io.ReadAll(resp.Body)
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") {
+		if err := json.Unmarshal(r.body, &r.problem); err != nil {
+			tb.Fatalf("problem body %q: %v", r.body, err)
+		}
+	}
+	return r
+}
+
+func TestErrorsAreProblems(t *testing.T) {
+	h := mustStart(t, nil)
+	bearer := "Bearer " + token(t, "t1", "u1")
+	expired, _ := auth.Mint(secret, "t1", "u1", time.Second, time.Now().Add(-time.Hour))
+	wrongKey, _ := auth.Mint("another-secret-0123456789", "t1", "u1", time.Hour, time.Now())
+	const dlg = "0123456789abcdef0123456789abcdef"
+	tests := []struct {
+		name, method, path, auth, ctype, body string
+		code                                  int
+		detail                                string
+	}{
+		{"NoToken", "POST", "/v1/chat", "", "application/json", `{"text":"hi"}`, 401, "missing bearer token"},
+		{"NotBearer", "POST", "/v1/chat", "Basic dTpw", "application/json", `{"text":"hi"}`, 401, "missing bearer token"},
+		{"Expired", "POST", "/v1/chat", "Bearer " + expired, "application/json", `{"text":"hi"}`, 401, "expired"},
+		{"WrongKey", "POST", "/v1/chat", "Bearer " + wrongKey, "application/json", `{"text":"hi"}`, 401, "signature"},
+		{"Garbage", "POST", "/v1/chat", "Bearer abc.def.ghi", "application/json", `{"text":"hi"}`, 401, "invalid token"},
+		{"BadJSON", "POST", "/v1/chat", bearer, "application/json", `{"text":`, 400, "malformed JSON"},
+		{"NotObject", "POST", "/v1/chat", bearer, "application/json", `[1]`, 400, "must be"},
+		{"Empty", "POST", "/v1/chat", bearer, "application/json", ``, 400, "JSON object"},
+		{"TwoObjects", "POST", "/v1/chat", bearer, "application/json", `{"text":"a"}{"text":"b"}`, 400, "exactly one"},
+		{"WrongType", "POST", "/v1/chat", bearer, "application/json", `{"text":5}`, 400, "field text must be string"},
+		{"UnknownField", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","txet":"b"}`, 400, "unknown field"},
+		{"EmptyText", "POST", "/v1/chat", bearer, "application/json", `{"text":"  "}`, 400, "text must not be empty"},
+		{"LongText", "POST", "/v1/chat", bearer, "application/json", `{"text":"一二三四五六七八九十十"}`, 400, "11 characters, at most 10"},
+		{"InvalidUTF8", "POST", "/v1/chat", bearer, "application/json", "{\"text\":\"\xff\xfe\"}", 400, "UTF-8"},
+		{"BadDialog", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","dialog_id":"ABC"}`, 400, "dialog_id"},
+		{"UpperDialog", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","dialog_id":"0123456789ABCDEF0123456789ABCDEF"}`, 400, "dialog_id"},
+		{"BadMode", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","mode":"later"}`, 400, "mode must be"},
+		{"NegativeWait", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","wait_ms":-1}`, 400, "wait_ms must not be negative"},
+		{"HugeWait", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","wait_ms":999999999}`, 400, "wait_ms must be at most"},
+		{"CallbackURLWithoutMode", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","callback_url":"https://x.example/cb"}`, 400, "callback_url"},
+		{"TooLarge", "POST", "/v1/chat", bearer, "application/json", `{"text":"` + strings.Repeat("a", 2000) + `"}`, 413, ""},
+		{"MediaType", "POST", "/v1/chat", bearer, "text/plain", `{"text":"a"}`, 415, "application/json"},
+		{"UnknownRoute", "GET", "/v1/nope", bearer, "", "", 404, ""},
+		{"WrongMethod", "PUT", "/v1/chat", bearer, "", "", 405, "PUT"},
+		{"PollUnknown", "GET", "/v1/chat/" + dlg + "/01890000-0000-7000-8000-000000000000", bearer, "", "", 404, "no such request"},
+		{"PollBadID", "GET", "/v1/chat/xyz/abc", bearer, "", "", 404, "no such request"},
+		{"PollBadWait", "GET", "/v1/chat/" + dlg + "/r1?wait_ms=soon", bearer, "", "", 400, "wait_ms"},
+		{"HistoryBadID", "GET", "/v1/dialogs/not-hex", bearer, "", "", 400, "dialog_id"},
+		{"DeleteBadID", "DELETE", "/v1/dialogs/not-hex", bearer, "", "", 400, "dialog_id"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := h.send(t, tt.method, tt.path, tt.auth, tt.ctype, tt.body)
+			if r.code != tt.code {
+				t.Fatalf("status %d, want %d: %s", r.code, tt.code, r.body)
+			}
+			if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/problem+json") {
+				t.Fatalf("Content-Type %q, want application/problem+json", ct)
+			}
+			p := r.problem
+			if p.Status != tt.code || p.Title != http.StatusText(tt.code) || !strings.HasPrefix(p.Type, "/problems/") {
+				t.Fatalf("problem %+v", p)
+			}
+			if !strings.Contains(p.Detail, tt.detail) {
+				t.Fatalf("detail %q does not mention %q", p.Detail, tt.detail)
+			}
+			if tt.code == 401 && r.header.Get("WWW-Authenticate") == "" {
+				t.Fatal("401 without WWW-Authenticate")
+			}
+		})
+	}
+}
+
+func TestAcceptedRequestIsOnKafka(t *testing.T) {
+	h := mustStart(t, nil)
+	bearer := "Bearer " + token(t, "t1", "u1")
+	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"还能退吗","mode":"async"}`)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("status %d: %s", r.code, r.body)
+	}
+	var q producer.QueuedBody
+	if err := json.Unmarshal(r.body, &q); err != nil {
+		t.Fatal(err)
+	}
+	if r.header.Get("Location") != q.PollURL || q.Status != "queued" || !envelope.ValidDialogID(q.DialogID) {
+		t.Fatalf("queued body %+v, Location %q", q, r.header.Get("Location"))
+	}
+	// The poll says queued (202) until a consumer answers.
+	if p := h.send(t, "GET", q.PollURL+"?wait_ms=0", bearer, "", ""); p.code != http.StatusAccepted {
+		t.Fatalf("poll of a queued request: %d %s", p.code, p.body)
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(h.bus.Brokers...), kgo.ConsumeTopics(h.bus.RequestsTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fs := cl.PollFetches(ctx)
+	recs := fs.Records()
+	if len(recs) != 1 {
+		t.Fatalf("%d records on %s, want 1 (errors %v)", len(recs), h.bus.RequestsTopic, fs.Errors())
+	}
+	rec := recs[0]
+	req, err := envelope.DecodeRequest(rec.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(rec.Key) != "t1/u1/"+q.DialogID || req.RequestID != q.RequestID || req.Text != "还能退吗" ||
+		req.Reply.Topic != h.bus.RepliesTopic || req.Reply.Partition < 0 || !req.Deadline.After(req.CreatedAt) {
+		t.Fatalf("record key %q value %+v", rec.Key, req)
+	}
+}
+
+func TestWaitRunsOutTo202(t *testing.T) {
+	h := mustStart(t, nil)
+	bearer := "Bearer " + token(t, "t1", "u1")
+	start := time.Now()
+	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"hello","wait_ms":150}`)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("no consumer: status %d, want 202 after the wait: %s", r.code, r.body)
+	}
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Fatalf("answered 202 after %v, before wait_ms", took)
+	}
+}
+
+func TestKafkaDownIs503(t *testing.T) {
+	h := mustStart(t, nil)
+	bearer := "Bearer " + token(t, "t1", "u1")
+	h.broker.Close()
+	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"hello","mode":"async"}`)
+	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("status %d Retry-After %q, want 503 with Retry-After", r.code, r.header.Get("Retry-After"))
+	}
+}
+
+func TestDeleteDialog(t *testing.T) {
+	h := mustStart(t, nil)
+	bearer := "Bearer " + token(t, "t1", "u1")
+	const dlg = "0123456789abcdef0123456789abcdef"
+	d := store.Dialog{Tenant: "t1", User: "u1", ID: dlg}
+	rep := envelope.Reply{V: 1, RequestID: "r1", Tenant: "t1", User: "u1", DialogID: dlg, Status: "done", Answer: "a", FinishedAt: time.Now()}
+	if _, _, err := h.store.Complete(context.Background(), d, rep, time.Now(),
+		envelope.Turn{Role: "user", Content: "q", RequestID: "r1"}, envelope.Turn{Role: "assistant", Content: "a", RequestID: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	var body producer.DialogBody
+	r := h.send(t, "GET", "/v1/dialogs/"+dlg, bearer, "", "")
+	if err := json.Unmarshal(r.body, &body); err != nil || len(body.Turns) != 2 {
+		t.Fatalf("history before delete: %s", r.body)
+	}
+	if r := h.send(t, "DELETE", "/v1/dialogs/"+dlg, bearer, "", ""); r.code != http.StatusNoContent {
+		t.Fatalf("delete: %d", r.code)
+	}
+	r = h.send(t, "GET", "/v1/dialogs/"+dlg, bearer, "", "")
+	if err := json.Unmarshal(r.body, &body); err != nil || len(body.Turns) != 0 || !strings.Contains(string(r.body), `"turns":[]`) {
+		t.Fatalf("history after delete: %s", r.body)
+	}
+}
