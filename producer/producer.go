@@ -187,7 +187,7 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 		kgo.DefaultProduceTopic(cfgBus.RequestsTopic),
 		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
 		kgo.ProducerLinger(cfg.Linger),
-		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotent by default with all acks
+		kgo.RequiredAcks(kgo.AllISRAcks()),                              // idempotent by default with all acks
 		kgo.RecordDeliveryTimeout(max(cfg.ProduceTimeout, time.Second)), // franz-go refuses less than 1 s
 	)
 	if err != nil {
