@@ -199,9 +199,11 @@ var completeScript = redis.NewScript(completeSrc)
 
 // Complete stores the final reply of a request and, when turns are given,
 // appends them to the dialog's history, in one atomic step. It is idempotent
-// on the request id: when the request already has a final result, or its
-// turns are already in the history, nothing is appended and the stored reply
-// is returned with fresh false. created is the request's creation time.
+// on the request id: when the request already has a final result, nothing is
+// written and that stored reply is returned with fresh false. When only its
+// turns are still in the history (the result expired before a late
+// redelivery), reply is stored but no turn is appended again. created is the
+// request's creation time.
 func (s *Redis) Complete(ctx context.Context, d Dialog, reply envelope.Reply, created time.Time, turns ...envelope.Turn) (stored envelope.Reply, fresh bool, err error) {
 	body, err := json.Marshal(reply)
 	if err != nil {
