@@ -5,6 +5,7 @@
 //	sluice consumer   the worker
 //	sluice mockllm    the OpenAI-compatible mock LLM
 //	sluice token      mint a bearer token with the configured key
+//	sluice loadgen    generate load and measure throughput and latency
 //
 // Every flag has an environment twin: --kafka-brokers is SLUICE_KAFKA_BROKERS.
 package main
@@ -38,6 +39,7 @@ Commands:
   consumer   run the worker that answers requests
   mockllm    run the OpenAI-compatible mock LLM
   token      mint a bearer token (--sub U --tenant T --ttl 2h)
+  loadgen    generate load against the API or straight into Kafka, and measure
   version    print the version
 
 Run 'sluice <command> -h' for a command's flags. Every flag has an
@@ -65,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runMock(ctx, rest, stdout, stderr)
 	case "token":
 		err = runToken(rest, stdout, stderr)
+	case "loadgen":
+		err = runLoadgen(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":
