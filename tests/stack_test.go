@@ -138,6 +138,8 @@ type stack struct {
 	llmURL  string
 	brokers []string
 
+	prefix    string
+
 	mu        sync.Mutex
 	producers []*runningProducer
 	consumers []*runningConsumer
@@ -192,6 +194,7 @@ func newStack(t *testing.T, b backend, opt stackOptions) *stack {
 		t.Fatal(err)
 	}
 	s.store = st
+	s.prefix = stCfg.Prefix
 	t.Cleanup(func() { cleanKeys(s.rdb, stCfg.Prefix+":*") })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -457,4 +460,10 @@ func replyCounts(t *testing.T, brokers []string, topic string, want []string, wi
 		t.Fatalf("%d of %d replies never arrived on %s", n, len(want), topic)
 	}
 	return counts
+}
+
+func mockllmConfig(latency, jitter time.Duration) mockllm.Config {
+	c := mockllm.DefaultConfig()
+	c.Latency, c.Jitter = latency, jitter
+	return c
 }
