@@ -289,4 +289,3 @@ func TestConsumerSIGKILLUnderLoad(t *testing.T) {
 	}
 	checkHistories(t, dialogs, 10)
 }
-

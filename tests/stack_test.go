@@ -138,7 +138,7 @@ type stack struct {
 	llmURL  string
 	brokers []string
 
-	prefix    string
+	prefix string
 
 	mu        sync.Mutex
 	producers []*runningProducer
