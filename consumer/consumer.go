@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/consumer/llm"
@@ -59,6 +60,11 @@ type Config struct {
 	RetryBackoff time.Duration
 	// SessionTimeout is the consumer group session timeout. Default 10 s.
 	SessionTimeout time.Duration
+	// OrderBy is what records are serialized by: "key" (default: one dialog
+	// at a time, many dialogs of a partition in parallel) or "partition"
+	// (one record at a time per partition, as most Kafka consumers do; for
+	// comparison only).
+	OrderBy string
 }
 
 // DefaultConfig returns the defaults.
@@ -70,8 +76,15 @@ func DefaultConfig() Config {
 		RevokeTimeout:  10 * time.Second,
 		RetryBackoff:   100 * time.Millisecond,
 		SessionTimeout: 10 * time.Second,
+		OrderBy:        OrderByKey,
 	}
 }
+
+// Values of Config.OrderBy.
+const (
+	OrderByKey       = "key"
+	OrderByPartition = "partition"
+)
 
 // Validate reports the first setting out of range.
 func (c Config) Validate() error {
@@ -88,6 +101,8 @@ func (c Config) Validate() error {
 		return errors.New("retry backoff must be positive")
 	case c.SessionTimeout < time.Second:
 		return errors.New("session timeout must be at least 1s")
+	case c.OrderBy != OrderByKey && c.OrderBy != OrderByPartition:
+		return fmt.Errorf("order-by must be %q or %q, got %q", OrderByKey, OrderByPartition, c.OrderBy)
 	}
 	return nil
 }
@@ -315,7 +330,10 @@ func (c *Consumer) Close() {
 // dispatch hands r to the worker of its key, starting one when none runs.
 func (c *Consumer) dispatch(r *kgo.Record, now time.Time) {
 	w := &work{rec: r, part: c.tracker.add(r), key: string(r.Key), got: now}
-	if len(r.Key) == 0 {
+	switch {
+	case c.cfg.OrderBy == OrderByPartition:
+		w.key = fmt.Sprintf("\x00%s/%d", r.Topic, r.Partition)
+	case len(r.Key) == 0:
 		w.key = fmt.Sprintf("\x00%s/%d/%d", r.Topic, r.Partition, r.Offset) // unordered
 	}
 	c.inflight.Add(1)
@@ -471,7 +489,13 @@ func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.R
 	if err := c.retry(ctx, "kafka_reply", func(ctx context.Context) error {
 		return c.cl.ProduceSync(ctx, rec).FirstErr()
 	}); err != nil {
-		return err
+		if !permanent(err) || ctx.Err() != nil {
+			return err
+		}
+		// The result is stored (a poll finds it); the reply cannot be
+		// delivered where the request asked, so the request goes to the
+		// DLQ instead of blocking its dialog forever.
+		return c.deadLetter(ctx, src, fmt.Errorf("publish reply to %s/%d: %w", rec.Topic, rec.Partition, err))
 	}
 	if !req.CreatedAt.IsZero() {
 		c.m.e2e.Observe(time.Since(req.CreatedAt).Seconds())
@@ -509,6 +533,9 @@ func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Conte
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if permanent(err) {
+			return err
+		}
 		c.m.retries.WithLabelValues(step).Inc()
 		if attempt == 1 || attempt%10 == 0 {
 			c.log.Warn("transient failure, retrying", "step", step, "attempt", attempt, "err", err)
@@ -523,6 +550,17 @@ func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Conte
 			return ctx.Err()
 		}
 	}
+}
+
+// permanent reports whether retrying err cannot help: a Kafka error the
+// protocol marks as not retriable (unknown or illegal topic name, record too
+// large, authorization), or a closed client.
+func permanent(err error) bool {
+	if errors.Is(err, kgo.ErrClientClosed) {
+		return true
+	}
+	var ke *kerr.Error
+	return errors.As(err, &ke) && !ke.Retriable
 }
 
 // revoked runs while the group takes partitions away: it lets their

@@ -169,6 +169,7 @@ func registerConsumer(fs *flag.FlagSet, c *consumer.Config) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long a stopping consumer finishes in-flight work")
 	fs.DurationVar(&c.RevokeTimeout, "revoke-timeout", c.RevokeTimeout, "how long a rebalance waits for work of revoked partitions")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout")
+	fs.StringVar(&c.OrderBy, "order-by", c.OrderBy, "serialize records by dialog (key) or, for comparison, one at a time per partition (partition)")
 }
 
 func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys *[]string) {

@@ -87,6 +87,21 @@ func ValidID(s string) bool {
 	return true
 }
 
+// ValidTopic reports whether s is a legal Kafka topic name: 1 to 249 of
+// [a-zA-Z0-9._-], and not "." or "..".
+func ValidTopic(s string) bool {
+	if len(s) == 0 || len(s) > 249 || s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // ReplyTo says where the answer to a request goes.
 type ReplyTo struct {
 	Topic string `json:"topic"`
@@ -155,6 +170,8 @@ func (r *Request) Validate() error {
 		return fmt.Errorf("%w: deadline", ErrMissingField)
 	case r.Reply.Topic == "":
 		return fmt.Errorf("%w: reply.topic", ErrMissingField)
+	case !ValidTopic(r.Reply.Topic):
+		return fmt.Errorf("%w: reply.topic: not a legal Kafka topic name", ErrInvalidField)
 	case r.Reply.Partition < AnyPartition:
 		return fmt.Errorf("%w: reply.partition: %d", ErrInvalidField, r.Reply.Partition)
 	}

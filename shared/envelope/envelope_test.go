@@ -683,3 +683,24 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 	})
 }
+
+func TestValidTopic(t *testing.T) {
+	for _, tt := range []struct {
+		topic string
+		ok    bool
+	}{
+		{"chat.replies", true}, {"bot_replies-1", true}, {strings.Repeat("a", 249), true},
+		{"", false}, {".", false}, {"..", false}, {"has space", false}, {"a/b", false},
+		{"中文", false}, {strings.Repeat("a", 250), false},
+	} {
+		if got := envelope.ValidTopic(tt.topic); got != tt.ok {
+			t.Errorf("ValidTopic(%q) = %v, want %v", tt.topic, got, tt.ok)
+		}
+	}
+	m := validRequest()
+	reply(m)["topic"] = "bad topic"
+	b, _ := json.Marshal(m)
+	if _, err := envelope.DecodeRequest(b); !errors.Is(err, envelope.ErrInvalidField) || !strings.Contains(err.Error(), "reply.topic") {
+		t.Fatalf("reply.topic with a space: %v, want ErrInvalidField naming reply.topic", err)
+	}
+}
