@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"sluice/shared/auth"
+)
+
+// TestSettingErrorsNameTheSetting: a missing or malformed setting stops
+// start-up with exit code 2 and a message naming it by both spellings.
+func TestSettingErrorsNameTheSetting(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"ProducerNoBrokers", nil, []string{"producer"}, "SLUICE_KAFKA_BROKERS (--kafka-brokers): is required"},
+		{"ProducerBadBroker", map[string]string{"SLUICE_KAFKA_BROKERS": "localhost"}, []string{"producer"}, "SLUICE_KAFKA_BROKERS (--kafka-brokers)"},
+		{"ProducerNoSecret", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1"}, []string{"producer"}, "SLUICE_JWT_SECRET (--jwt-secret): is required"},
+		{"ProducerShortSecret", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "short"}, []string{"producer"}, "SLUICE_JWT_SECRET (--jwt-secret): jwt secret must be at least 16 bytes"},
+		{"ProducerNoRedis", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer"}, "SLUICE_REDIS_ADDR (--redis-addr): is required"},
+		{"ConsumerNoLLM", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1"}, []string{"consumer"}, "SLUICE_LLM_BASE_URL (--llm-base-url): is required"},
+		{"ConsumerBadInFlight", map[string]string{"SLUICE_IN_FLIGHT": "lots"}, []string{"consumer"}, `SLUICE_IN_FLIGHT (--in-flight): invalid value "lots"`},
+		{"ConsumerBadDuration", nil, []string{"consumer", "--drain-timeout", "soon"}, "drain-timeout"},
+		{"DevUnknownRole", nil, []string{"dev", "--roles", "broker,oracle"}, `SLUICE_ROLES (--roles): unknown role "oracle"`},
+		{"BadLogLevel", map[string]string{"SLUICE_LOG_LEVEL": "loud"}, []string{"mockllm"}, "SLUICE_LOG_LEVEL (--log-level)"},
+		{"MockBadRate", nil, []string{"mockllm", "--mock-error-rate", "2"}, "error rate must be within 0..1"},
+		{"TokenNoSecret", nil, []string{"token", "--sub", "u", "--tenant", "t"}, "SLUICE_JWT_SECRET (--jwt-secret): is required"},
+		{"UnknownCommand", nil, []string{"frobnicate"}, `unknown command "frobnicate"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			var out, errb bytes.Buffer
+			code := run(context.Background(), tt.args, &out, &errb)
+			if code != 2 {
+				t.Fatalf("exit code %d, want 2; stderr:\n%s", code, errb.String())
+			}
+			if !strings.Contains(errb.String(), tt.want) {
+				t.Fatalf("stderr does not name the setting %q:\n%s", tt.want, errb.String())
+			}
+		})
+	}
+}
+
+func TestTokenMintsVerifiableToken(t *testing.T) {
+	const secret = "token-test-secret-0123456789"
+	t.Setenv("SLUICE_JWT_SECRET", secret)
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"token", "--sub", "alice", "--tenant", "shop-1", "--ttl", "2h"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	v, err := auth.NewVerifier(auth.Config{Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := v.Verify(strings.TrimSpace(out.String()))
+	if err != nil || id.User != "alice" || id.Tenant != "shop-1" {
+		t.Fatalf("minted token verifies as %+v, %v", id, err)
+	}
+}
+
+// TestDevBrokerRole starts `sluice dev --roles broker` in-process on a free
+// port and checks it prints the broker address and stops on cancel.
+func TestDevBrokerRole(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"dev", "--roles", "broker", "--dev-kafka-addr", "127.0.0.1:0", "--data-dir", t.TempDir()}, &out, &errb)
+	}()
+	deadline := time.After(30 * time.Second)
+	for !strings.Contains(out.String(), "SLUICE_KAFKA_BROKERS=127.0.0.1:") {
+		select {
+		case code := <-done:
+			t.Fatalf("dev exited %d: %s", code, errb.String())
+		case <-deadline:
+			t.Fatalf("no broker address printed:\n%s", out.String())
+		case <-time.After(10 * time.Millisecond): // output has no event to await
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("dev exit code %d after cancel: %s", code, errb.String())
+	}
+}
