@@ -14,6 +14,7 @@
 //	sluice_producer_answered_total{how}                    wait-mode outcomes: answered, timed_out
 //	sluice_producer_waiters                                handlers waiting for an answer
 //	sluice_producer_replies_total{outcome}                 reply records read: woke, no_waiter, invalid
+//	sluice_producer_reply_partitions                       partitions of the replies topic this replica reads
 //	sluice_producer_store_errors_total{op}                 Redis failures tolerated on the hot path
 //	sluice_kafka_producer_*, sluice_kafka_replies_*        franz-go client metrics (kprom)
 package producer
@@ -59,9 +60,13 @@ type Config struct {
 	ProduceTimeout time.Duration
 	// Linger is the Kafka producer linger. Default 0: see docs/benchmarks.md.
 	Linger time.Duration
-	// ReplyPartitions are the partitions of the replies topic this replica
-	// reads; empty means all.
+	// ReplyPartitions pins the partitions of the replies topic this replica
+	// reads. Empty (the default): the replicas share the topic through the
+	// reply consumer group.
 	ReplyPartitions []int32
+	// ReplySessionTimeout is the reply group's session timeout: how soon the
+	// partitions of a dead replica move to the others. Default 6 s.
+	ReplySessionTimeout time.Duration
 	// ReplyFetchMaxWait bounds how long a reply fetch waits on an idle
 	// partition. Default 100 ms.
 	ReplyFetchMaxWait time.Duration
@@ -72,15 +77,16 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Addr:              ":8080",
-		WaitDefault:       3 * time.Second,
-		WaitMax:           30 * time.Second,
-		RequestTTL:        30 * time.Second,
-		MaxTextChars:      2000,
-		BodyLimit:         16 << 10,
-		ProduceTimeout:    3 * time.Second,
-		ReplyFetchMaxWait: 100 * time.Millisecond,
-		ShutdownTimeout:   25 * time.Second,
+		Addr:                ":8080",
+		WaitDefault:         3 * time.Second,
+		WaitMax:             30 * time.Second,
+		RequestTTL:          30 * time.Second,
+		MaxTextChars:        2000,
+		BodyLimit:           16 << 10,
+		ProduceTimeout:      3 * time.Second,
+		ReplyFetchMaxWait:   100 * time.Millisecond,
+		ReplySessionTimeout: 6 * time.Second,
+		ShutdownTimeout:     25 * time.Second,
 	}
 }
 
@@ -103,6 +109,8 @@ func (c Config) Validate() error {
 		return errors.New("linger must not be negative")
 	case c.ReplyFetchMaxWait <= 0:
 		return errors.New("reply fetch max wait must be positive")
+	case c.ReplySessionTimeout < time.Second:
+		return errors.New("reply session timeout must be at least 1s")
 	case c.ShutdownTimeout <= 0:
 		return errors.New("shutdown timeout must be positive")
 	}
@@ -139,6 +147,8 @@ type metrics struct {
 	replies     *prometheus.CounterVec
 	storeErrors *prometheus.CounterVec
 	waiters     prometheus.GaugeFunc
+
+	replyPartitions prometheus.Gauge
 }
 
 // New returns an ingress. It creates its Kafka client but contacts neither
@@ -175,9 +185,12 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 		waiters: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sluice_producer_waiters", Help: "Handlers waiting for an answer.",
 		}, func() float64 { return float64(s.waiters.len()) }),
+		replyPartitions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_producer_reply_partitions", Help: "Partitions of the replies topic this replica reads.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters} {
+		for _, c := range []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register producer metrics: %w", err)
 			}
@@ -203,6 +216,15 @@ func (s *Server) Handler() http.Handler { return s.echo }
 
 // Ready reports whether the ingress takes traffic: running, not draining.
 func (s *Server) Ready() bool { return s.ready.Load() && !s.draining.Load() }
+
+// ReplyPartitions returns the partitions of the replies topic this replica
+// reads now.
+func (s *Server) ReplyPartitions() []int32 {
+	if s.router == nil {
+		return nil
+	}
+	return s.router.partitions()
+}
 
 // Client returns the Kafka client, for readiness checks.
 func (s *Server) Client() *kgo.Client { return s.cl }
@@ -271,6 +293,11 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	defer stopBG()
 	go router.run(bg)
 	go nt.run(bg)
+	if len(s.cfg.ReplyPartitions) == 0 {
+		// Serve once the reply group gave this replica its share; until then
+		// answers would arrive through the store's notification only.
+		s.awaitAssignment(ctx, router)
+	}
 
 	if ln == nil {
 		if ln, err = net.Listen("tcp", s.cfg.Addr); err != nil {
@@ -281,7 +308,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	s.ready.Store(true)
-	s.log.Info("producer listening", "addr", ln.Addr().String(), "reply_partitions", router.parts)
+	s.log.Info("producer listening", "addr", ln.Addr().String(), "reply_partitions", router.partitions())
 
 	select {
 	case err := <-errc:
@@ -299,6 +326,23 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		s.log.Warn("kafka flush", "err", err)
 	}
 	return nil
+}
+
+// awaitAssignment waits, up to twice the reply session timeout, until the
+// reply group assigned this replica partitions.
+func (s *Server) awaitAssignment(ctx context.Context, r *replyRouter) {
+	limit := time.Now().Add(2 * s.cfg.ReplySessionTimeout)
+	for len(r.partitions()) == 0 && time.Now().Before(limit) && ctx.Err() == nil {
+		t := time.NewTimer(20 * time.Millisecond) // assignment has no event to await here
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	if len(r.partitions()) == 0 {
+		s.log.Warn("no reply partitions assigned yet; answers arrive through store notifications until then")
+	}
 }
 
 // Close releases the Kafka client. Call it after Run returned.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -14,53 +15,135 @@ import (
 	"sluice/shared/envelope"
 )
 
-// replyRouter reads this replica's partitions of the replies topic and wakes
-// the handlers waiting for them.
+// replyRouter reads this replica's share of the replies topic and wakes the
+// handlers waiting for those replies.
+//
+// The share comes from a Kafka consumer group of all ingress replicas (the
+// reply group): Kafka gives each replica its own partitions, so no reply is
+// read by two replicas while there are at least as many partitions as
+// replicas, and moves the partitions of a replica that died to the others
+// after the session timeout. Offsets are committed, so a partition's new
+// owner resumes where the old one stopped. A request names one of the
+// partitions its replica owns as reply.partition.
+//
+// Correctness does not rest on the routing: every result is also announced
+// through the store (see notifier), so a waiter whose reply was read by
+// another replica during a rebalance is still woken, only a few ms later.
+// With ReplyPartitions set, the replica reads exactly those partitions
+// without a group.
 type replyRouter struct {
-	s     *Server
-	cl    *kgo.Client
-	parts []int32
+	s  *Server
+	cl *kgo.Client
+
+	mu    sync.Mutex
+	owned []int32
+	view  atomic.Pointer[[]int32]
 	next  atomic.Uint64
 }
 
-// newReplyRouter resolves the partitions to read and starts reading them at
-// their current end, so that no reply produced after start is missed.
-func newReplyRouter(ctx context.Context, s *Server, want []int32) (*replyRouter, error) {
-	adm := kadm.NewClient(s.cl)
+func newReplyRouter(ctx context.Context, s *Server, static []int32) (*replyRouter, error) {
+	r := &replyRouter{s: s}
+	r.view.Store(&[]int32{})
 	topic := s.bus.RepliesTopic
-	ends, err := adm.ListEndOffsets(ctx, topic)
+	opts := []kgo.Opt{kgo.FetchMaxWait(s.cfg.ReplyFetchMaxWait)}
+	if len(static) > 0 {
+		offsets, err := endOffsets(ctx, s.cl, topic, static)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}))
+		r.set(static)
+	} else {
+		opts = append(opts,
+			kgo.ConsumerGroup(s.bus.ReplyGroup),
+			kgo.ConsumeTopics(topic),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()),
+			kgo.SessionTimeout(s.cfg.ReplySessionTimeout),
+			kgo.HeartbeatInterval(min(s.cfg.ReplySessionTimeout/3, s.cfg.ReplySessionTimeout)),
+			kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { r.add(m[topic]) }),
+			kgo.OnPartitionsRevoked(func(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+				r.remove(m[topic])
+				_ = cl.CommitUncommittedOffsets(ctx)
+			}),
+			kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { r.remove(m[topic]) }),
+		)
+	}
+	cl, err := bus.NewClient(s.bus, "replies", s.log, s.reg, opts...)
+	if err != nil {
+		return nil, err
+	}
+	r.cl = cl
+	return r, nil
+}
+
+// endOffsets returns the current end offset of each of parts.
+func endOffsets(ctx context.Context, cl *kgo.Client, topic string, parts []int32) (map[int32]kgo.Offset, error) {
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
 	if err != nil {
 		return nil, fmt.Errorf("list reply partitions: %w", err)
 	}
 	if err := ends.Error(); err != nil {
 		return nil, fmt.Errorf("list reply partitions of %s: %w", topic, err)
 	}
-	offsets := map[int32]kgo.Offset{}
-	var parts []int32
+	out := map[int32]kgo.Offset{}
 	ends.Each(func(o kadm.ListedOffset) {
-		if len(want) > 0 && !slices.Contains(want, o.Partition) {
-			return
+		if slices.Contains(parts, o.Partition) {
+			out[o.Partition] = kgo.NewOffset().At(o.Offset)
 		}
-		offsets[o.Partition] = kgo.NewOffset().At(o.Offset)
-		parts = append(parts, o.Partition)
 	})
-	if len(parts) == 0 {
-		return nil, fmt.Errorf("none of the reply partitions %v exists in %s", want, topic)
+	for _, p := range parts {
+		if _, ok := out[p]; !ok {
+			return nil, fmt.Errorf("reply partition %d does not exist in %s", p, topic)
+		}
 	}
-	slices.Sort(parts)
-	cl, err := bus.NewClient(s.bus, "replies", s.log, s.reg,
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}),
-		kgo.FetchMaxWait(s.cfg.ReplyFetchMaxWait),
-	)
-	if err != nil {
-		return nil, err
-	}
-	return &replyRouter{s: s, cl: cl, parts: parts}, nil
+	return out, nil
 }
 
-// partition returns the reply partition for the next request.
+func (r *replyRouter) set(parts []int32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.owned = slices.Clone(parts)
+	r.publish()
+}
+
+func (r *replyRouter) add(parts []int32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range parts {
+		if !slices.Contains(r.owned, p) {
+			r.owned = append(r.owned, p)
+		}
+	}
+	r.publish()
+}
+
+func (r *replyRouter) remove(parts []int32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.owned = slices.DeleteFunc(r.owned, func(p int32) bool { return slices.Contains(parts, p) })
+	r.publish()
+}
+
+func (r *replyRouter) publish() {
+	v := slices.Clone(r.owned)
+	slices.Sort(v)
+	r.view.Store(&v)
+	r.s.m.replyPartitions.Set(float64(len(v)))
+}
+
+// partitions returns the partitions this replica reads now.
+func (r *replyRouter) partitions() []int32 { return *r.view.Load() }
+
+// partition returns the reply partition for the next request: one this
+// replica reads, or AnyPartition while it reads none (more replicas than
+// partitions, or a rebalance under way); the store's notification wakes the
+// waiter then.
 func (r *replyRouter) partition() int32 {
-	return r.parts[r.next.Add(1)%uint64(len(r.parts))]
+	v := *r.view.Load()
+	if len(v) == 0 {
+		return envelope.AnyPartition
+	}
+	return v[r.next.Add(1)%uint64(len(v))]
 }
 
 // run reads replies until ctx ends.
@@ -91,4 +174,5 @@ func (r *replyRouter) run(ctx context.Context) {
 	}
 }
 
+// close leaves the reply group, handing this replica's partitions to the others.
 func (r *replyRouter) close() { r.cl.Close() }

@@ -158,6 +158,7 @@ func newProcessStack(t *testing.T) *processStack {
 		"SLUICE_REPLIES_TOPIC=" + s.bus.RepliesTopic,
 		"SLUICE_DLQ_TOPIC=" + s.bus.DLQTopic,
 		"SLUICE_CONSUMER_GROUP=" + s.bus.Group,
+		"SLUICE_REPLY_GROUP=" + s.bus.ReplyGroup,
 		"SLUICE_REDIS_ADDR=" + addr,
 		"SLUICE_REDIS_PREFIX=" + s.prefix,
 		"SLUICE_LLM_BASE_URL=" + s.llmURL,

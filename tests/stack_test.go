@@ -183,6 +183,7 @@ func newStack(t *testing.T, b backend, opt stackOptions) *stack {
 	cfg.RepliesTopic += "." + suffix
 	cfg.DLQTopic += "." + suffix
 	cfg.Group += "-" + suffix
+	cfg.ReplyGroup += "-" + suffix
 	s := &stack{t: t, bus: cfg}
 	s.brokers = b.kafka(t, cfg)
 	s.bus.Brokers = s.brokers

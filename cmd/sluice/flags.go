@@ -120,6 +120,7 @@ func registerKafka(fs *flag.FlagSet, c *bus.Config) {
 	fs.StringVar(&c.RepliesTopic, "replies-topic", c.RepliesTopic, "topic of replies for the HTTP ingress")
 	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic of unprocessable request records")
 	fs.StringVar(&c.Group, "consumer-group", c.Group, "consumer group of the consumers")
+	fs.StringVar(&c.ReplyGroup, "reply-group", c.ReplyGroup, "consumer group in which ingress replicas share the replies topic")
 	var parts int
 	fs.Func("topic-partitions", fmt.Sprintf("partitions of topics Sluice creates (default %d)", c.Partitions), func(s string) error {
 		n, err := strconv.Atoi(s)
@@ -183,7 +184,8 @@ func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys
 	fs.Int64Var(&c.BodyLimit, "body-limit", c.BodyLimit, "largest request body, in bytes")
 	fs.DurationVar(&c.ProduceTimeout, "produce-timeout", c.ProduceTimeout, "how long putting a request on Kafka may take before 503")
 	fs.DurationVar(&c.Linger, "kafka-linger", c.Linger, "Kafka producer linger")
-	fs.Var(partitionsValue{&c.ReplyPartitions}, "reply-partitions", "reply partitions this replica reads, comma-separated (default all)")
+	fs.Var(partitionsValue{&c.ReplyPartitions}, "reply-partitions", "pin the reply partitions this replica reads, comma-separated (default: shared through the reply group)")
+	fs.DurationVar(&c.ReplySessionTimeout, "reply-session-timeout", c.ReplySessionTimeout, "how soon a dead replica's reply partitions move to the others")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long a stopping ingress lets waiting requests finish")
 }
 

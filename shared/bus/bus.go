@@ -33,6 +33,9 @@ type Config struct {
 	DLQTopic string
 	// Group is the consumer group of the consumers. Default "sluice".
 	Group string
+	// ReplyGroup is the consumer group in which the ingress replicas share
+	// the replies topic. Default "sluice-replies".
+	ReplyGroup string
 	// Partitions is the partition count used when Sluice creates the topics.
 	// Default 12.
 	Partitions int32
@@ -48,6 +51,7 @@ func DefaultConfig() Config {
 		RepliesTopic:      "chat.replies",
 		DLQTopic:          "chat.requests.dlq",
 		Group:             "sluice",
+		ReplyGroup:        "sluice-replies",
 		Partitions:        12,
 		ReplicationFactor: -1,
 	}
@@ -66,8 +70,10 @@ func (c Config) Validate() error {
 	switch {
 	case c.RequestsTopic == "", c.RepliesTopic == "", c.DLQTopic == "":
 		return errors.New("topic names must not be empty")
-	case c.Group == "":
-		return errors.New("consumer group must not be empty")
+	case c.Group == "" || c.ReplyGroup == "":
+		return errors.New("consumer group names must not be empty")
+	case c.Group == c.ReplyGroup:
+		return errors.New("the reply group must differ from the consumer group")
 	case c.Partitions < 1:
 		return fmt.Errorf("partitions must be at least 1, got %d", c.Partitions)
 	}
