@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -181,11 +182,15 @@ func pollURL(dialogID, requestID string) string {
 // postChat accepts a question: it is on Kafka before the client hears 200 or 202.
 func (s *Server) postChat(c echo.Context) error {
 	if s.draining.Load() {
+		s.m.rejected.WithLabelValues("draining").Inc()
 		return unavailable("server is shutting down", 1)
 	}
 	id := identity(c)
 	body, wait, err := s.decodeChat(c)
 	if err != nil {
+		return err
+	}
+	if err := s.admitRequest(body.Mode, wait); err != nil {
 		return err
 	}
 	if body.DialogID == "" {
@@ -232,6 +237,7 @@ func (s *Server) postChat(c echo.Context) error {
 	cancel()
 	if err != nil {
 		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
+		s.m.rejected.WithLabelValues("kafka").Inc()
 		return unavailable("the request queue is unavailable, retry shortly", 1)
 	}
 	s.m.accepted.WithLabelValues(body.Mode).Inc()
@@ -244,6 +250,27 @@ func (s *Server) postChat(c echo.Context) error {
 		s.m.answered.WithLabelValues("timed_out").Inc()
 	}
 	return s.queued(c, req.DialogID, req.RequestID)
+}
+
+// admitRequest refuses, at once, a request the queue cannot serve in time:
+// a waiting one whose wait the estimated queue wait exceeds, any one whose
+// deadline it exceeds, and async or callback ones while the backlog is over
+// its bound.
+func (s *Server) admitRequest(mode string, wait time.Duration) error {
+	est := s.admit.estimate()
+	retry := func(over time.Duration) int { return int(min(max(math.Ceil(over.Seconds()), 1), 60)) }
+	switch {
+	case est > s.cfg.RequestTTL:
+		s.m.rejected.WithLabelValues("queue_wait").Inc()
+		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds the request's deadline", est.Round(time.Second)), retry(est-s.cfg.RequestTTL))
+	case mode == ModeWait && wait > 0 && est > wait:
+		s.m.rejected.WithLabelValues("queue_wait").Inc()
+		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds wait_ms; retry later or use mode async", est.Round(100*time.Millisecond)), retry(est-wait))
+	case mode != ModeWait && s.admit.lag.Load() > s.cfg.MaxLag:
+		s.m.rejected.WithLabelValues("backlog").Inc()
+		return unavailable(fmt.Sprintf("overloaded: %d requests queued, the bound is %d", s.admit.lag.Load(), s.cfg.MaxLag), retry(est/4))
+	}
+	return nil
 }
 
 // await waits up to wait for the request's final result: from the reply

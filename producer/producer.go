@@ -16,6 +16,10 @@
 //	sluice_producer_replies_total{outcome}                 reply records read: woke, no_waiter, invalid
 //	sluice_producer_reply_partitions                       partitions of the replies topic this replica reads
 //	sluice_producer_store_errors_total{op}                 Redis failures tolerated on the hot path
+//	sluice_producer_rejected_total{reason}                 refused at the door: queue_wait, backlog, draining, kafka
+//	sluice_producer_queue_lag                              consumer group lag on the requests topic
+//	sluice_producer_completion_rate                        requests/s the consumers complete
+//	sluice_producer_estimated_wait_seconds                 queue wait estimate used for admission
 //	sluice_kafka_producer_*, sluice_kafka_replies_*        franz-go client metrics (kprom)
 package producer
 
@@ -72,6 +76,17 @@ type Config struct {
 	ReplyFetchMaxWait time.Duration
 	// ShutdownTimeout bounds the graceful stop. Default 25 s.
 	ShutdownTimeout time.Duration
+
+	// AdmissionInterval is how often the queue wait estimate is refreshed
+	// from the consumer group's lag. Default 1 s.
+	AdmissionInterval time.Duration
+	// AdmissionMinRate floors the measured completion rate (requests/s) in
+	// the estimate, so a burst arriving at idle consumers is not refused
+	// before their rate shows. Default 50.
+	AdmissionMinRate float64
+	// MaxLag refuses async and callback requests while the consumers are
+	// this many requests behind. Default 100000.
+	MaxLag int64
 }
 
 // DefaultConfig returns the defaults.
@@ -87,6 +102,9 @@ func DefaultConfig() Config {
 		ReplyFetchMaxWait:   100 * time.Millisecond,
 		ReplySessionTimeout: 6 * time.Second,
 		ShutdownTimeout:     25 * time.Second,
+		AdmissionInterval:   time.Second,
+		AdmissionMinRate:    50,
+		MaxLag:              100000,
 	}
 }
 
@@ -113,6 +131,12 @@ func (c Config) Validate() error {
 		return errors.New("reply session timeout must be at least 1s")
 	case c.ShutdownTimeout <= 0:
 		return errors.New("shutdown timeout must be positive")
+	case c.AdmissionInterval < 10*time.Millisecond || c.AdmissionInterval > 2*time.Second:
+		return errors.New("admission interval must be within 10ms..2s")
+	case c.AdmissionMinRate < 0:
+		return errors.New("admission min rate must not be negative")
+	case c.MaxLag < 1:
+		return errors.New("max lag must be at least 1")
 	}
 	return nil
 }
@@ -130,6 +154,7 @@ type Server struct {
 	now    func() time.Time
 	router *replyRouter
 	notify *notifier
+	admit  *admission
 
 	waiters  *waiters
 	ready    atomic.Bool
@@ -149,6 +174,7 @@ type metrics struct {
 	waiters     prometheus.GaugeFunc
 
 	replyPartitions prometheus.Gauge
+	rejected        *prometheus.CounterVec
 }
 
 // New returns an ingress. It creates its Kafka client but contacts neither
@@ -188,13 +214,9 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 		replyPartitions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_producer_reply_partitions", Help: "Partitions of the replies topic this replica reads.",
 		}),
-	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("register producer metrics: %w", err)
-			}
-		}
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_rejected_total", Help: "Requests refused at the door, by reason.",
+		}, []string{"reason"}),
 	}
 	cl, err := bus.NewClient(cfgBus, "producer", log, reg,
 		kgo.DefaultProduceTopic(cfgBus.RequestsTopic),
@@ -207,6 +229,15 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 		return nil, err
 	}
 	s.cl = cl
+	s.admit = newAdmission(cl, cfgBus.RequestsTopic, cfgBus.Group, cfg.AdmissionInterval, cfg.AdmissionMinRate)
+	if reg != nil {
+		cols := []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions, s.m.rejected}
+		for _, c := range append(cols, s.admit.collectors()...) {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register producer metrics: %w", err)
+			}
+		}
+	}
 	s.echo = s.routes()
 	return s, nil
 }
@@ -293,6 +324,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	defer stopBG()
 	go router.run(bg)
 	go nt.run(bg)
+	go s.admit.run(bg)
 	if len(s.cfg.ReplyPartitions) == 0 {
 		// Serve once the reply group gave this replica its share; until then
 		// answers would arrive through the store's notification only.

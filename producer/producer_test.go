@@ -281,3 +281,59 @@ func TestDeleteDialog(t *testing.T) {
 		t.Fatalf("history after delete: %s", r.body)
 	}
 }
+
+// TestAdmissionWithConsumersStopped: with no consumer, the lag grows; a
+// wait-mode request that cannot be answered within its wait is refused at
+// once with 503 and Retry-After, while async requests are accepted until
+// the backlog bound, then refused too.
+func TestAdmissionWithConsumersStopped(t *testing.T) {
+	h := mustStart(t, func(c *producer.Config) {
+		c.AdmissionInterval = 20 * time.Millisecond
+		c.AdmissionMinRate = 10 // requests/s: 15 queued = 1.5 s of wait
+		c.MaxLag = 20
+	})
+	bearer := "Bearer " + token(t, "t1", "u1")
+	for i := range 15 {
+		if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async"}`); r.code != http.StatusAccepted {
+			t.Fatalf("async %d under the backlog bound: %d %s", i, r.code, r.body)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		start := time.Now()
+		r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":1000}`)
+		if r.code == http.StatusServiceUnavailable {
+			if took := time.Since(start); took > 500*time.Millisecond {
+				t.Fatalf("refused after %v: not at once", took)
+			}
+			if r.header.Get("Retry-After") == "" || !strings.Contains(r.problem.Detail, "queue wait") {
+				t.Fatalf("503 without Retry-After or reason: %v %+v", r.header, r.problem)
+			}
+			break
+		}
+		if r.code != http.StatusAccepted || time.Now().After(deadline) {
+			t.Fatalf("wait-mode with a 1.5 s queue ahead: %d %s", r.code, r.body)
+		}
+	}
+	// Async is still accepted until the backlog passes its bound.
+	var refused bool
+	for i := 0; i < 60 && !refused; i++ {
+		r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async"}`)
+		switch r.code {
+		case http.StatusAccepted:
+		case http.StatusServiceUnavailable:
+			if !strings.Contains(r.problem.Detail, "bound is 20") || r.header.Get("Retry-After") == "" {
+				t.Fatalf("backlog 503: %+v", r.problem)
+			}
+			refused = true
+		default:
+			t.Fatalf("async: %d %s", r.code, r.body)
+		}
+		if !refused {
+			time.Sleep(5 * time.Millisecond) // let the 20 ms refresh see the lag
+		}
+	}
+	if !refused {
+		t.Fatal("async requests never refused past the backlog bound")
+	}
+}
