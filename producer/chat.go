@@ -186,6 +186,12 @@ func (s *Server) postChat(c echo.Context) error {
 		return unavailable("server is shutting down", 1)
 	}
 	id := identity(c)
+	lctx, lcancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)
+	err := s.limit.allow(lctx, id)
+	lcancel()
+	if err != nil {
+		return s.count(err)
+	}
 	body, wait, err := s.decodeChat(c)
 	if err != nil {
 		return err
@@ -226,7 +232,10 @@ func (s *Server) postChat(c echo.Context) error {
 	// The queued marker lets any replica tell "queued" from "unknown" on a
 	// poll. Without it a poll answers 404 until the result is stored, so a
 	// Redis blip costs this, not the request.
-	if err := s.store.MarkQueued(ctx, d, req.RequestID, now); err != nil {
+	mctx, mcancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+	err = s.store.MarkQueued(mctx, d, req.RequestID, now)
+	mcancel()
+	if err != nil {
 		s.m.storeErrors.WithLabelValues("mark_queued").Inc()
 		s.log.Warn("mark queued", "request_id", req.RequestID, "err", err)
 	}
@@ -250,6 +259,15 @@ func (s *Server) postChat(c echo.Context) error {
 		s.m.answered.WithLabelValues("timed_out").Inc()
 	}
 	return s.queued(c, req.DialogID, req.RequestID)
+}
+
+// count counts a refusal by its reason.
+func (s *Server) count(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) && ae.reason != "" {
+		s.m.rejected.WithLabelValues(ae.reason).Inc()
+	}
+	return err
 }
 
 // admitRequest refuses, at once, a request the queue cannot serve in time:

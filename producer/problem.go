@@ -22,7 +22,8 @@ type apiError struct {
 	status     int
 	slug       string
 	detail     string
-	retryAfter int // seconds; 0 = no header
+	retryAfter int    // seconds; 0 = no header
+	reason     string // label of sluice_producer_rejected_total, if counted
 }
 
 func (e *apiError) Error() string { return e.slug + ": " + e.detail }

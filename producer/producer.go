@@ -16,7 +16,8 @@
 //	sluice_producer_replies_total{outcome}                 reply records read: woke, no_waiter, invalid
 //	sluice_producer_reply_partitions                       partitions of the replies topic this replica reads
 //	sluice_producer_store_errors_total{op}                 Redis failures tolerated on the hot path
-//	sluice_producer_rejected_total{reason}                 refused at the door: queue_wait, backlog, draining, kafka
+//	sluice_producer_rejected_total{reason}                 refused at the door: rate_user, rate_tenant, rate_global, queue_wait, backlog, draining, kafka
+//	sluice_producer_ratelimit_errors_total                 shared rate-limit checks that failed open (Redis unreachable)
 //	sluice_producer_queue_lag                              consumer group lag on the requests topic
 //	sluice_producer_completion_rate                        requests/s the consumers complete
 //	sluice_producer_estimated_wait_seconds                 queue wait estimate used for admission
@@ -59,6 +60,9 @@ type Config struct {
 	MaxTextChars int
 	// BodyLimit bounds a request body in bytes. Default 16 KiB.
 	BodyLimit int64
+	// StoreTimeout bounds each Redis call on the hot path (rate limits, the
+	// queued marker); past it the call fails open. Default 250 ms.
+	StoreTimeout time.Duration
 	// ProduceTimeout bounds putting a request on Kafka; past it the client
 	// gets 503. Default 3 s.
 	ProduceTimeout time.Duration
@@ -87,6 +91,14 @@ type Config struct {
 	// MaxLag refuses async and callback requests while the consumers are
 	// this many requests behind. Default 100000.
 	MaxLag int64
+
+	// UserRate and TenantRate limit POST /v1/chat per user and per tenant
+	// across all replicas (GCRA in Redis). GlobalRate caps what this
+	// replica accepts in all. Zero disables. Defaults: 30/m with bursts of
+	// 10 per user, no tenant or global limit.
+	UserRate   Rate
+	TenantRate Rate
+	GlobalRate Rate
 }
 
 // DefaultConfig returns the defaults.
@@ -99,12 +111,14 @@ func DefaultConfig() Config {
 		MaxTextChars:        2000,
 		BodyLimit:           16 << 10,
 		ProduceTimeout:      3 * time.Second,
+		StoreTimeout:        250 * time.Millisecond,
 		ReplyFetchMaxWait:   100 * time.Millisecond,
 		ReplySessionTimeout: 6 * time.Second,
 		ShutdownTimeout:     25 * time.Second,
 		AdmissionInterval:   time.Second,
 		AdmissionMinRate:    50,
 		MaxLag:              100000,
+		UserRate:            Rate{N: 30, Per: time.Minute, Burst: 10},
 	}
 }
 
@@ -123,6 +137,8 @@ func (c Config) Validate() error {
 		return errors.New("body limit must be at least 256 bytes")
 	case c.ProduceTimeout <= 0:
 		return errors.New("produce timeout must be positive")
+	case c.StoreTimeout <= 0:
+		return errors.New("store timeout must be positive")
 	case c.Linger < 0:
 		return errors.New("linger must not be negative")
 	case c.ReplyFetchMaxWait <= 0:
@@ -155,6 +171,7 @@ type Server struct {
 	router *replyRouter
 	notify *notifier
 	admit  *admission
+	limit  *limiter
 
 	waiters  *waiters
 	ready    atomic.Bool
@@ -230,8 +247,9 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	}
 	s.cl = cl
 	s.admit = newAdmission(cl, cfgBus.RequestsTopic, cfgBus.Group, cfg.AdmissionInterval, cfg.AdmissionMinRate)
+	s.limit = newLimiter(st.Client(), st.Prefix()+":rl", cfg.UserRate, cfg.TenantRate, cfg.GlobalRate, log.Warn)
 	if reg != nil {
-		cols := []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions, s.m.rejected}
+		cols := []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions, s.m.rejected, s.limit.errors}
 		for _, c := range append(cols, s.admit.collectors()...) {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register producer metrics: %w", err)

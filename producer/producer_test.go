@@ -27,6 +27,7 @@ import (
 const secret = "producer-test-secret-0123456789"
 
 type harness struct {
+	redis  *miniredis.Miniredis
 	url    string
 	broker *devstack.Broker
 	bus    bus.Config
@@ -61,6 +62,7 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 	pcfg.BodyLimit = 1024
 	pcfg.ProduceTimeout = 500 * time.Millisecond
 	pcfg.ShutdownTimeout = 2 * time.Second
+	pcfg.UserRate = producer.Rate{}
 	if mutate != nil {
 		mutate(&pcfg)
 	}
@@ -83,7 +85,7 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 		case <-time.After(5 * time.Millisecond): // readiness has no event to await
 		}
 	}
-	return &harness{url: "http://" + ln.Addr().String(), broker: b, bus: cfg, store: st}
+	return &harness{redis: m, url: "http://" + ln.Addr().String(), broker: b, bus: cfg, store: st}
 }
 
 func token(tb testing.TB, tenant, user string) string {
@@ -335,5 +337,75 @@ func TestAdmissionWithConsumersStopped(t *testing.T) {
 	}
 	if !refused {
 		t.Fatal("async requests never refused past the backlog bound")
+	}
+}
+
+func TestRateLimits(t *testing.T) {
+	h := mustStart(t, func(c *producer.Config) {
+		c.UserRate = producer.Rate{N: 3, Per: time.Minute, Burst: 3}
+		c.TenantRate = producer.Rate{N: 5, Per: time.Minute, Burst: 5}
+	})
+	ask := func(tenant, user string) response {
+		return h.send(t, "POST", "/v1/chat", "Bearer "+token(t, tenant, user), "application/json", `{"text":"q","mode":"async"}`)
+	}
+	for i := range 3 {
+		if r := ask("t1", "alice"); r.code != http.StatusAccepted {
+			t.Fatalf("alice %d within her limit: %d %s", i, r.code, r.body)
+		}
+	}
+	r := ask("t1", "alice")
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.Contains(r.problem.Detail, "user") {
+		t.Fatalf("alice over her limit: %d %v %+v", r.code, r.header, r.problem)
+	}
+	if r := ask("t1", "bob"); r.code != http.StatusAccepted {
+		t.Fatalf("bob is not limited by alice: %d", r.code)
+	}
+	if r := ask("t1", "carol"); r.code != http.StatusAccepted {
+		t.Fatalf("carol, 5th of the tenant: %d", r.code)
+	}
+	if r := ask("t1", "dave"); r.code != http.StatusTooManyRequests || !strings.Contains(r.problem.Detail, "tenant") {
+		t.Fatalf("dave, 6th of the tenant: %d %+v", r.code, r.problem)
+	}
+	if r := ask("t2", "alice"); r.code != http.StatusAccepted {
+		t.Fatalf("another tenant's alice: %d", r.code)
+	}
+	// Redis unreachable: the shared limits fail open.
+	h.redis.Close()
+	if r := ask("t1", "alice"); r.code != http.StatusAccepted {
+		t.Fatalf("with Redis down: %d %s, want the request accepted (fail open)", r.code, r.body)
+	}
+}
+
+func TestGlobalRateCap(t *testing.T) {
+	h := mustStart(t, func(c *producer.Config) { c.GlobalRate = producer.Rate{N: 2, Per: time.Hour, Burst: 2} })
+	bearer := "Bearer " + token(t, "t1", "u1")
+	for i := range 2 {
+		if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async"}`); r.code != http.StatusAccepted {
+			t.Fatalf("request %d: %d", i, r.code)
+		}
+	}
+	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async"}`)
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" {
+		t.Fatalf("over the global cap: %d %v", r.code, r.header)
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]producer.Rate{
+		"": {}, "0": {}, "30/m": {N: 30, Per: time.Minute, Burst: 30}, "2000/s": {N: 2000, Per: time.Second, Burst: 2000},
+		"5/10s:20": {N: 5, Per: 10 * time.Second, Burst: 20}, "1/h": {N: 1, Per: time.Hour, Burst: 1},
+	} {
+		got, err := producer.ParseRate(in)
+		if err != nil || got != want {
+			t.Errorf("ParseRate(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+		if back, _ := producer.ParseRate(got.String()); back != got {
+			t.Errorf("String of %+v reads back as %+v", got, back)
+		}
+	}
+	for _, bad := range []string{"30", "x/m", "-1/m", "3/fortnight", "3/m:0", "3/m:x", "3/-1s"} {
+		if _, err := producer.ParseRate(bad); err == nil {
+			t.Errorf("ParseRate(%q) accepted", bad)
+		}
 	}
 }

@@ -325,6 +325,7 @@ func testProducerConfig() producer.Config {
 	cfg := producer.DefaultConfig()
 	cfg.Addr = "127.0.0.1:0"
 	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.UserRate = producer.Rate{} // load tests ask much faster than people
 	return cfg
 }
 

@@ -182,6 +182,7 @@ func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys
 	fs.DurationVar(&c.RequestTTL, "request-ttl", c.RequestTTL, "how long after acceptance a request is still answered (its deadline)")
 	fs.IntVar(&c.MaxTextChars, "max-text-chars", c.MaxTextChars, "longest question, in characters")
 	fs.Int64Var(&c.BodyLimit, "body-limit", c.BodyLimit, "largest request body, in bytes")
+	fs.DurationVar(&c.StoreTimeout, "store-timeout", c.StoreTimeout, "bound of each Redis call on the ingress hot path (rate limits, queued marker); past it they fail open")
 	fs.DurationVar(&c.ProduceTimeout, "produce-timeout", c.ProduceTimeout, "how long putting a request on Kafka may take before 503")
 	fs.DurationVar(&c.Linger, "kafka-linger", c.Linger, "Kafka producer linger")
 	fs.Var(partitionsValue{&c.ReplyPartitions}, "reply-partitions", "pin the reply partitions this replica reads, comma-separated (default: shared through the reply group)")
@@ -190,6 +191,9 @@ func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys
 	fs.DurationVar(&c.AdmissionInterval, "admission-interval", c.AdmissionInterval, "how often the queue wait estimate is refreshed from the consumer lag")
 	fs.Float64Var(&c.AdmissionMinRate, "admission-min-rate", c.AdmissionMinRate, "floor of the measured completion rate (requests/s) in the queue wait estimate")
 	fs.Int64Var(&c.MaxLag, "max-lag", c.MaxLag, "refuse async and callback requests while this many requests are queued")
+	rateFlag(fs, &c.UserRate, "user-rate", "requests per user across replicas, N/unit[:burst] (e.g. 30/m:10); 0 disables")
+	rateFlag(fs, &c.TenantRate, "tenant-rate", "requests per tenant across replicas, N/unit[:burst]; 0 disables")
+	rateFlag(fs, &c.GlobalRate, "global-rate", "requests this replica accepts in all, N/unit[:burst]; 0 disables")
 }
 
 func registerMock(fs *flag.FlagSet, c *mockllm.Config) {
@@ -198,4 +202,15 @@ func registerMock(fs *flag.FlagSet, c *mockllm.Config) {
 	fs.Float64Var(&c.ErrorRate, "mock-error-rate", c.ErrorRate, "mock LLM: fraction of calls answered 500")
 	fs.Float64Var(&c.RateLimitRate, "mock-rate-limit-rate", c.RateLimitRate, "mock LLM: fraction of calls answered 429")
 	fs.DurationVar(&c.RetryAfter, "mock-retry-after", c.RetryAfter, "mock LLM: Retry-After of a 429")
+}
+
+func rateFlag(fs *flag.FlagSet, r *producer.Rate, name, usage string) {
+	fs.Func(name, usage+" (default "+r.String()+")", func(s string) error {
+		v, err := producer.ParseRate(s)
+		if err != nil {
+			return err
+		}
+		*r = v
+		return nil
+	})
 }

@@ -107,6 +107,9 @@ func New(rdb redis.UniversalClient, cfg Config) (*Redis, error) {
 // Client returns the underlying Redis client.
 func (s *Redis) Client() redis.UniversalClient { return s.rdb }
 
+// Prefix returns the prefix of the store's keys.
+func (s *Redis) Prefix() string { return s.cfg.Prefix }
+
 // ResultsChannel is the pub/sub channel on which completions are announced.
 func (s *Redis) ResultsChannel() string { return s.cfg.Prefix + ":results" }
 
