@@ -196,11 +196,15 @@ func (s *Server) postChat(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	newDialog := body.DialogID == ""
+	if newDialog {
+		body.DialogID = newDialogID()
+	}
+	if done, ok := s.fromHot(c, id, body, newDialog); ok {
+		return c.JSON(http.StatusOK, done)
+	}
 	if err := s.admitRequest(body.Mode, wait); err != nil {
 		return err
-	}
-	if body.DialogID == "" {
-		body.DialogID = newDialogID()
 	}
 	rid, err := uuid.NewV7()
 	if err != nil {
@@ -254,11 +258,53 @@ func (s *Server) postChat(c echo.Context) error {
 	if wake != nil {
 		if res, ok := s.await(ctx, d, req.RequestID, wake, wait); ok {
 			s.m.answered.WithLabelValues("answered").Inc()
+			if s.hot != nil && newDialog && res.Status == envelope.StatusDone &&
+				(res.Source == envelope.SourceLLM || res.Source == envelope.SourceFAQ) {
+				s.hot.put(context.WithoutCancel(ctx), id.Tenant, body.Text, hotEntry{Answer: res.Answer, Source: res.Source, Handoff: res.Handoff})
+			}
 			return c.JSON(http.StatusOK, doneBody(res, now))
 		}
 		s.m.answered.WithLabelValues("timed_out").Inc()
 	}
 	return s.queued(c, req.DialogID, req.RequestID)
+}
+
+// fromHot answers a wait-mode first turn from the hot-answer cache: the
+// answer is stored as the dialog's first two turns and as the request's
+// result, so the dialog goes on with its context and a poll finds it.
+func (s *Server) fromHot(c echo.Context, id auth.Identity, body ChatRequest, newDialog bool) (DoneBody, bool) {
+	if s.hot == nil || body.Mode != ModeWait {
+		return DoneBody{}, false
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)
+	defer cancel()
+	e, ok := s.hot.get(ctx, id.Tenant, body.Text, newDialog)
+	if !ok {
+		return DoneBody{}, false
+	}
+	d := store.Dialog{Tenant: id.Tenant, User: id.User, ID: body.DialogID}
+	if !newDialog {
+		if has, err := s.store.HasHistory(ctx, d); err != nil || has {
+			return DoneBody{}, false
+		}
+	}
+	rid, err := uuid.NewV7()
+	if err != nil {
+		return DoneBody{}, false
+	}
+	now := s.now().UTC()
+	req := envelope.Request{V: envelope.Version, RequestID: rid.String(), Tenant: id.Tenant, User: id.User, DialogID: body.DialogID, CreatedAt: now}
+	reply := envelope.NewReply(&req, envelope.StatusDone, now)
+	reply.Answer, reply.Source, reply.Handoff = e.Answer, envelope.SourceCache, e.Handoff
+	if _, _, err := s.store.Complete(ctx, d, reply, now,
+		envelope.Turn{Role: envelope.RoleUser, Content: body.Text, RequestID: req.RequestID, At: now},
+		envelope.Turn{Role: envelope.RoleAssistant, Content: e.Answer, RequestID: req.RequestID, At: now},
+	); err != nil {
+		s.m.storeErrors.WithLabelValues("hot_answer").Inc()
+		return DoneBody{}, false // the pipeline answers instead
+	}
+	s.m.accepted.WithLabelValues("cache").Inc()
+	return doneBody(reply, now), true
 }
 
 // count counts a refusal by its reason.

@@ -17,6 +17,7 @@
 //	sluice_producer_reply_partitions                       partitions of the replies topic this replica reads
 //	sluice_producer_store_errors_total{op}                 Redis failures tolerated on the hot path
 //	sluice_producer_rejected_total{reason}                 refused at the door: rate_user, rate_tenant, rate_global, queue_wait, backlog, draining, kafka
+//	sluice_producer_hot_answers_total{result}              first-turn cache lookups: hit, miss
 //	sluice_producer_ratelimit_errors_total                 shared rate-limit checks that failed open (Redis unreachable)
 //	sluice_producer_queue_lag                              consumer group lag on the requests topic
 //	sluice_producer_completion_rate                        requests/s the consumers complete
@@ -99,6 +100,12 @@ type Config struct {
 	UserRate   Rate
 	TenantRate Rate
 	GlobalRate Rate
+
+	// HotTTL is how long a first-turn answer serves the same question
+	// opening another dialog of the tenant; 0 disables. Default 60 s.
+	HotTTL time.Duration
+	// HotSize bounds the local hot-answer LRU. Default 10000.
+	HotSize int
 }
 
 // DefaultConfig returns the defaults.
@@ -119,6 +126,8 @@ func DefaultConfig() Config {
 		AdmissionMinRate:    50,
 		MaxLag:              100000,
 		UserRate:            Rate{N: 30, Per: time.Minute, Burst: 10},
+		HotTTL:              time.Minute,
+		HotSize:             10000,
 	}
 }
 
@@ -153,6 +162,8 @@ func (c Config) Validate() error {
 		return errors.New("admission min rate must not be negative")
 	case c.MaxLag < 1:
 		return errors.New("max lag must be at least 1")
+	case c.HotTTL < 0 || (c.HotTTL > 0 && c.HotSize < 1):
+		return errors.New("hot TTL must not be negative and hot size must be positive")
 	}
 	return nil
 }
@@ -172,6 +183,7 @@ type Server struct {
 	notify *notifier
 	admit  *admission
 	limit  *limiter
+	hot    *hotAnswers // nil when disabled
 
 	waiters  *waiters
 	ready    atomic.Bool
@@ -248,8 +260,12 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	s.cl = cl
 	s.admit = newAdmission(cl, cfgBus.RequestsTopic, cfgBus.Group, cfg.AdmissionInterval, cfg.AdmissionMinRate)
 	s.limit = newLimiter(st.Client(), st.Prefix()+":rl", cfg.UserRate, cfg.TenantRate, cfg.GlobalRate, log.Warn)
+	cols := []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions, s.m.rejected, s.limit.errors}
+	if cfg.HotTTL > 0 {
+		s.hot = newHotAnswers(st.Client(), st.Prefix(), cfg.HotSize, cfg.HotTTL)
+		cols = append(cols, s.hot.result)
+	}
 	if reg != nil {
-		cols := []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions, s.m.rejected, s.limit.errors}
 		for _, c := range append(cols, s.admit.collectors()...) {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register producer metrics: %w", err)

@@ -191,6 +191,8 @@ func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys
 	fs.DurationVar(&c.AdmissionInterval, "admission-interval", c.AdmissionInterval, "how often the queue wait estimate is refreshed from the consumer lag")
 	fs.Float64Var(&c.AdmissionMinRate, "admission-min-rate", c.AdmissionMinRate, "floor of the measured completion rate (requests/s) in the queue wait estimate")
 	fs.Int64Var(&c.MaxLag, "max-lag", c.MaxLag, "refuse async and callback requests while this many requests are queued")
+	fs.DurationVar(&c.HotTTL, "hot-ttl", c.HotTTL, "how long a first-turn answer serves the same question opening another dialog of the tenant; 0 disables")
+	fs.IntVar(&c.HotSize, "hot-size", c.HotSize, "entries of the local hot-answer cache")
 	rateFlag(fs, &c.UserRate, "user-rate", "requests per user across replicas, N/unit[:burst] (e.g. 30/m:10); 0 disables")
 	rateFlag(fs, &c.TenantRate, "tenant-rate", "requests per tenant across replicas, N/unit[:burst]; 0 disables")
 	rateFlag(fs, &c.GlobalRate, "global-rate", "requests this replica accepts in all, N/unit[:burst]; 0 disables")
