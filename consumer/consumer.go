@@ -40,6 +40,7 @@ import (
 	"sluice/consumer/llm"
 	"sluice/shared/bus"
 	"sluice/shared/envelope"
+	"sluice/shared/pii"
 	"sluice/shared/store"
 )
 
@@ -120,6 +121,12 @@ type Store interface {
 	Complete(ctx context.Context, d store.Dialog, reply envelope.Reply, created time.Time, turns ...envelope.Turn) (envelope.Reply, bool, error)
 }
 
+// Callbacks delivers the done body of a request to its callback URL. It
+// returns nil once delivered, or the error after its bounded retries.
+type Callbacks interface {
+	Deliver(ctx context.Context, url, requestID string, body []byte) error
+}
+
 var _ Store = (*store.Redis)(nil)
 var _ Answerer = (*llm.Client)(nil)
 
@@ -131,6 +138,7 @@ type Consumer struct {
 	cl    *kgo.Client
 	store Store
 	llm   Answerer
+	cb    Callbacks // nil: callbacks are not delivered
 	now   func() time.Time
 
 	tracker *tracker
@@ -241,6 +249,11 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 	c.cl = cl
 	return c, nil
 }
+
+// SetCallbacks makes the consumer deliver callbacks through cb. Without it,
+// requests that name a callback URL are answered on the reply topic only.
+// Call it before Run.
+func (c *Consumer) SetCallbacks(cb Callbacks) { c.cb = cb }
 
 // Client returns the consumer's Kafka client.
 func (c *Consumer) Client() *kgo.Client { return c.cl }
@@ -443,10 +456,12 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 	}
 	finished := c.now().UTC()
 	reply := envelope.NewReply(&req, envelope.StatusDone, finished)
-	reply.Answer, reply.Source, reply.Handoff, reply.LLMMs = ans.Text, ans.Source, ans.Handoff, ans.LLMTime.Milliseconds()
+	// Personal data never reaches the reply or the history, whatever the
+	// Answerer did (llm.Client masks and counts already; masking is idempotent).
+	reply.Answer, reply.Source, reply.Handoff, reply.LLMMs = pii.Mask(ans.Text), ans.Source, ans.Handoff, ans.LLMTime.Milliseconds()
 	stored, fresh, err := c.complete(ctx, d, &req, reply,
-		envelope.Turn{Role: envelope.RoleUser, Content: req.Text, RequestID: req.RequestID, At: req.CreatedAt.UTC()},
-		envelope.Turn{Role: envelope.RoleAssistant, Content: ans.Text, RequestID: req.RequestID, At: finished},
+		envelope.Turn{Role: envelope.RoleUser, Content: pii.Mask(req.Text), RequestID: req.RequestID, At: req.CreatedAt.UTC()},
+		envelope.Turn{Role: envelope.RoleAssistant, Content: reply.Answer, RequestID: req.RequestID, At: finished},
 	)
 	if err != nil {
 		return "", err
@@ -488,7 +503,9 @@ func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.R
 	}
 	if err := c.retry(ctx, "kafka_reply", func(ctx context.Context) error {
 		return c.cl.ProduceSync(ctx, rec).FirstErr()
-	}); err != nil {
+	}); err == nil {
+		c.callback(ctx, req, reply)
+	} else {
 		if !permanent(err) || ctx.Err() != nil {
 			return err
 		}
@@ -501,6 +518,25 @@ func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.R
 		c.m.e2e.Observe(time.Since(req.CreatedAt).Seconds())
 	}
 	return nil
+}
+
+// callback delivers the done body to the request's callback URL, at least
+// once: it runs before the record is marked done, so a crash mid-delivery
+// redelivers the record and the stored reply is delivered again. Its retries
+// are bounded (the deliverer's attempts); a delivery that gives up is
+// counted there and logged here, and the answer stays on the reply topic
+// and in the result store.
+func (c *Consumer) callback(ctx context.Context, req *envelope.Request, reply envelope.Reply) {
+	if c.cb == nil || req.Reply.CallbackURL == "" {
+		return
+	}
+	body, err := json.Marshal(envelope.DoneOf(reply, req.CreatedAt))
+	if err != nil {
+		return
+	}
+	if err := c.cb.Deliver(ctx, req.Reply.CallbackURL, reply.RequestID, body); err != nil && ctx.Err() == nil {
+		c.log.Warn("callback not delivered", "request_id", reply.RequestID, "err", err)
+	}
 }
 
 // deadLetter sends a record that cannot be processed to the DLQ topic with

@@ -41,16 +41,9 @@ type ChatRequest struct {
 	CallbackURL string `json:"callback_url,omitempty"`
 }
 
-// DoneBody is the 200 answer of POST /v1/chat and of a poll.
-type DoneBody struct {
-	RequestID string `json:"request_id"`
-	DialogID  string `json:"dialog_id"`
-	Status    string `json:"status"`
-	Answer    string `json:"answer,omitempty"`
-	Source    string `json:"source,omitempty"`
-	Handoff   bool   `json:"handoff"`
-	CostMS    int64  `json:"cost_ms"`
-}
+// DoneBody is the 200 answer of POST /v1/chat and of a poll, and the body
+// of a callback.
+type DoneBody = envelope.Done
 
 // QueuedBody is the 202 answer: the request is accepted, poll for it.
 type QueuedBody struct {
@@ -128,7 +121,15 @@ func (s *Server) decodeChat(c echo.Context) (ChatRequest, time.Duration, error) 
 		req.Mode = ModeWait
 	case ModeWait, ModeAsync:
 	case ModeCallback:
-		return req, 0, badRequest("mode callback is not enabled on this server")
+		if !s.cfg.Callbacks.Enabled() {
+			return req, 0, badRequest("mode callback is not enabled on this server (no callback hosts allowed)")
+		}
+		if req.CallbackURL == "" {
+			return req, 0, badRequest("mode callback needs callback_url")
+		}
+		if _, err := s.cfg.Callbacks.Check(c.Request().Context(), req.CallbackURL); err != nil {
+			return req, 0, badRequest(err.Error())
+		}
 	default:
 		return req, 0, badRequest(fmt.Sprintf("mode must be wait, async or callback, got %q", req.Mode))
 	}
@@ -214,7 +215,7 @@ func (s *Server) postChat(c echo.Context) error {
 	req := envelope.Request{
 		V: envelope.Version, RequestID: rid.String(), Tenant: id.Tenant, User: id.User,
 		DialogID: body.DialogID, Text: body.Text, CreatedAt: now, Deadline: now.Add(s.cfg.RequestTTL),
-		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: s.router.partition()},
+		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: s.router.partition(), CallbackURL: body.CallbackURL},
 	}
 	value, err := json.Marshal(&req)
 	if err != nil {
@@ -371,13 +372,7 @@ func (s *Server) queued(c echo.Context, dialogID, requestID string) error {
 	return c.JSON(http.StatusAccepted, QueuedBody{RequestID: requestID, DialogID: dialogID, Status: envelope.StatusQueued, PollURL: u})
 }
 
-func doneBody(r envelope.Reply, created time.Time) DoneBody {
-	b := DoneBody{RequestID: r.RequestID, DialogID: r.DialogID, Status: r.Status, Answer: r.Answer, Source: r.Source, Handoff: r.Handoff}
-	if !created.IsZero() && !r.FinishedAt.IsZero() {
-		b.CostMS = max(r.FinishedAt.Sub(created).Milliseconds(), 0)
-	}
-	return b
-}
+func doneBody(r envelope.Reply, created time.Time) DoneBody { return envelope.DoneOf(r, created) }
 
 // pollChat answers GET {poll_url}?wait_ms=N: 200 when final, 202 when still
 // queued at the end of the wait, 404 when unknown or not the caller's.

@@ -44,6 +44,7 @@ import (
 
 	"sluice/shared/auth"
 	"sluice/shared/bus"
+	"sluice/shared/callback"
 	"sluice/shared/store"
 )
 
@@ -106,6 +107,10 @@ type Config struct {
 	HotTTL time.Duration
 	// HotSize bounds the local hot-answer LRU. Default 10000.
 	HotSize int
+
+	// Callbacks decides which callback URLs mode callback accepts; with no
+	// allowed host, mode callback is refused.
+	Callbacks callback.Policy
 }
 
 // DefaultConfig returns the defaults.

@@ -33,6 +33,7 @@ import (
 	"sluice/producer"
 	"sluice/shared/auth"
 	"sluice/shared/bus"
+	"sluice/shared/callback"
 	"sluice/shared/devstack"
 	"sluice/shared/envelope"
 	"sluice/shared/mockllm"
@@ -139,6 +140,7 @@ type stack struct {
 	brokers []string
 
 	prefix string
+	opt    stackOptions
 
 	mu        sync.Mutex
 	producers []*runningProducer
@@ -162,6 +164,7 @@ type runningConsumer struct {
 type stackOptions struct {
 	partitions int32
 	mock       mockllm.Config
+	callbacks  *callback.Config // consumers deliver callbacks with it
 }
 
 // newStack starts Kafka and Redis from b plus the mock LLM. Add producers
@@ -184,7 +187,7 @@ func newStack(t *testing.T, b backend, opt stackOptions) *stack {
 	cfg.DLQTopic += "." + suffix
 	cfg.Group += "-" + suffix
 	cfg.ReplyGroup += "-" + suffix
-	s := &stack{t: t, bus: cfg}
+	s := &stack{t: t, bus: cfg, opt: opt}
 	s.brokers = b.kafka(t, cfg)
 	s.bus.Brokers = s.brokers
 	s.rdb = b.redis(t)
@@ -256,6 +259,13 @@ func (s *stack) addConsumer(cfg consumer.Config) *runningConsumer {
 	c, err := consumer.New(cfg, s.bus, s.store, model, testLogger(s.t), prometheus.NewRegistry())
 	if err != nil {
 		s.t.Fatal(err)
+	}
+	if s.opt.callbacks != nil {
+		d, err := callback.NewDeliverer(*s.opt.callbacks, prometheus.NewRegistry())
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		c.SetCallbacks(d)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	rc := &runningConsumer{c: c, cancel: cancel, done: make(chan error, 1)}

@@ -43,6 +43,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	registerConsumer(fs, &st.consumer)
 	registerProducer(fs, &st.producer, &st.jwtSecret, &st.jwtKeys)
 	registerMock(fs, &st.mock)
+	registerCallbacks(fs, &st.callbacks)
 	if err := parse(fs, args); err != nil {
 		return usageError(err)
 	}

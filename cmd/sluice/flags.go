@@ -13,6 +13,7 @@ import (
 	"sluice/consumer/llm"
 	"sluice/producer"
 	"sluice/shared/bus"
+	"sluice/shared/callback"
 	"sluice/shared/mockllm"
 	"sluice/shared/store"
 )
@@ -215,4 +216,12 @@ func rateFlag(fs *flag.FlagSet, r *producer.Rate, name, usage string) {
 		*r = v
 		return nil
 	})
+}
+
+func registerCallbacks(fs *flag.FlagSet, c *callback.Config) {
+	fs.Var(listValue{&c.Policy.AllowedHosts}, "callback-hosts", "hosts callback URLs may name, comma-separated, exact or *.suffix; empty disables mode callback")
+	fs.BoolVar(&c.Policy.AllowPrivate, "callback-allow-private", false, "let callbacks reach loopback, private and link-local addresses")
+	fs.BoolVar(&c.Policy.AllowHTTP, "callback-allow-http", false, "allow plain http callback URLs (default https only)")
+	fs.StringVar(&c.Secret, "callback-secret", "", "HMAC-SHA256 secret that signs callbacks (Sluice-Signature), at least 16 bytes")
+	fs.IntVar(&c.Attempts, "callback-attempts", c.Attempts, "tries of one callback delivery")
 }

@@ -22,6 +22,7 @@ import (
 	"sluice/shared/admin"
 	"sluice/shared/auth"
 	"sluice/shared/bus"
+	"sluice/shared/callback"
 	"sluice/shared/mockllm"
 	"sluice/shared/store"
 )
@@ -39,17 +40,19 @@ type settings struct {
 	jwtSecret  string
 	jwtKeys    []string
 	mock       mockllm.Config
+	callbacks  callback.Config
 	createTops bool
 }
 
 func defaultSettings() *settings {
 	s := &settings{
-		bus:      bus.DefaultConfig(),
-		store:    store.DefaultConfig(),
-		llm:      llm.DefaultConfig(),
-		consumer: consumer.DefaultConfig(),
-		producer: producer.DefaultConfig(),
-		mock:     mockllm.DefaultConfig(),
+		bus:       bus.DefaultConfig(),
+		store:     store.DefaultConfig(),
+		llm:       llm.DefaultConfig(),
+		consumer:  consumer.DefaultConfig(),
+		producer:  producer.DefaultConfig(),
+		mock:      mockllm.DefaultConfig(),
+		callbacks: callback.DefaultConfig(),
 	}
 	s.bus.Brokers = nil // required for producer and consumer
 	s.llm.Model = ""    // required unless dev runs the mock
@@ -149,6 +152,7 @@ func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
 	registerKafka(fs, &st.bus)
 	registerRedis(fs, &st.redis, &st.store)
 	registerProducer(fs, &st.producer, &st.jwtSecret, &st.jwtKeys)
+	registerCallbacks(fs, &st.callbacks)
 	if err := parse(fs, args); err != nil {
 		return usageError(err)
 	}
@@ -185,6 +189,7 @@ func buildProducer(ctx context.Context, st *settings, log *slog.Logger, reg prom
 	if err != nil {
 		return nil, nil, usageError(settingError("jwt-secret", err))
 	}
+	st.producer.Callbacks = st.callbacks.Policy
 	if err := st.producer.Validate(); err != nil {
 		return nil, nil, usageError(err)
 	}
@@ -249,6 +254,7 @@ func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
 	registerRedis(fs, &st.redis, &st.store)
 	registerLLM(fs, &st.llm)
 	registerConsumer(fs, &st.consumer)
+	registerCallbacks(fs, &st.callbacks)
 	if err := parse(fs, args); err != nil {
 		return usageError(err)
 	}
@@ -308,6 +314,14 @@ func buildConsumer(ctx context.Context, st *settings, log *slog.Logger, reg prom
 	if err != nil {
 		_ = rdb.Close()
 		return nil, nil, usageError(err)
+	}
+	if st.callbacks.Policy.Enabled() {
+		d, err := callback.NewDeliverer(st.callbacks, reg)
+		if err != nil {
+			_ = rdb.Close()
+			return nil, nil, usageError(settingError("callback-secret", err))
+		}
+		c.SetCallbacks(d)
 	}
 	adm.AddCheck("consumer", admin.Flag(c.Ready, "not consuming (starting or draining)"))
 	adm.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return c.Client().Ping(ctx) }))

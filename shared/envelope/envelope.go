@@ -281,3 +281,25 @@ const (
 	RoleUser      = "user"
 	RoleAssistant = "assistant"
 )
+
+// Done is the HTTP API's body of a finished request (200 of POST /v1/chat
+// and of a poll) and the body of a callback.
+type Done struct {
+	RequestID string `json:"request_id"`
+	DialogID  string `json:"dialog_id"`
+	Status    string `json:"status"`
+	Answer    string `json:"answer,omitempty"`
+	Source    string `json:"source,omitempty"`
+	Handoff   bool   `json:"handoff"`
+	CostMS    int64  `json:"cost_ms"`
+}
+
+// DoneOf returns the Done body of a final reply to a request created at
+// created (zero: cost unknown, reported as 0).
+func DoneOf(r Reply, created time.Time) Done {
+	d := Done{RequestID: r.RequestID, DialogID: r.DialogID, Status: r.Status, Answer: r.Answer, Source: r.Source, Handoff: r.Handoff}
+	if !created.IsZero() && !r.FinishedAt.IsZero() {
+		d.CostMS = max(r.FinishedAt.Sub(created).Milliseconds(), 0)
+	}
+	return d
+}

@@ -1,0 +1,311 @@
+// Package callback delivers answers to a client's callback URL: the policy
+// that decides which URLs may be called (checked at the door and again at
+// every connection, against the resolved IP, so DNS rebinding cannot reach
+// an internal address), the signature, and delivery with bounded retries.
+//
+// A delivery POSTs the JSON body with the headers
+//
+//	Sluice-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">
+//	Sluice-Request-Id: <request id>
+//
+// A receiver recomputes the HMAC with the shared secret, compares it in
+// constant time and rejects timestamps older than a few minutes.
+//
+// Metrics (on the registerer given to NewDeliverer):
+//
+//	sluice_callback_deliveries_total{outcome}   delivered, gave_up, refused
+//	sluice_callback_attempts_total{result}      ok, http_error, network_error
+package callback
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Header names of a delivery.
+const (
+	HeaderSignature = "Sluice-Signature"
+	HeaderRequestID = "Sluice-Request-Id"
+)
+
+// ErrNotAllowed wraps every refusal of a URL by the policy.
+var ErrNotAllowed = errors.New("callback URL not allowed")
+
+// Policy decides which callback URLs may be called.
+type Policy struct {
+	// AllowedHosts are host names, exact ("hooks.shop.example") or a suffix
+	// pattern ("*.shop.example"). Empty: no callback is allowed.
+	AllowedHosts []string
+	// AllowPrivate lets callbacks reach loopback, private, link-local and
+	// other non-public addresses (tests, on-premises receivers).
+	AllowPrivate bool
+	// AllowHTTP permits plain http URLs; otherwise only https.
+	AllowHTTP bool
+}
+
+// Enabled reports whether any callback can be allowed.
+func (p Policy) Enabled() bool { return len(p.AllowedHosts) > 0 }
+
+// Check parses raw and refuses it unless its scheme and host are allowed and
+// every address the host resolves to is public (or AllowPrivate). Errors
+// wrap ErrNotAllowed, except resolution failures.
+func (p Policy) Check(ctx context.Context, raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.User != nil || u.Fragment != "" {
+		return nil, fmt.Errorf("%w: %q is not an absolute URL without credentials or fragment", ErrNotAllowed, raw)
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && p.AllowHTTP:
+	default:
+		return nil, fmt.Errorf("%w: scheme %q (https required)", ErrNotAllowed, u.Scheme)
+	}
+	host := strings.ToLower(u.Hostname())
+	if !p.hostAllowed(host) {
+		return nil, fmt.Errorf("%w: host %q is not in the allowlist", ErrNotAllowed, host)
+	}
+	addrs, err := resolve(ctx, host)
+	if err != nil {
+		return nil, fmt.Errorf("resolve callback host %q: %w", host, err)
+	}
+	for _, a := range addrs {
+		if !p.AllowPrivate && !Public(a) {
+			return nil, fmt.Errorf("%w: host %q resolves to the non-public address %s", ErrNotAllowed, host, a)
+		}
+	}
+	return u, nil
+}
+
+func (p Policy) hostAllowed(host string) bool {
+	for _, h := range p.AllowedHosts {
+		h = strings.ToLower(strings.TrimSpace(h))
+		if suffix, ok := strings.CutPrefix(h, "*."); ok {
+			if strings.HasSuffix(host, "."+suffix) {
+				return true
+			}
+		} else if host == h {
+			return true
+		}
+	}
+	return false
+}
+
+func resolve(ctx context.Context, host string) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{a.Unmap()}, nil
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, err
+	}
+	for i := range addrs {
+		addrs[i] = addrs[i].Unmap()
+	}
+	return addrs, nil
+}
+
+// Public reports whether a is a public unicast address: not loopback,
+// private (RFC 1918, fc00::/7), link-local, unspecified, multicast, CGNAT
+// (100.64.0.0/10) or otherwise reserved.
+func Public(a netip.Addr) bool {
+	a = a.Unmap()
+	if !a.IsValid() || a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() ||
+		a.IsInterfaceLocalMulticast() || a.IsMulticast() || a.IsUnspecified() {
+		return false
+	}
+	for _, p := range reserved {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return true
+}
+
+var reserved = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("192.0.0.0/24"),
+	netip.MustParsePrefix("198.18.0.0/15"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+	netip.MustParsePrefix("64:ff9b::/96"),
+}
+
+// Sign returns the Sluice-Signature value of body at time t.
+func Sign(secret []byte, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(ts))
+	mac.Write([]byte("."))
+	mac.Write(body)
+	return "t=" + ts + ",v1=" + hex.EncodeToString(mac.Sum(nil))
+}
+
+// Verify checks a Sluice-Signature header against body, refusing signatures
+// older than maxAge. Receivers in Go can use it as is.
+func Verify(secret []byte, header string, body []byte, now time.Time, maxAge time.Duration) error {
+	var ts, sig string
+	for _, part := range strings.Split(header, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch k {
+		case "t":
+			ts = v
+		case "v1":
+			sig = v
+		}
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || sig == "" {
+		return errors.New("malformed signature header")
+	}
+	if age := now.Sub(time.Unix(sec, 0)); age > maxAge || age < -maxAge {
+		return errors.New("signature timestamp out of range")
+	}
+	want := Sign(secret, time.Unix(sec, 0), body)
+	if !hmac.Equal([]byte(want), []byte("t="+ts+",v1="+sig)) {
+		return errors.New("signature mismatch")
+	}
+	return nil
+}
+
+// Config holds the deliverer's settings.
+type Config struct {
+	Policy Policy
+	// Secret signs every delivery.
+	Secret string
+	// Attempts bounds the tries of one delivery. Default 5.
+	Attempts int
+	// Backoff is the pause after the first failure; it grows linearly, with
+	// jitter. Default 500 ms.
+	Backoff time.Duration
+	// Timeout bounds one attempt. Default 5 s.
+	Timeout time.Duration
+}
+
+// DefaultConfig returns the defaults (no host allowed).
+func DefaultConfig() Config {
+	return Config{Attempts: 5, Backoff: 500 * time.Millisecond, Timeout: 5 * time.Second}
+}
+
+// Deliverer POSTs signed bodies to callback URLs.
+type Deliverer struct {
+	cfg        Config
+	hc         *http.Client
+	deliveries *prometheus.CounterVec
+	attempts   *prometheus.CounterVec
+}
+
+// NewDeliverer returns a deliverer. It returns an error when callbacks are
+// enabled without a secret, or the metrics cannot be registered.
+func NewDeliverer(cfg Config, reg prometheus.Registerer) (*Deliverer, error) {
+	if cfg.Policy.Enabled() && len(cfg.Secret) < 16 {
+		return nil, errors.New("callback secret must be at least 16 bytes when callback hosts are allowed")
+	}
+	if cfg.Attempts < 1 || cfg.Backoff <= 0 || cfg.Timeout <= 0 {
+		return nil, errors.New("callback attempts, backoff and timeout must be positive")
+	}
+	d := &Deliverer{cfg: cfg,
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_callback_deliveries_total", Help: "Callback deliveries by outcome.",
+		}, []string{"outcome"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_callback_attempts_total", Help: "Callback attempts by result.",
+		}, []string{"result"}),
+	}
+	dialer := &net.Dialer{Timeout: cfg.Timeout, Control: func(_, address string, _ syscall.RawConn) error {
+		// Checked again at connect time: the name may resolve elsewhere now.
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return err
+		}
+		if !cfg.Policy.AllowPrivate && !Public(ap.Addr()) {
+			return fmt.Errorf("%w: connection to non-public address %s", ErrNotAllowed, ap.Addr())
+		}
+		return nil
+	}}
+	d.hc = &http.Client{
+		Timeout:       cfg.Timeout,
+		Transport:     &http.Transport{DialContext: dialer.DialContext, MaxIdleConnsPerHost: 16, Proxy: nil},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{d.deliveries, d.attempts} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register callback metrics: %w", err)
+			}
+		}
+	}
+	return d, nil
+}
+
+// Deliver POSTs body to raw, signed, retrying failures (network errors,
+// 408, 429, 5xx) with backoff up to the attempt bound or until ctx ends. A
+// 2xx is success; any other 4xx is final. It returns nil when delivered.
+func (d *Deliverer) Deliver(ctx context.Context, raw, requestID string, body []byte) error {
+	u, err := d.cfg.Policy.Check(ctx, raw)
+	if err != nil {
+		d.deliveries.WithLabelValues("refused").Inc()
+		return err
+	}
+	var last error
+	for attempt := 1; attempt <= d.cfg.Attempts; attempt++ {
+		retry, err := d.attempt(ctx, u.String(), requestID, body)
+		if err == nil {
+			d.deliveries.WithLabelValues("delivered").Inc()
+			return nil
+		}
+		last = err
+		if !retry || attempt == d.cfg.Attempts || ctx.Err() != nil {
+			break
+		}
+		pause := time.Duration(attempt) * d.cfg.Backoff
+		pause += rand.N(pause/2 + 1)
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	d.deliveries.WithLabelValues("gave_up").Inc()
+	return fmt.Errorf("callback %s: %w", u.Host, last)
+}
+
+func (d *Deliverer) attempt(ctx context.Context, u, requestID string, body []byte) (retry bool, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return false, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "sluice-callback/1")
+	req.Header.Set(HeaderSignature, Sign([]byte(d.cfg.Secret), time.Now(), body))
+	req.Header.Set(HeaderRequestID, requestID)
+	resp, err := d.hc.Do(req)
+	if err != nil {
+		d.attempts.WithLabelValues("network_error").Inc()
+		return !errors.Is(err, ErrNotAllowed), err
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		d.attempts.WithLabelValues("ok").Inc()
+		return false, nil
+	}
+	d.attempts.WithLabelValues("http_error").Inc()
+	retry = resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500
+	return retry, fmt.Errorf("status %d", resp.StatusCode)
+}
