@@ -45,6 +45,7 @@ import (
 	"sluice/shared/auth"
 	"sluice/shared/bus"
 	"sluice/shared/callback"
+	"sluice/shared/envelope"
 	"sluice/shared/store"
 )
 
@@ -111,6 +112,13 @@ type Config struct {
 	// Callbacks decides which callback URLs mode callback accepts; with no
 	// allowed host, mode callback is refused.
 	Callbacks callback.Policy
+
+	// CORSOrigins are the storefront origins browsers may call the API
+	// from ("https://shop.example"); empty disables CORS.
+	CORSOrigins []string
+	// GzipMinBytes compresses responses of at least this size for clients
+	// that accept gzip; 0 disables. Default 1024.
+	GzipMinBytes int
 }
 
 // DefaultConfig returns the defaults.
@@ -133,6 +141,7 @@ func DefaultConfig() Config {
 		UserRate:            Rate{N: 30, Per: time.Minute, Burst: 10},
 		HotTTL:              time.Minute,
 		HotSize:             10000,
+		GzipMinBytes:        1024,
 	}
 }
 
@@ -304,6 +313,18 @@ func (s *Server) routes() *echo.Echo {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.errorHandler
 	e.Use(s.observe)
+	if len(s.cfg.CORSOrigins) > 0 {
+		e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
+			AllowOrigins:  s.cfg.CORSOrigins,
+			AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete},
+			AllowHeaders:  []string{echo.HeaderAuthorization, echo.HeaderContentType, envelope.HeaderTraceparent},
+			ExposeHeaders: []string{echo.HeaderLocation, "Retry-After"},
+			MaxAge:        600,
+		}))
+	}
+	if s.cfg.GzipMinBytes > 0 {
+		e.Use(middleware.GzipWithConfig(middleware.GzipConfig{MinLength: s.cfg.GzipMinBytes}))
+	}
 	e.Use(middleware.BodyLimit(strconv.FormatInt(s.cfg.BodyLimit, 10) + "B"))
 	// Middleware per route, not per group: an Echo group with middleware
 	// answers every unknown method under it with 404 instead of 405.

@@ -409,3 +409,60 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+func TestCORSAndGzip(t *testing.T) {
+	h := mustStart(t, func(c *producer.Config) {
+		c.CORSOrigins = []string{"https://shop.example"}
+		c.GzipMinBytes = 64
+	})
+	req, _ := http.NewRequest(http.MethodOptions, h.url+"/v1/chat", nil)
+	req.Header.Set("Origin", "https://shop.example")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	req.Header.Set("Access-Control-Request-Headers", "authorization,content-type")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Origin") != "https://shop.example" || !strings.Contains(strings.ToLower(resp.Header.Get("Access-Control-Allow-Headers")), "authorization") {
+		t.Fatalf("preflight from an allowed origin: %d %v", resp.StatusCode, resp.Header)
+	}
+	req.Header.Set("Origin", "https://evil.example")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("preflight from another origin allowed: %v", resp.Header)
+	}
+
+	// A large enough answer is gzipped for a client that accepts it.
+	bearer := "Bearer " + token(t, "t1", "u1")
+	req, _ = http.NewRequest(http.MethodGet, h.url+"/v1/dialogs/0123456789abcdef0123456789abcdef", nil)
+	req.Header.Set("Authorization", bearer)
+	req.Header.Set("Accept-Encoding", "gzip")
+	tr := &http.Transport{DisableCompression: true}
+	resp, err = (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Encoding") != "" {
+		t.Fatalf("a 50-byte body: %d, Content-Encoding %q (want none below the minimum)", resp.StatusCode, resp.Header.Get("Content-Encoding"))
+	}
+	d := store.Dialog{Tenant: "t1", User: "u1", ID: "0123456789abcdef0123456789abcdef"}
+	rep := envelope.Reply{V: 1, RequestID: "r1", Tenant: "t1", User: "u1", DialogID: d.ID, Status: "done", Answer: strings.Repeat("答", 200), FinishedAt: time.Now()}
+	if _, _, err := h.store.Complete(context.Background(), d, rep, time.Now(),
+		envelope.Turn{Role: "user", Content: "q", RequestID: "r1"}, envelope.Turn{Role: "assistant", Content: rep.Answer, RequestID: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("a 600-byte history: %d, Content-Encoding %q, want gzip", resp.StatusCode, resp.Header.Get("Content-Encoding"))
+	}
+}

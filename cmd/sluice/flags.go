@@ -162,7 +162,38 @@ func registerLLM(fs *flag.FlagSet, c *llm.Config) {
 	fs.Int64Var(&c.MaxTokens, "llm-max-tokens", c.MaxTokens, "max_tokens of each call (0 leaves it out)")
 	fs.Float64Var(&c.Temperature, "llm-temperature", c.Temperature, "temperature of each call (0 leaves it out)")
 	fs.DurationVar(&c.Timeout, "llm-timeout", c.Timeout, "timeout of one LLM call (the request's deadline bounds it too)")
-	fs.StringVar(&c.SystemPrompt, "llm-system-prompt", c.SystemPrompt, "system prompt")
+	fs.StringVar(&c.SystemPrompt, "llm-system-prompt", c.SystemPrompt, "system prompt of tenants the prompts file does not name")
+	fs.StringVar(&c.PromptsFile, "llm-prompts-file", c.PromptsFile, "YAML or JSON file of system prompts: default, and tenants (tenant id: prompt)")
+	fs.IntVar(&c.HistoryTokens, "llm-history-tokens", c.HistoryTokens, "estimated token budget of the history sent with a question (newest turns first)")
+	fs.IntVar(&c.Attempts, "llm-attempts", c.Attempts, "calls to one endpoint per request, retries included (only timeouts, 5xx, 429 and malformed answers are retried)")
+	fs.DurationVar(&c.RetryBackoff, "llm-retry-backoff", c.RetryBackoff, "pause before the first retry; the n-th is n times it plus jitter, or the endpoint's Retry-After when longer")
+	fs.DurationVar(&c.Reserve, "llm-reserve", c.Reserve, "time kept before a request's deadline for the fallbacks and the reply: model calls end that early")
+	fs.IntVar(&c.BreakerFailures, "llm-breaker-failures", c.BreakerFailures, "consecutive failed calls that open an endpoint's circuit breaker")
+	fs.DurationVar(&c.BreakerOpen, "llm-breaker-open", c.BreakerOpen, "how long an open circuit breaker skips its endpoint before probing it")
+	fs.IntVar(&c.BreakerProbes, "llm-breaker-probes", c.BreakerProbes, "calls a half-open circuit breaker lets through; that many successes close it")
+	fs.IntVar(&c.MaxConcurrent, "llm-max-concurrent", c.MaxConcurrent, "calls under way to each LLM endpoint per process; more wait for a slot within their deadline, or fall back")
+	fs.IntVar(&c.RPM, "llm-rpm", c.RPM, "requests per minute to the primary endpoint, shared by all consumers through Redis (0: no limit)")
+	fs.IntVar(&c.TPM, "llm-tpm", c.TPM, "estimated tokens (prompt and max tokens) per minute to the primary endpoint, shared through Redis (0: no limit)")
+	fs.StringVar(&c.CannedAnswer, "llm-canned-answer", c.CannedAnswer, "answer, with handoff to an agent, when neither a model nor the FAQ answers")
+	registerFallback(fs, c)
+	registerPII(fs, c)
+}
+
+// registerFallback registers the settings of the fallback tiers: the
+// secondary model and the FAQ.
+func registerFallback(fs *flag.FlagSet, c *llm.Config) {
+	fs.StringVar(&c.FallbackBaseURL, "llm-fallback-base-url", c.FallbackBaseURL, "base URL of the secondary endpoint tried when the primary fails (default the primary's)")
+	fs.StringVar(&c.FallbackAPIKey, "llm-fallback-api-key", c.FallbackAPIKey, "API key of the secondary endpoint (default the primary's when the base URL is)")
+	fs.StringVar(&c.FallbackModel, "llm-fallback-model", c.FallbackModel, "model of the secondary endpoint; setting it or the base URL enables the secondary")
+	fs.StringVar(&c.FAQ.File, "faq-file", c.FAQ.File, "YAML or JSON FAQ (entries of questions and an answer) of tenants without a file in --faq-dir")
+	fs.StringVar(&c.FAQ.Dir, "faq-dir", c.FAQ.Dir, "directory of per-tenant FAQ files named <tenant>.yaml, .yml or .json")
+	fs.BoolVar(&c.FAQ.Sample, "faq-sample", c.FAQ.Sample, "use the built-in sample shop FAQ for tenants without one (default true in dev)")
+	fs.Float64Var(&c.FAQ.MinScore, "faq-min-score", c.FAQ.MinScore, "normalised BM25 score an FAQ match needs (0: the default, 0.4)")
+}
+
+// registerPII registers the personal data settings of the LLM client.
+func registerPII(fs *flag.FlagSet, c *llm.Config) {
+	fs.BoolVar(&c.MaskPrompt, "pii-mask-prompt", c.MaskPrompt, "mask phone, ID card and bank card numbers and e-mail addresses in what is sent to the model (answers, history and logs are masked always)")
 }
 
 func registerConsumer(fs *flag.FlagSet, c *consumer.Config) {
@@ -192,6 +223,8 @@ func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys
 	fs.DurationVar(&c.AdmissionInterval, "admission-interval", c.AdmissionInterval, "how often the queue wait estimate is refreshed from the consumer lag")
 	fs.Float64Var(&c.AdmissionMinRate, "admission-min-rate", c.AdmissionMinRate, "floor of the measured completion rate (requests/s) in the queue wait estimate")
 	fs.Int64Var(&c.MaxLag, "max-lag", c.MaxLag, "refuse async and callback requests while this many requests are queued")
+	fs.Var(listValue{&c.CORSOrigins}, "cors-origins", "storefront origins allowed to call the API from a browser, comma-separated; empty disables CORS")
+	fs.IntVar(&c.GzipMinBytes, "gzip-min-bytes", c.GzipMinBytes, "gzip responses of at least this many bytes; 0 disables")
 	fs.DurationVar(&c.HotTTL, "hot-ttl", c.HotTTL, "how long a first-turn answer serves the same question opening another dialog of the tenant; 0 disables")
 	fs.IntVar(&c.HotSize, "hot-size", c.HotSize, "entries of the local hot-answer cache")
 	rateFlag(fs, &c.UserRate, "user-rate", "requests per user across replicas, N/unit[:burst] (e.g. 30/m:10); 0 disables")
@@ -200,11 +233,15 @@ func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys
 }
 
 func registerMock(fs *flag.FlagSet, c *mockllm.Config) {
-	fs.DurationVar(&c.Latency, "mock-latency", c.Latency, "mock LLM: base latency of an answer")
+	fs.DurationVar(&c.Latency, "mock-latency", c.Latency, "mock LLM: latency of an answer (the median when --mock-latency-p99 is larger)")
+	fs.DurationVar(&c.LatencyP99, "mock-latency-p99", c.LatencyP99, "mock LLM: 99th percentile latency; when larger than --mock-latency, latency is log-normal")
 	fs.DurationVar(&c.Jitter, "mock-jitter", c.Jitter, "mock LLM: uniform random latency added, 0..jitter")
 	fs.Float64Var(&c.ErrorRate, "mock-error-rate", c.ErrorRate, "mock LLM: fraction of calls answered 500")
 	fs.Float64Var(&c.RateLimitRate, "mock-rate-limit-rate", c.RateLimitRate, "mock LLM: fraction of calls answered 429")
 	fs.DurationVar(&c.RetryAfter, "mock-retry-after", c.RetryAfter, "mock LLM: Retry-After of a 429")
+	fs.Float64Var(&c.MalformedRate, "mock-malformed-rate", c.MalformedRate, "mock LLM: fraction of calls answered 200 with truncated JSON")
+	fs.Float64Var(&c.SlowRate, "mock-slow-rate", c.SlowRate, "mock LLM: fraction of answers whose body starts --mock-slow-first-byte after the headers")
+	fs.DurationVar(&c.SlowFirstByte, "mock-slow-first-byte", c.SlowFirstByte, "mock LLM: stall between the headers and the body of a slow answer")
 }
 
 func rateFlag(fs *flag.FlagSet, r *producer.Rate, name, usage string) {
