@@ -42,6 +42,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"sluice/docs"
 	"sluice/shared/auth"
 	"sluice/shared/bus"
 	"sluice/shared/callback"
@@ -332,6 +333,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/v1/chat/:dialog_id/:request_id", s.pollChat, s.authenticate)
 	e.GET("/v1/dialogs/:dialog_id", s.getDialog, s.authenticate)
 	e.DELETE("/v1/dialogs/:dialog_id", s.deleteDialog, s.authenticate)
+	e.GET("/openapi.yaml", func(c echo.Context) error { return c.Blob(http.StatusOK, "application/yaml", docs.OpenAPI) })
 	return e
 }
 

@@ -66,7 +66,8 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 	if mutate != nil {
 		mutate(&pcfg)
 	}
-	p, err := producer.New(pcfg, cfg, v, st, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	p, err := producer.New(pcfg, cfg, v, st, slog.New(slog.DiscardHandler), reg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -77,7 +78,8 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx, ln) }()
-	tb.Cleanup(func() { cancel(); <-done; p.Close() })
+	tb.Cleanup(func() { cancel(); <-done; p.Close(); observed.collect(reg) })
+	routes.add(p)
 	for !p.Ready() {
 		select {
 		case err := <-done:
