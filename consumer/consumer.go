@@ -116,8 +116,9 @@ type Answerer interface {
 
 // Store is the state the consumer keeps in Redis.
 type Store interface {
-	Result(ctx context.Context, d store.Dialog, requestID string) (store.Result, error)
-	History(ctx context.Context, d store.Dialog) ([]envelope.Turn, error)
+	// Load returns the request's stored result (State "" when none) and the
+	// dialog's history, oldest first.
+	Load(ctx context.Context, d store.Dialog, requestID string) (store.Result, []envelope.Turn, error)
 	Complete(ctx context.Context, d store.Dialog, reply envelope.Reply, created time.Time, turns ...envelope.Turn) (envelope.Reply, bool, error)
 }
 
@@ -417,16 +418,15 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 	}
 	d := store.DialogOf(&req)
 
+	// One round trip: a redelivered request is recognised by its stored
+	// result, and the history is there for the usual case.
 	var res store.Result
-	err = c.retry(ctx, "redis_result", func(ctx context.Context) error {
+	var history []envelope.Turn
+	if err := c.retry(ctx, "redis_load", func(ctx context.Context) error {
 		var err error
-		res, err = c.store.Result(ctx, d, req.RequestID)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		}
+		res, history, err = c.store.Load(ctx, d, req.RequestID)
 		return err
-	})
-	if err != nil {
+	}); err != nil {
 		return "", err
 	}
 	if res.Final() {
@@ -442,14 +442,6 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 		return "expired", c.publish(ctx, r, &req, stored)
 	}
 
-	var history []envelope.Turn
-	if err := c.retry(ctx, "redis_history", func(ctx context.Context) error {
-		var err error
-		history, err = c.store.History(ctx, d)
-		return err
-	}); err != nil {
-		return "", err
-	}
 	ans, err := c.llm.Answer(ctx, &req, history)
 	if err != nil {
 		return "", err

@@ -142,6 +142,10 @@ func (s *Redis) Result(ctx context.Context, d Dialog, requestID string) (Result,
 	if err != nil {
 		return Result{}, fmt.Errorf("get result: %w", err)
 	}
+	return decodeResult(requestID, vals)
+}
+
+func decodeResult(requestID string, vals []any) (Result, error) {
 	state, _ := vals[0].(string)
 	if state == "" {
 		return Result{}, ErrNotFound
@@ -161,12 +165,33 @@ func (s *Redis) Result(ctx context.Context, d Dialog, requestID string) (Result,
 	return res, nil
 }
 
+// Load returns, in one round trip, what is known of a request (ErrNotFound
+// is not an error here: the zero Result, State "") and the dialog's turns.
+func (s *Redis) Load(ctx context.Context, d Dialog, requestID string) (Result, []envelope.Turn, error) {
+	pipe := s.rdb.Pipeline()
+	res := pipe.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body")
+	hist := pipe.LRange(ctx, s.histKey(d), 0, -1)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return Result{}, nil, fmt.Errorf("load request and history: %w", err)
+	}
+	r, err := decodeResult(requestID, res.Val())
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Result{}, nil, err
+	}
+	turns, err := decodeTurns(hist.Val())
+	return r, turns, err
+}
+
 // History returns the dialog's turns, oldest first.
 func (s *Redis) History(ctx context.Context, d Dialog) ([]envelope.Turn, error) {
 	items, err := s.rdb.LRange(ctx, s.histKey(d), 0, -1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("load history: %w", err)
 	}
+	return decodeTurns(items)
+}
+
+func decodeTurns(items []string) ([]envelope.Turn, error) {
 	turns := make([]envelope.Turn, 0, len(items))
 	for _, it := range items {
 		var t envelope.Turn

@@ -166,6 +166,24 @@ func equalReply(a, b envelope.Reply) bool {
 func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 	ctx := context.Background()
 
+	t.Run("LoadInOneRoundTrip", func(t *testing.T) {
+		s := newStore(t)
+		d := store.Dialog{Tenant: "t1", User: "u1", ID: newDialogID(t)}
+		res, turns, err := s.Load(ctx, d, "r1")
+		if err != nil || res.State != "" || res.Final() || len(turns) != 0 {
+			t.Fatalf("Load of nothing: %+v %v %v", res, turns, err)
+		}
+		mustComplete(t, s, d, doneReply(d, "r1", "a1"), turnsOf("r1", "q1", "a1")...)
+		res, turns, err = s.Load(ctx, d, "r1")
+		if err != nil || !res.Final() || res.Reply.Answer != "a1" || !equalTurns(turns, turnsOf("r1", "q1", "a1")) {
+			t.Fatalf("Load after Complete: %+v %v %v", res, turns, err)
+		}
+		res, turns, err = s.Load(ctx, d, "r2")
+		if err != nil || res.State != "" || len(turns) != 2 {
+			t.Fatalf("Load of a new request of the dialog: %+v %v %v", res, turns, err)
+		}
+	})
+
 	t.Run("MarkQueuedThenResult", func(t *testing.T) {
 		s := newStore(t)
 		d := store.Dialog{"t1", "u1", newDialogID(t)}
