@@ -581,10 +581,12 @@ func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Conte
 }
 
 // permanent reports whether retrying err cannot help: a Kafka error the
-// protocol marks as not retriable (unknown or illegal topic name, record too
-// large, authorization), or a closed client.
+// protocol marks as not retriable (illegal topic name, record too large,
+// authorization), a topic that still does not exist after the client's own
+// metadata retries (a bot's reply topic on a cluster without auto-creation),
+// or a closed client.
 func permanent(err error) bool {
-	if errors.Is(err, kgo.ErrClientClosed) {
+	if errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, kerr.UnknownTopicOrPartition) {
 		return true
 	}
 	var ke *kerr.Error
