@@ -46,14 +46,20 @@ type env struct {
 	log   *slog.Logger
 }
 
-// newEnv starts an in-process Kafka and Redis for one test.
+// newEnv starts an in-process Kafka (with topic auto-creation) and Redis
+// for one test.
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	c, err := kfake.NewCluster(
+	return newEnvWith(tb, kfake.AllowAutoTopicCreation())
+}
+
+// newEnvWith is newEnv with the broker options opts.
+func newEnvWith(tb testing.TB, opts ...kfake.Opt) *env {
+	tb.Helper()
+	c, err := kfake.NewCluster(append([]kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.SeedTopics(numPartitions, requestsTopic, repliesTopic, dlqTopic),
-		kfake.AllowAutoTopicCreation(),
-	)
+	}, opts...)...)
 	if err != nil {
 		tb.Fatalf("kfake: %v", err)
 	}

@@ -1,0 +1,45 @@
+package consumer_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"sluice/shared/envelope"
+)
+
+// TestMissingReplyTopicDeadLetters: on a cluster without topic
+// auto-creation, a request whose reply topic does not exist goes to the DLQ
+// with the reason, and the dialog's next request is still answered.
+func TestMissingReplyTopicDeadLetters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the client's metadata retries")
+	}
+	e := newEnvWith(t) // no auto-creation
+	dlq := e.reader(t, dlqTopic)
+	replies := e.reader(t, repliesTopic)
+	ans := &fakeAnswerer{}
+	e.start(t, testConfig(), ans)
+
+	lost := newRequest(1, "where is my parcel?")
+	lost.Reply.Topic = "bot.replies.missing"
+	next := newRequest(1, "and the invoice?")
+	e.produceRequests(t, lost, next)
+
+	start := time.Now()
+	recs := dlq.wait(t, 1)
+	var reason string
+	for _, h := range recs[0].Headers {
+		if h.Key == envelope.HeaderError {
+			reason = string(h.Value)
+		}
+	}
+	if !strings.Contains(reason, "bot.replies.missing") || !strings.Contains(reason, "UNKNOWN_TOPIC") {
+		t.Fatalf("DLQ reason %q", reason)
+	}
+	got := replies.replies(t, 1)
+	if len(got[next.RequestID]) != 1 {
+		t.Fatalf("the dialog's next request was not answered: %v", got)
+	}
+	t.Logf("dead-lettered after %v", time.Since(start))
+}
