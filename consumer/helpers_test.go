@@ -39,6 +39,7 @@ const (
 // env is one test's Kafka (kfake), Redis (miniredis) and the clients the test
 // drives the consumer with.
 type env struct {
+	redis *miniredis.Miniredis
 	bus   bus.Config
 	store *store.Redis
 	prod  *kgo.Client
@@ -88,7 +89,7 @@ func newEnvWith(tb testing.TB, opts ...kfake.Opt) *env {
 		tb.Fatalf("producer: %v", err)
 	}
 	tb.Cleanup(prod.Close)
-	return &env{bus: cfg, store: st, prod: prod, adm: kadm.NewClient(prod), log: testLogger(tb)}
+	return &env{redis: mr, bus: cfg, store: st, prod: prod, adm: kadm.NewClient(prod), log: testLogger(tb)}
 }
 
 // testConfig is the consumer's configuration with test-sized timers. The
