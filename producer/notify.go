@@ -2,17 +2,18 @@ package producer
 
 import (
 	"context"
-	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"sluice/shared/store"
 )
 
-// notifier wakes long-polls on this replica when a result is stored by any
-// consumer, through the Redis channel "<prefix>:results" on which the store
-// announces "<tenant>/<user>/<dialog>/<request_id>". One subscription serves
-// the whole replica; messages for requests nobody here polls are dropped at
-// once.
+// notifier wakes the waiters on this replica when a result is stored by any
+// consumer, through the Redis channel on which the store announces every
+// completion with its reply (store.ParseAnnouncement). One subscription
+// serves the whole replica; a message for a request nobody here waits for is
+// dropped before its reply is decoded.
 type notifier struct {
 	ps      *redis.PubSub
 	waiters *waiters
@@ -38,8 +39,14 @@ func (n *notifier) run(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if i := strings.LastIndexByte(msg.Payload, '/'); i >= 0 {
-				n.waiters.wake(msg.Payload[i+1:], nil)
+			a, ok := store.ParseAnnouncement(msg.Payload)
+			if !ok || !n.waiters.has(a.RequestID) {
+				continue
+			}
+			if r, err := a.Reply(); err == nil {
+				n.waiters.wake(a.RequestID, &r)
+			} else {
+				n.waiters.wake(a.RequestID, nil) // the waiter reads the store
 			}
 		}
 	}

@@ -57,6 +57,13 @@ func (w *waiters) wake(requestID string, r *envelope.Reply) bool {
 	return len(list) > 0
 }
 
+// has reports whether anyone waits for requestID.
+func (w *waiters) has(requestID string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.m[requestID]) > 0
+}
+
 // len returns the number of registered waiters.
 func (w *waiters) len() int {
 	w.mu.Lock()

@@ -32,5 +32,5 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'body', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[8], ARGV[9])
+redis.call('PUBLISH', ARGV[8], ARGV[9] .. '\n' .. ARGV[1])
 return {1, ''}

@@ -10,8 +10,9 @@
 //	                          "done" or "expired" with body = the reply JSON; expires after the result TTL
 //
 // Every completed result is also announced on the channel "<prefix>:results"
-// with the message "<tenant>/<user>/<dialog>/<request_id>", so that waiters on
-// any replica wake without polling.
+// with the message "<tenant>/<user>/<dialog>/<request_id>\n<reply JSON>"
+// (see ParseAnnouncement), so that waiters on any replica wake, with the
+// answer, without polling.
 package store
 
 import (
@@ -21,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -106,6 +108,36 @@ func New(rdb redis.UniversalClient, cfg Config) (*Redis, error) {
 
 // Client returns the underlying Redis client.
 func (s *Redis) Client() redis.UniversalClient { return s.rdb }
+
+// Announcement is a completion announced on the results channel.
+type Announcement struct {
+	Dialog    Dialog
+	RequestID string
+	body      string
+}
+
+// ParseAnnouncement splits a results-channel message. It reports false for
+// a message of another shape.
+func ParseAnnouncement(payload string) (Announcement, bool) {
+	head, body, ok := strings.Cut(payload, "\n")
+	if !ok {
+		return Announcement{}, false
+	}
+	parts := strings.Split(head, "/")
+	if len(parts) != 4 {
+		return Announcement{}, false
+	}
+	return Announcement{Dialog: Dialog{parts[0], parts[1], parts[2]}, RequestID: parts[3], body: body}, true
+}
+
+// Reply decodes the announced reply.
+func (a Announcement) Reply() (envelope.Reply, error) {
+	var r envelope.Reply
+	if err := json.Unmarshal([]byte(a.body), &r); err != nil {
+		return envelope.Reply{}, fmt.Errorf("decode announced reply: %w", err)
+	}
+	return r, nil
+}
 
 // Prefix returns the prefix of the store's keys.
 func (s *Redis) Prefix() string { return s.cfg.Prefix }

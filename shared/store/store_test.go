@@ -526,15 +526,25 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 				return ""
 			}
 		}
-		mustComplete(t, s, d, doneReply(d, "r1", "a"), turnsOf("r1", "q", "a")...)
-		if got, want := next(), "t1/u1/"+d.ID+"/r1"; got != want {
-			t.Errorf("message = %q, want %q", got, want)
+		announced := func(rid, answer string) {
+			t.Helper()
+			msg := next()
+			a, ok := store.ParseAnnouncement(msg)
+			if !ok || a.RequestID != rid || a.Dialog != d || !strings.HasPrefix(msg, "t1/u1/"+d.ID+"/"+rid+"\n") {
+				t.Fatalf("message %q, want the announcement of %s", msg, rid)
+			}
+			if r, err := a.Reply(); err != nil || r.Answer != answer || r.RequestID != rid {
+				t.Fatalf("announced reply %+v, %v; want answer %q", r, err, answer)
+			}
 		}
+		mustComplete(t, s, d, doneReply(d, "r1", "a"), turnsOf("r1", "q", "a")...)
+		announced("r1", "a")
 		// A duplicate Complete announces nothing: the next message is r2's.
 		mustComplete(t, s, d, doneReply(d, "r1", "again"))
 		mustComplete(t, s, d, doneReply(d, "r2", "b"))
-		if got, want := next(), "t1/u1/"+d.ID+"/r2"; got != want {
-			t.Errorf("message after a duplicate = %q, want %q", got, want)
+		announced("r2", "b")
+		if _, ok := store.ParseAnnouncement("no newline"); ok {
+			t.Error("a message without a body parsed")
 		}
 	})
 
