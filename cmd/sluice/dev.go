@@ -24,6 +24,7 @@ var allRoles = []string{"broker", "redis", "llm", "producer", "consumer"}
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	st := defaultSettings()
 	st.llm.Model = "sluice-mock"
+	st.llm.FAQ.Sample = true // the built-in shop FAQ answers when the model does not
 	roles := slices.Clone(allRoles)
 	var kafkaAddr, dataDir, redisAddr, llmAddr, devTenant, devUser string
 	fs := newFlagSet("dev", stderr)

@@ -21,6 +21,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"sluice/shared/pii"
 )
 
 func main() {
@@ -102,11 +104,13 @@ func newLogger(l logSettings, w io.Writer) (*slog.Logger, error) {
 		return nil, usageError(settingError("log-level", errors.New("must be debug, info, warn or error")))
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	// Every line goes through the PII mask: no phone number, ID or card
+	// number, or e-mail address reaches the logs, whoever logs it.
 	switch strings.ToLower(l.format) {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(pii.NewHandler(slog.NewTextHandler(w, opts))), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(pii.NewHandler(slog.NewJSONHandler(w, opts))), nil
 	}
 	return nil, usageError(settingError("log-format", errors.New("must be text or json")))
 }

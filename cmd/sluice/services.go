@@ -293,13 +293,18 @@ func buildConsumer(ctx context.Context, st *settings, log *slog.Logger, reg prom
 	if err := st.consumer.Validate(); err != nil {
 		return nil, nil, usageError(err)
 	}
-	model, err := llm.New(st.llm, log, reg)
-	if err != nil {
-		return nil, nil, usageError(settingError("llm-base-url", err))
-	}
 	rdb, err := newRedis(st.redis)
 	if err != nil {
 		return nil, nil, err
+	}
+	// The RPM/TPM quota is shared by every consumer through this Redis.
+	model, err := llm.New(st.llm, log, reg, llm.WithRedis(rdb, st.store.Prefix+":"))
+	if err != nil {
+		_ = rdb.Close()
+		return nil, nil, usageError(fmt.Errorf("llm: %w", err))
+	}
+	if own, def := model.FAQs(); own > 0 || def {
+		log.Info("FAQ fallback ready", "tenant_files", own, "default", def)
 	}
 	stor, err := store.New(rdb, st.store)
 	if err != nil {

@@ -1,12 +1,65 @@
 // Package llm answers chat requests with an OpenAI-compatible Chat
 // Completions endpoint (OpenAI, DeepSeek, vLLM, Ollama, Sluice's mock) through
-// the official openai-go SDK.
+// the official openai-go SDK, and keeps answering when that endpoint does not.
+//
+// Every request gets an answer, the best one available, from the first tier
+// that has one:
+//
+//  1. llm: the primary endpoint.
+//  2. fallback_model: an optional secondary model or endpoint.
+//  3. faq: the best entry of the tenant's FAQ above a score threshold
+//     (package sluice/shared/faq).
+//  4. canned: a fixed "we are busy, an agent will contact you" answer with
+//     handoff set.
+//
+// A model tier makes up to Config.Attempts calls. Only retryable failures
+// are retried (timeouts, connection errors, malformed responses, 408, 409,
+// 429 and 5xx), after a linear backoff with jitter, or after the Retry-After
+// (or retry-after-ms) the endpoint asked for when that is longer. Each call's
+// timeout is Config.Timeout cut to what is left before the request's
+// deadline minus Config.Reserve; a retry that could not start and get
+// minCallTime before then is not made, and neither is a wait for a slot or
+// the quota: the request moves on to the next tier instead. So every answer
+// is ready before the deadline, with Reserve left for storing and publishing it.
+//
+// Each endpoint has a circuit breaker (sony/gobreaker): BreakerFailures
+// consecutive failed calls open it for BreakerOpen (when also at least
+// BreakerFailureRatio of the last 10 s of calls, and 10 or more, failed);
+// while open, requests
+// skip the endpoint at once; then BreakerProbes calls probe it (half-open)
+// and close it again when they succeed. Failures that say nothing about the
+// endpoint's health (400/413/422, a call cut short by the request's own
+// deadline, the caller going away) do not count.
+//
+// Each endpoint allows at most MaxConcurrent calls at once in this process.
+// The primary endpoint can also have a requests-per-minute and a
+// tokens-per-minute limit (RPM, TPM) that all consumer processes share
+// through Redis (a GCRA in one Lua script; per process when no Redis client
+// is given). A call's tokens are the prompt's estimate plus MaxTokens. When
+// a slot or the quota is not free, the request waits for it as long as the
+// call could still be made before the deadline, and otherwise falls back to
+// the next tier without calling: it never sends a call the quota has no
+// room for. When Redis fails, the quota lets calls through (the vendor's own
+// 429s and the breaker still apply).
+//
+// Personal data (package sluice/shared/pii) is masked in every answer; in
+// the question and history sent to the model too, unless MaskPrompt is off.
+// Hits are counted and audit-logged without their values.
 //
 // Metrics (on the registerer given to New):
 //
-//	sluice_llm_calls_total{outcome}           ok, error, timeout
-//	sluice_llm_call_duration_seconds{outcome} latency of one call
-//	sluice_llm_answers_total{source}          answers by source (llm, canned)
+//	sluice_llm_calls_total{endpoint,outcome}           calls: ok, error, timeout, rate_limited, malformed, bad_request
+//	sluice_llm_call_duration_seconds{endpoint,outcome} latency of one call
+//	sluice_llm_retries_total{endpoint}                 calls that were retries
+//	sluice_llm_short_circuits_total{endpoint}          requests that skipped the endpoint because its breaker was open
+//	sluice_llm_breaker_state{endpoint}                 0 closed, 1 half-open, 2 open
+//	sluice_llm_in_flight{endpoint}                     calls under way in this process
+//	sluice_llm_limited_total{limit,outcome}            a slot or quota was not free: limit concurrency, rpm, tpm; outcome waited, fallback
+//	sluice_llm_quota_errors_total                      quota checks that failed (Redis) and let the call through
+//	sluice_llm_answers_total{source}                   answers by source: llm, fallback_model, faq, canned
+//	sluice_pii_masked_total{kind}                      personal data masked in questions and answers
+//
+// endpoint is "primary" or "secondary".
 package llm
 
 import (
@@ -14,15 +67,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"time"
 
 	"github.com/openai/openai-go/v3"
-	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"sluice/shared/envelope"
+	"sluice/shared/faq"
+	"sluice/shared/pii"
 )
 
 // Config holds the LLM client's settings.
@@ -37,21 +91,93 @@ type Config struct {
 	Temperature float64
 	// Timeout bounds one call; the request's remaining deadline bounds it too.
 	Timeout time.Duration
-	// SystemPrompt starts every conversation.
+	// SystemPrompt starts every conversation whose tenant PromptsFile does
+	// not name (and every conversation without PromptsFile).
 	SystemPrompt string
-	// CannedAnswer is returned, with handoff, when no model answers.
+	// PromptsFile is a YAML (or, named *.json, JSON) file of system prompts:
+	// "default" for every tenant and "tenants", a map of tenant id to prompt.
+	PromptsFile string
+	// HistoryTokens is the estimated token budget of the history sent with
+	// a question: turns are taken newest first while they fit. Default 1500.
+	HistoryTokens int
+	// CannedAnswer is returned, with handoff, when no tier answers.
 	CannedAnswer string
+
+	// Attempts bounds the calls to one endpoint for one request (the first
+	// and its retries). Default 3.
+	Attempts int
+	// RetryBackoff is the pause before the first retry; the n-th pause is n
+	// times it plus up to half of that in jitter, or the endpoint's
+	// Retry-After when longer. Default 50 ms.
+	RetryBackoff time.Duration
+	// Reserve is kept free before the request's deadline for the fallbacks
+	// and for storing and publishing the answer: model calls end that long
+	// before the deadline. Default 250 ms.
+	Reserve time.Duration
+
+	// BreakerFailures consecutive failed calls open an endpoint's breaker.
+	// Default 3.
+	BreakerFailures int
+	// BreakerFailureRatio, when above 0, opens the breaker only when also at
+	// least this share of the endpoint's calls of the last 10 s failed, and
+	// at least breakerMinCalls (10) of them: a flaky endpoint whose retries
+	// mostly succeed stays in use (with consecutive failures alone, a 50 %
+	// error rate trips it within a second at flash-sale traffic), while a
+	// dead one is still cut off after 10 calls. 0 opens on BreakerFailures
+	// consecutive failures alone. Default 0.8.
+	BreakerFailureRatio float64
+	// BreakerOpen is how long an open breaker stays open before it lets
+	// probes through. Default 10 s.
+	BreakerOpen time.Duration
+	// BreakerProbes is how many calls a half-open breaker lets through; that
+	// many successes close it, one failure opens it again. Default 1.
+	BreakerProbes int
+
+	// MaxConcurrent caps the calls under way to each endpoint in this
+	// process. Default 256.
+	MaxConcurrent int
+	// RPM and TPM limit the primary endpoint's requests and tokens per
+	// minute across every process sharing the Redis given to New (0: no
+	// limit).
+	RPM int
+	TPM int
+
+	// FallbackBaseURL, FallbackAPIKey and FallbackModel name the secondary
+	// endpoint, tried when the primary fails. It is used when either the
+	// base URL or the model is set; the unset one is the primary's (and so
+	// is the key when the base URL is the primary's).
+	FallbackBaseURL string
+	FallbackAPIKey  string
+	FallbackModel   string
+
+	// FAQ selects the FAQ files of the faq tier.
+	FAQ faq.Config
+
+	// MaskPrompt masks personal data in the question and history sent to
+	// the model. Answers are masked always. Default true.
+	MaskPrompt bool
 }
 
-// DefaultConfig returns the defaults: the mock's model name, 10 s per call.
+// DefaultConfig returns the defaults: the mock's model name, 10 s per call,
+// 3 attempts, a breaker opening for 10 s after 3 consecutive failures.
 func DefaultConfig() Config {
 	return Config{
-		Model:        "sluice-mock",
-		MaxTokens:    512,
-		Temperature:  0.3,
-		Timeout:      10 * time.Second,
-		SystemPrompt: "You are the customer service assistant of an online shop. Answer briefly and politely, in the customer's language.",
-		CannedAnswer: "当前咨询人数较多，已为您转接人工客服，请稍候。 We are busy right now; a human agent will contact you shortly.",
+		Model:               "sluice-mock",
+		MaxTokens:           512,
+		Temperature:         0.3,
+		Timeout:             10 * time.Second,
+		SystemPrompt:        "You are the customer service assistant of an online shop. Answer briefly and politely, in the customer's language.",
+		HistoryTokens:       1500,
+		CannedAnswer:        "当前咨询人数较多，已为您转接人工客服，请稍候。 We are busy right now; a human agent will contact you shortly.",
+		Attempts:            3,
+		RetryBackoff:        50 * time.Millisecond,
+		Reserve:             250 * time.Millisecond,
+		BreakerFailures:     3,
+		BreakerFailureRatio: 0.8,
+		BreakerOpen:         10 * time.Second,
+		BreakerProbes:       1,
+		MaxConcurrent:       256,
+		MaskPrompt:          true,
 	}
 }
 
@@ -60,7 +186,7 @@ func (c Config) Validate() error {
 	switch {
 	case c.BaseURL == "":
 		return errors.New("LLM base URL is required")
-	case !strings.HasPrefix(c.BaseURL, "http://") && !strings.HasPrefix(c.BaseURL, "https://"):
+	case !validURL(c.BaseURL):
 		return fmt.Errorf("LLM base URL %q must start with http:// or https://", c.BaseURL)
 	case c.Model == "":
 		return errors.New("LLM model is required")
@@ -68,8 +194,36 @@ func (c Config) Validate() error {
 		return errors.New("LLM timeout must be positive")
 	case c.MaxTokens < 0:
 		return errors.New("LLM max tokens must not be negative")
+	case c.HistoryTokens < 0:
+		return errors.New("LLM history token budget must not be negative")
+	case c.Attempts < 1:
+		return fmt.Errorf("LLM attempts must be at least 1, got %d", c.Attempts)
+	case c.RetryBackoff < 0:
+		return errors.New("LLM retry backoff must not be negative")
+	case c.Reserve < 0:
+		return errors.New("LLM deadline reserve must not be negative")
+	case c.BreakerFailures < 1:
+		return fmt.Errorf("LLM breaker failures must be at least 1, got %d", c.BreakerFailures)
+	case c.BreakerFailureRatio < 0 || c.BreakerFailureRatio > 1:
+		return fmt.Errorf("LLM breaker failure ratio must be within 0..1, got %v", c.BreakerFailureRatio)
+	case c.BreakerOpen <= 0:
+		return errors.New("LLM breaker open time must be positive")
+	case c.BreakerProbes < 1:
+		return fmt.Errorf("LLM breaker probes must be at least 1, got %d", c.BreakerProbes)
+	case c.MaxConcurrent < 1:
+		return fmt.Errorf("LLM max concurrent calls must be at least 1, got %d", c.MaxConcurrent)
+	case c.RPM < 0 || c.TPM < 0:
+		return errors.New("LLM RPM and TPM limits must not be negative")
+	case c.FallbackBaseURL != "" && !validURL(c.FallbackBaseURL):
+		return fmt.Errorf("LLM fallback base URL %q must start with http:// or https://", c.FallbackBaseURL)
+	case c.FAQ.MinScore < 0:
+		return errors.New("FAQ minimum score must not be negative")
 	}
 	return nil
+}
+
+func validURL(u string) bool {
+	return strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")
 }
 
 // Answer is what the pipeline returns for one request.
@@ -77,65 +231,196 @@ type Answer struct {
 	Text    string
 	Source  string // envelope.Source*
 	Handoff bool
+	// LLMTime is the time spent on the model tiers.
 	LLMTime time.Duration
 }
 
-// Client calls the model.
-type Client struct {
-	cfg      Config
-	log      *slog.Logger
-	api      openai.Client
-	calls    *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-	answers  *prometheus.CounterVec
+// Option configures New beyond Config.
+type Option func(*options)
+
+type options struct {
+	rdb    redis.UniversalClient
+	prefix string
+	faqs   *faq.Library
 }
 
-// New returns a client for cfg. It returns an error when cfg is invalid or
-// the metrics cannot be registered on reg.
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Client, error) {
+// WithRedis shares the RPM/TPM quota through rdb, under keys starting with
+// prefix. Without it the quota is per process.
+func WithRedis(rdb redis.UniversalClient, prefix string) Option {
+	return func(o *options) { o.rdb, o.prefix = rdb, prefix }
+}
+
+// WithFAQ uses lib for the faq tier instead of loading Config.FAQ.
+func WithFAQ(lib *faq.Library) Option {
+	return func(o *options) { o.faqs = lib }
+}
+
+// Client answers requests through the tiers.
+type Client struct {
+	cfg       Config
+	log       *slog.Logger
+	prompts   Prompts
+	endpoints []*endpoint
+	faqs      *faq.Library
+	pii       *pii.Auditor
+	m         *metrics
+}
+
+// New returns a client for cfg. It reads the prompts and FAQ files cfg
+// names. It returns an error when cfg is invalid, a file cannot be read or
+// parsed, or the metrics cannot be registered on reg (nil skips
+// registration).
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Client{
-		cfg: cfg,
-		log: log,
-		api: openai.NewClient(
-			option.WithBaseURL(strings.TrimSuffix(cfg.BaseURL, "/")+"/"),
-			option.WithAPIKey(cfg.APIKey),
-			option.WithMaxRetries(0), // retries are ours: bounded by the request's deadline
-			option.WithHTTPClient(&http.Client{Transport: &http.Transport{
-				MaxIdleConnsPerHost: 512,
-				IdleConnTimeout:     90 * time.Second,
-			}}),
-		),
-		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_llm_calls_total", Help: "LLM calls by outcome.",
-		}, []string{"outcome"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "sluice_llm_call_duration_seconds", Help: "Latency of one LLM call.",
-			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}, []string{"outcome"}),
-		answers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_llm_answers_total", Help: "Answers by source.",
-		}, []string{"source"}),
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := &Client{cfg: cfg, log: log, prompts: Prompts{Default: cfg.SystemPrompt}, faqs: o.faqs}
+	if cfg.PromptsFile != "" {
+		p, err := LoadPrompts(cfg.PromptsFile)
+		if err != nil {
+			return nil, err
+		}
+		if p.Default == "" {
+			p.Default = cfg.SystemPrompt
+		}
+		c.prompts = p
+	}
+	if c.faqs == nil {
+		lib, err := faq.Load(cfg.FAQ)
+		if err != nil {
+			return nil, err
+		}
+		c.faqs = lib
+	}
+	c.m = newMetrics()
+	auditor, err := pii.NewAuditor(log, reg)
+	if err != nil {
+		return nil, err
+	}
+	c.pii = auditor
+
+	var q quota
+	if cfg.RPM > 0 || cfg.TPM > 0 {
+		if o.rdb != nil {
+			q = newRedisQuota(o.rdb, o.prefix+"{llm-quota:"+cfg.Model+"}", cfg.RPM, cfg.TPM)
+		} else {
+			q = newLocalQuota(cfg.RPM, cfg.TPM)
+		}
+	}
+	c.endpoints = append(c.endpoints, newEndpoint(endpointConfig{
+		name: "primary", source: envelope.SourceLLM,
+		baseURL: cfg.BaseURL, apiKey: cfg.APIKey, model: cfg.Model,
+	}, cfg, q, c))
+	if cfg.FallbackBaseURL != "" || cfg.FallbackModel != "" {
+		sec := endpointConfig{
+			name: "secondary", source: envelope.SourceFallbackModel,
+			baseURL: cfg.FallbackBaseURL, apiKey: cfg.FallbackAPIKey, model: cfg.FallbackModel,
+		}
+		if sec.baseURL == "" {
+			sec.baseURL = cfg.BaseURL
+			if sec.apiKey == "" {
+				sec.apiKey = cfg.APIKey
+			}
+		}
+		if sec.model == "" {
+			sec.model = cfg.Model
+		}
+		c.endpoints = append(c.endpoints, newEndpoint(sec, cfg, nil, c))
 	}
 	if reg != nil {
-		for _, m := range []prometheus.Collector{c.calls, c.duration, c.answers} {
-			if err := reg.Register(m); err != nil {
-				return nil, fmt.Errorf("register llm metrics: %w", err)
-			}
+		if err := c.m.register(reg, c.endpoints); err != nil {
+			return nil, fmt.Errorf("register llm metrics: %w", err)
 		}
 	}
 	return c, nil
 }
 
-// Answer answers req given the dialog's history, oldest first. It never
-// returns an error for a failing model: it answers with the canned handoff
-// text instead. It returns ctx's error when ctx ends first.
+// BreakerState returns the state of endpoint's ("primary" or "secondary")
+// breaker: "closed", "half-open" or "open"; "" for an unknown endpoint.
+func (c *Client) BreakerState(endpoint string) string {
+	for _, e := range c.endpoints {
+		if e.name == endpoint {
+			return e.breaker.State().String()
+		}
+	}
+	return ""
+}
+
+// Answer answers req given the dialog's history, oldest first, from the
+// first tier that has an answer (see the package doc); the answer's
+// personal data is masked. It never returns an error for failing models:
+// the last tier always answers. It returns ctx's error when ctx ends first.
 func (c *Client) Answer(ctx context.Context, req *envelope.Request, history []envelope.Turn) (Answer, error) {
+	ids := []slog.Attr{slog.String("request_id", req.RequestID), slog.String("tenant", req.Tenant)}
+	question := c.pii.Mask(ctx, req.Text, "question", ids...)
+	prompt := req.Text
+	if c.cfg.MaskPrompt {
+		prompt = question
+		masked := make([]envelope.Turn, len(history))
+		for i, t := range history {
+			masked[i] = t
+			masked[i].Content = pii.Mask(t.Content)
+		}
+		history = masked
+	}
+	msgs, tokens := c.messages(req.Tenant, prompt, history)
+	until := req.Deadline.Add(-c.cfg.Reserve)
+
+	start := time.Now()
+	var errs []error
+	for _, e := range c.endpoints {
+		text, err := e.complete(ctx, until, msgs, tokens)
+		if err == nil {
+			return c.answer(ctx, text, e.source, false, time.Since(start), ids), nil
+		}
+		if ctx.Err() != nil {
+			return Answer{}, ctx.Err()
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", e.name, err))
+	}
+	took := time.Since(start)
+	if ix := c.faqs.For(req.Tenant); ix != nil {
+		if m, ok := ix.Best(pii.StripLabels(question)); ok {
+			c.log.Debug("answered from the FAQ", append(attrsAny(ids), "score", m.Score, "err", errors.Join(errs...))...)
+			return c.answer(ctx, m.Answer, envelope.SourceFAQ, false, took, ids), nil
+		}
+	}
+	c.log.Debug("answered canned", append(attrsAny(ids), "err", errors.Join(errs...))...)
+	return c.answer(ctx, c.cfg.CannedAnswer, envelope.SourceCanned, true, took, ids), nil
+}
+
+func (c *Client) answer(ctx context.Context, text, source string, handoff bool, took time.Duration, ids []slog.Attr) Answer {
+	c.m.answers.WithLabelValues(source).Inc()
+	return Answer{Text: c.pii.Mask(ctx, text, "answer", ids...), Source: source, Handoff: handoff, LLMTime: took}
+}
+
+func attrsAny(as []slog.Attr) []any {
+	out := make([]any, len(as))
+	for i, a := range as {
+		out[i] = a
+	}
+	return out
+}
+
+// messages builds the conversation sent to the model: the tenant's system
+// prompt, the history that fits the token budget and the question. It
+// returns the messages and the estimated tokens of the call (the prompt's
+// and MaxTokens).
+func (c *Client) messages(tenant, question string, history []envelope.Turn) ([]openai.ChatCompletionMessageParamUnion, int) {
+	system := c.prompts.For(tenant)
+	history = fitHistory(history, c.cfg.HistoryTokens)
 	msgs := make([]openai.ChatCompletionMessageParamUnion, 0, len(history)+2)
-	if c.cfg.SystemPrompt != "" {
-		msgs = append(msgs, openai.SystemMessage(c.cfg.SystemPrompt))
+	tokens := int(c.cfg.MaxTokens)
+	if system != "" {
+		msgs = append(msgs, openai.SystemMessage(system))
+		tokens += EstimateTokens(system) + messageOverhead
 	}
 	for _, t := range history {
 		switch t.Role {
@@ -143,57 +428,16 @@ func (c *Client) Answer(ctx context.Context, req *envelope.Request, history []en
 			msgs = append(msgs, openai.UserMessage(t.Content))
 		case envelope.RoleAssistant:
 			msgs = append(msgs, openai.AssistantMessage(t.Content))
+		default:
+			continue
 		}
+		tokens += EstimateTokens(t.Content) + messageOverhead
 	}
-	msgs = append(msgs, openai.UserMessage(req.Text))
-
-	start := time.Now()
-	text, err := c.call(ctx, req.Deadline, msgs)
-	took := time.Since(start)
-	if err == nil {
-		c.answers.WithLabelValues(envelope.SourceLLM).Inc()
-		return Answer{Text: text, Source: envelope.SourceLLM, LLMTime: took}, nil
-	}
-	if ctx.Err() != nil {
-		return Answer{}, ctx.Err()
-	}
-	c.log.Warn("llm call failed, answering canned", "request_id", req.RequestID, "err", err)
-	c.answers.WithLabelValues(envelope.SourceCanned).Inc()
-	return Answer{Text: c.cfg.CannedAnswer, Source: envelope.SourceCanned, Handoff: true, LLMTime: took}, nil
+	msgs = append(msgs, openai.UserMessage(question))
+	tokens += EstimateTokens(question) + messageOverhead
+	return msgs, tokens
 }
 
-func (c *Client) call(ctx context.Context, deadline time.Time, msgs []openai.ChatCompletionMessageParamUnion) (string, error) {
-	timeout := c.cfg.Timeout
-	if left := time.Until(deadline); left < timeout {
-		timeout = left
-	}
-	if timeout <= 0 {
-		return "", context.DeadlineExceeded
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	params := openai.ChatCompletionNewParams{Model: c.cfg.Model, Messages: msgs}
-	if c.cfg.MaxTokens > 0 {
-		params.MaxTokens = openai.Int(c.cfg.MaxTokens)
-	}
-	if c.cfg.Temperature > 0 {
-		params.Temperature = openai.Float(c.cfg.Temperature)
-	}
-	start := time.Now()
-	resp, err := c.api.Chat.Completions.New(ctx, params)
-	outcome := "ok"
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		outcome = "timeout"
-	case err != nil:
-		outcome = "error"
-	case len(resp.Choices) == 0 || resp.Choices[0].Message.Content == "":
-		outcome, err = "error", errors.New("empty completion")
-	}
-	c.calls.WithLabelValues(outcome).Inc()
-	c.duration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
-	if err != nil {
-		return "", fmt.Errorf("chat completion: %w", err)
-	}
-	return resp.Choices[0].Message.Content, nil
-}
+// FAQs returns how many tenants have an FAQ of their own and whether there
+// is a default FAQ for the others.
+func (c *Client) FAQs() (own int, hasDefault bool) { return c.faqs.Tenants() }

@@ -1,10 +1,17 @@
 package llm_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,24 +19,153 @@ import (
 
 	"sluice/consumer/llm"
 	"sluice/shared/envelope"
+	"sluice/shared/faq"
 	"sluice/shared/mockllm"
 )
 
-func mustClient(t *testing.T, mock mockllm.Config) (*llm.Client, *mockllm.Server) {
+// fastConfig is the default config with quick retries, for tests.
+func fastConfig(baseURL string) llm.Config {
+	cfg := llm.DefaultConfig()
+	cfg.BaseURL = baseURL
+	cfg.RetryBackoff = 10 * time.Millisecond
+	cfg.Reserve = 50 * time.Millisecond
+	return cfg
+}
+
+type client struct {
+	*llm.Client
+	reg *prometheus.Registry
+	log *syncBuffer
+}
+
+func mustNew(t *testing.T, cfg llm.Config, opts ...llm.Option) *client {
 	t.Helper()
-	m, err := mockllm.New(mock, slog.New(slog.DiscardHandler), nil)
+	buf := &syncBuffer{}
+	reg := prometheus.NewRegistry()
+	c, err := llm.New(cfg, slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), reg, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("client log:\n%s", buf.String())
+		}
+	})
+	return &client{Client: c, reg: reg, log: buf}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// mustMock serves a mock LLM and returns it with its base URL.
+func mustMock(t *testing.T, cfg mockllm.Config) (*mockllm.Server, string) {
+	t.Helper()
+	m, err := mockllm.New(cfg, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(m.Handler())
 	t.Cleanup(hs.Close)
-	cfg := llm.DefaultConfig()
-	cfg.BaseURL = hs.URL + "/v1"
-	c, err := llm.New(cfg, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
+	return m, hs.URL + "/v1"
+}
+
+// scripted is an endpoint whose every call is answered by handle, given
+// the call's number (from 1).
+type scripted struct {
+	mu       sync.Mutex
+	calls    int
+	inFlight int
+	most     int
+	bodies   []chatBody
+	handle   func(n int, w http.ResponseWriter, r *http.Request)
+}
+
+type chatBody struct {
+	Model    string `json:"model"`
+	Messages []struct {
+		Role    string `json:"role"`
+		Content string `json:"content"`
+	} `json:"messages"`
+}
+
+func serveScript(t *testing.T, handle func(n int, w http.ResponseWriter, r *http.Request)) (*scripted, string) {
+	t.Helper()
+	s := &scripted{handle: handle}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b chatBody
+		_ = json.NewDecoder(r.Body).Decode(&b)
+		s.mu.Lock()
+		s.calls++
+		n := s.calls
+		s.bodies = append(s.bodies, b)
+		s.inFlight++
+		s.most = max(s.most, s.inFlight)
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			s.inFlight--
+			s.mu.Unlock()
+		}()
+		s.handle(n, w, r)
+	}))
+	t.Cleanup(hs.Close)
+	return s, hs.URL + "/v1"
+}
+
+func (s *scripted) Calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
+}
+
+func (s *scripted) Most() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.most
+}
+
+func (s *scripted) Body(i int) chatBody {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bodies[i]
+}
+
+func ok(text string) func(int, http.ResponseWriter, *http.Request) {
+	return func(_ int, w http.ResponseWriter, _ *http.Request) { writeCompletion(w, text) }
+}
+
+func writeCompletion(w http.ResponseWriter, text string) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+		"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
+			"message": map[string]any{"role": "assistant", "content": text}}},
+	})
+}
+
+func status(code int, header ...string) func(int, http.ResponseWriter, *http.Request) {
+	return func(_ int, w http.ResponseWriter, _ *http.Request) {
+		for i := 0; i+1 < len(header); i += 2 {
+			w.Header().Set(header[i], header[i+1])
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		_, _ = fmt.Fprintf(w, `{"error":{"message":"status %d","type":"x"}}`, code)
 	}
-	return c, m
 }
 
 func request(text string, deadline time.Duration) *envelope.Request {
@@ -38,8 +174,28 @@ func request(text string, deadline time.Duration) *envelope.Request {
 		Text: text, CreatedAt: now, Deadline: now.Add(deadline)}
 }
 
+func answer(t *testing.T, c *client, text string, deadline time.Duration) (llm.Answer, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	a, err := c.Answer(context.Background(), request(text, deadline), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, time.Since(start)
+}
+
+func sampleFAQ(t *testing.T) llm.Option {
+	t.Helper()
+	ix, err := faq.NewIndex(faq.Sample(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return llm.WithFAQ(faq.NewLibrary(ix, nil))
+}
+
 func TestAnswerSendsHistory(t *testing.T) {
-	c, _ := mustClient(t, mockllm.Config{})
+	_, url := mustMock(t, mockllm.Config{})
+	c := mustNew(t, fastConfig(url))
 	hist := []envelope.Turn{{Role: "user", Content: "优惠券还能用吗"}, {Role: "assistant", Content: "可以"}}
 	a, err := c.Answer(context.Background(), request("什么时候发货", 10*time.Second), hist)
 	if err != nil {
@@ -50,38 +206,607 @@ func TestAnswerSendsHistory(t *testing.T) {
 	}
 }
 
-func TestFailingModelAnswersCanned(t *testing.T) {
-	c, m := mustClient(t, mockllm.Config{ErrorRate: 1})
-	a, err := c.Answer(context.Background(), request("hi", 10*time.Second), nil)
+// TestFailureModes drives each way the primary endpoint fails and checks
+// the tier that answers, the calls made and that the answer came in time.
+func TestFailureModes(t *testing.T) {
+	const faqQuestion = "优惠券还能用吗？"
+	const otherQuestion = "你们老板是谁"
+	hang := func(_ int, _ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
+	for _, tc := range []struct {
+		name      string
+		primary   func(int, http.ResponseWriter, *http.Request)
+		closed    bool // the primary's address refuses connections
+		secondary func(int, http.ResponseWriter, *http.Request)
+		question  string
+		deadline  time.Duration
+		source    string
+		calls     int // primary calls
+		within    time.Duration
+	}{
+		{name: "Healthy", primary: ok("好的"), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceLLM, calls: 1, within: time.Second},
+		{name: "500ToFAQ", primary: status(500), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
+		{name: "500ToCanned", primary: status(500), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceCanned, calls: 3, within: time.Second},
+		{name: "503ToSecondary", primary: status(503), secondary: ok("备用模型"), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceFallbackModel, calls: 3, within: time.Second},
+		{name: "SecondaryFailsToo", primary: status(502), secondary: status(500), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
+		{name: "Malformed", primary: func(_ int, w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"半`))
+		}, question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
+		{name: "EmptyCompletion", primary: ok(""), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
+		{name: "ConnectionRefused", closed: true, question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 0, within: time.Second},
+		{name: "400NotRetried", primary: status(400), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 1, within: time.Second},
+		{name: "401NotRetried", primary: status(401), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceCanned, calls: 1, within: time.Second},
+		{name: "429RetryAfterPastDeadline", primary: status(429, "Retry-After", "30"), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 1, within: time.Second},
+		{name: "HangsUntilDeadline", primary: hang, question: faqQuestion, deadline: 600 * time.Millisecond, source: envelope.SourceFAQ, calls: 1, within: 600 * time.Millisecond},
+		{name: "SlowFirstByte", primary: func(_ int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}, question: otherQuestion, deadline: 600 * time.Millisecond, source: envelope.SourceCanned, calls: 1, within: 600 * time.Millisecond},
+		{name: "FAQAfterMasking", primary: status(500), question: "我的手机号是 13812345678，优惠券还能用吗？", deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
+		{name: "DeadlinePassed", primary: ok("太晚了"), question: faqQuestion, deadline: -time.Second, source: envelope.SourceFAQ, calls: 0, within: 100 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var p *scripted
+			var url string
+			if tc.closed {
+				hs := httptest.NewServer(http.NotFoundHandler())
+				url = hs.URL + "/v1"
+				hs.Close()
+			} else {
+				p, url = serveScript(t, tc.primary)
+			}
+			cfg := fastConfig(url)
+			cfg.BreakerFailures = 100 // this test is about one request's tiers
+			var s *scripted
+			if tc.secondary != nil {
+				var surl string
+				s, surl = serveScript(t, tc.secondary)
+				cfg.FallbackBaseURL, cfg.FallbackModel = surl, "backup"
+			}
+			c := mustNew(t, cfg, sampleFAQ(t))
+			a, took := answer(t, c, tc.question, tc.deadline)
+			if a.Source != tc.source {
+				t.Errorf("source %q (%q), want %q", a.Source, a.Text, tc.source)
+			}
+			if want := tc.source == envelope.SourceCanned; a.Handoff != want || a.Text == "" {
+				t.Errorf("handoff %v with text %q, want handoff %v", a.Handoff, a.Text, want)
+			}
+			if p != nil && p.Calls() != tc.calls {
+				t.Errorf("primary got %d calls, want %d", p.Calls(), tc.calls)
+			}
+			if took > tc.within {
+				t.Errorf("answered after %v, want within %v", took, tc.within)
+			}
+			if s != nil && tc.source == envelope.SourceFallbackModel && s.Body(0).Model != "backup" {
+				t.Errorf("secondary called with model %q, want backup", s.Body(0).Model)
+			}
+			if got := value(t, c, "sluice_llm_answers_total", map[string]string{"source": tc.source}); got != 1 {
+				t.Errorf("sluice_llm_answers_total{source=%q} = %v, want 1", tc.source, got)
+			}
+		})
+	}
+}
+
+// value returns the value of the counter or gauge name with labels (0 when
+// there is none).
+func value(t *testing.T, c *client, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := c.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Source != envelope.SourceCanned || !a.Handoff || a.Text == "" || m.Calls() != 1 {
-		t.Fatalf("answer %+v after %d calls, want canned with handoff after 1", a, m.Calls())
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+func TestRetryHonoursRetryAfter(t *testing.T) {
+	t.Run("RetryAfterMs", func(t *testing.T) {
+		s, url := serveScript(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			if n == 1 {
+				status(429, "Retry-After-Ms", "300")(n, w, r)
+				return
+			}
+			writeCompletion(w, "第二次成功")
+		})
+		c := mustNew(t, fastConfig(url))
+		a, took := answer(t, c, "hi", 5*time.Second)
+		if a.Source != envelope.SourceLLM || s.Calls() != 2 {
+			t.Fatalf("answer %+v after %d calls, want llm after 2", a, s.Calls())
+		}
+		if took < 300*time.Millisecond {
+			t.Errorf("retried after %v, before the 300ms Retry-After", took)
+		}
+		if v := value(t, c, "sluice_llm_retries_total", map[string]string{"endpoint": "primary"}); v != 1 {
+			t.Errorf("retries counter %v, want 1", v)
+		}
+		if v := value(t, c, "sluice_llm_calls_total", map[string]string{"endpoint": "primary", "outcome": "rate_limited"}); v != 1 {
+			t.Errorf("rate_limited calls %v, want 1", v)
+		}
+	})
+	t.Run("RetryAfterSeconds", func(t *testing.T) {
+		s, url := serveScript(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			if n == 1 {
+				status(429, "Retry-After", "1")(n, w, r)
+				return
+			}
+			writeCompletion(w, "ok")
+		})
+		c := mustNew(t, fastConfig(url))
+		a, took := answer(t, c, "hi", 5*time.Second)
+		if a.Source != envelope.SourceLLM || s.Calls() != 2 || took < time.Second {
+			t.Fatalf("answer %+v after %d calls and %v, want llm after 2 calls and 1s", a, s.Calls(), took)
+		}
+	})
+	t.Run("PastDeadlineNotRetried", func(t *testing.T) {
+		s, url := serveScript(t, status(429, "Retry-After", "1"))
+		c := mustNew(t, fastConfig(url))
+		a, took := answer(t, c, "hi", 800*time.Millisecond)
+		if a.Source != envelope.SourceCanned || s.Calls() != 1 || took > 500*time.Millisecond {
+			t.Fatalf("answer %+v after %d calls and %v, want canned after 1 call at once", a, s.Calls(), took)
+		}
+	})
+}
+
+// TestRetriesNeverPassDeadline makes many attempts possible and checks the
+// deadline (less the reserve) stops them.
+func TestRetriesNeverPassDeadline(t *testing.T) {
+	s, url := serveScript(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond) // a slow failure
+		status(500)(0, w, r)
+	})
+	cfg := fastConfig(url)
+	cfg.Attempts, cfg.RetryBackoff, cfg.Reserve, cfg.BreakerFailures = 50, 30*time.Millisecond, 100*time.Millisecond, 100
+	c := mustNew(t, cfg)
+	deadline := 600 * time.Millisecond
+	a, took := answer(t, c, "hi", deadline)
+	if a.Source != envelope.SourceCanned {
+		t.Fatalf("answer %+v, want canned", a)
+	}
+	if took > deadline-cfg.Reserve+50*time.Millisecond {
+		t.Errorf("answered after %v: past the deadline %v less the reserve %v", took, deadline, cfg.Reserve)
+	}
+	if n := s.Calls(); n < 2 || n >= 50 {
+		t.Errorf("%d calls, want retries bounded by the deadline", n)
+	}
+}
+
+func TestBreakerOpensAndRecovers(t *testing.T) {
+	var mu sync.Mutex
+	failing := true
+	s, url := serveScript(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		f := failing
+		mu.Unlock()
+		if f {
+			status(500)(n, w, r)
+			return
+		}
+		writeCompletion(w, "恢复了")
+	})
+	cfg := fastConfig(url)
+	cfg.Attempts, cfg.BreakerFailures, cfg.BreakerOpen = 1, 3, 300*time.Millisecond
+	cfg.BreakerFailureRatio = 0 // consecutive failures alone: see TestBreakerFailureRatio
+	c := mustNew(t, cfg, sampleFAQ(t))
+	state := func() float64 {
+		return value(t, c, "sluice_llm_breaker_state", map[string]string{"endpoint": "primary"})
+	}
+
+	for i := range 3 {
+		if a, _ := answer(t, c, "优惠券还能用吗", 5*time.Second); a.Source != envelope.SourceFAQ {
+			t.Fatalf("request %d: %+v, want faq", i, a)
+		}
+	}
+	if c.BreakerState("primary") != "open" || state() != 2 {
+		t.Fatalf("breaker %s (gauge %v) after 3 failures, want open (2)", c.BreakerState("primary"), state())
+	}
+	// Open: no call, straight to the fallback.
+	for range 20 {
+		a, took := answer(t, c, "优惠券还能用吗", 5*time.Second)
+		if a.Source != envelope.SourceFAQ || took > 50*time.Millisecond {
+			t.Fatalf("with the breaker open: %+v after %v, want faq at once", a, took)
+		}
+	}
+	if s.Calls() != 3 {
+		t.Fatalf("%d calls, want none after the breaker opened", s.Calls())
+	}
+	if v := value(t, c, "sluice_llm_short_circuits_total", map[string]string{"endpoint": "primary"}); v != 20 {
+		t.Errorf("short circuits %v, want 20", v)
+	}
+
+	// A failing probe opens it again.
+	time.Sleep(cfg.BreakerOpen) // the breaker's own clock: nothing to await
+	if c.BreakerState("primary") != "half-open" || state() != 1 {
+		t.Fatalf("breaker %s (gauge %v) after the open time, want half-open (1)", c.BreakerState("primary"), state())
+	}
+	answer(t, c, "hi", 5*time.Second)
+	if s.Calls() != 4 || c.BreakerState("primary") != "open" {
+		t.Fatalf("after a failed probe: %d calls, breaker %s; want 4, open", s.Calls(), c.BreakerState("primary"))
+	}
+
+	// A good probe closes it.
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	time.Sleep(cfg.BreakerOpen)
+	if a, _ := answer(t, c, "hi", 5*time.Second); a.Source != envelope.SourceLLM {
+		t.Fatalf("probe answer %+v, want llm", a)
+	}
+	if c.BreakerState("primary") != "closed" || state() != 0 {
+		t.Fatalf("breaker %s (gauge %v) after a good probe, want closed (0)", c.BreakerState("primary"), state())
+	}
+}
+
+// TestBreakerFailureRatio checks the ratio guard: a dead endpoint is cut
+// off after 10 calls, while consecutive failures among mostly good calls
+// open the breaker only without the guard.
+func TestBreakerFailureRatio(t *testing.T) {
+	t.Run("DeadEndpoint", func(t *testing.T) {
+		_, url := serveScript(t, status(500))
+		cfg := fastConfig(url)
+		cfg.Attempts = 1
+		c := mustNew(t, cfg) // default ratio 0.8
+		for range 9 {
+			answer(t, c, "hi", 5*time.Second)
+		}
+		if st := c.BreakerState("primary"); st != "closed" {
+			t.Errorf("breaker %s after 9 failed calls, want closed (fewer than 10 calls)", st)
+		}
+		answer(t, c, "hi", 5*time.Second)
+		if st := c.BreakerState("primary"); st != "open" {
+			t.Errorf("breaker %s after 10 failed calls, want open", st)
+		}
+	})
+	for _, tc := range []struct {
+		ratio float64
+		want  string
+	}{{0.8, "closed"}, {0, "open"}} {
+		t.Run(fmt.Sprintf("MostlyGood/ratio=%v", tc.ratio), func(t *testing.T) {
+			_, url := serveScript(t, func(n int, w http.ResponseWriter, r *http.Request) {
+				if n <= 7 {
+					writeCompletion(w, "ok")
+					return
+				}
+				status(500)(n, w, r)
+			})
+			cfg := fastConfig(url)
+			cfg.Attempts, cfg.BreakerFailureRatio = 1, tc.ratio
+			c := mustNew(t, cfg)
+			for range 10 {
+				answer(t, c, "hi", 5*time.Second)
+			}
+			if st := c.BreakerState("primary"); st != tc.want {
+				t.Errorf("breaker %s after 7 good and 3 failed calls, want %s", st, tc.want)
+			}
+			// Failures going on raise the share to 0.8 (28 of 35): it opens.
+			for range 25 {
+				answer(t, c, "hi", 5*time.Second)
+			}
+			if st := c.BreakerState("primary"); st != "open" {
+				t.Errorf("breaker %s after mostly failures, want open", st)
+			}
+		})
+	}
+}
+
+// TestBreakerIgnoresRequestFaults checks that failures caused by the
+// request (400) or its deadline do not open the breaker.
+func TestBreakerIgnoresRequestFaults(t *testing.T) {
+	_, url := serveScript(t, status(400))
+	cfg := fastConfig(url)
+	cfg.BreakerFailureRatio = 0
+	c := mustNew(t, cfg)
+	for range 5 {
+		answer(t, c, "hi", 5*time.Second)
+	}
+	if st := c.BreakerState("primary"); st != "closed" {
+		t.Errorf("breaker %s after 400s, want closed", st)
+	}
+
+	_, url = serveScript(t, func(_ int, _ http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	cfg = fastConfig(url)
+	cfg.BreakerFailureRatio = 0
+	c = mustNew(t, cfg)
+	for range 4 {
+		answer(t, c, "hi", 200*time.Millisecond) // cut short by the deadline, not the 10s timeout
+	}
+	if st := c.BreakerState("primary"); st != "closed" {
+		t.Errorf("breaker %s after calls cut by the request deadline, want closed", st)
+	}
+
+	// A timeout of the call's own (Timeout shorter than the deadline) counts.
+	cfg = fastConfig(url)
+	cfg.Timeout, cfg.Attempts, cfg.BreakerFailureRatio = 50*time.Millisecond, 1, 0
+	c = mustNew(t, cfg)
+	for range 3 {
+		answer(t, c, "hi", 5*time.Second)
+	}
+	if st := c.BreakerState("primary"); st != "open" {
+		t.Errorf("breaker %s after 3 timeouts, want open", st)
+	}
+}
+
+func TestConcurrencyCap(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 10)
+	s, url := serveScript(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		select {
+		case <-release:
+			writeCompletion(w, "ok")
+		case <-r.Context().Done():
+		}
+	})
+	cfg := fastConfig(url)
+	cfg.MaxConcurrent = 2
+	c := mustNew(t, cfg)
+
+	results := make(chan llm.Answer, 4)
+	for range 4 {
+		go func() {
+			a, err := c.Answer(context.Background(), request("hi", 10*time.Second), nil)
+			if err != nil {
+				t.Error(err)
+			}
+			results <- a
+		}()
+	}
+	<-entered
+	<-entered
+	// Two calls are under way; the other two wait for a slot.
+	if v := value(t, c, "sluice_llm_in_flight", map[string]string{"endpoint": "primary"}); v != 2 {
+		t.Errorf("in flight %v, want 2", v)
+	}
+	select {
+	case <-entered:
+		t.Fatal("a third call started while two held the slots")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	for range 4 {
+		if a := <-results; a.Source != envelope.SourceLLM {
+			t.Errorf("answer %+v, want llm after waiting for a slot", a)
+		}
+	}
+	if s.Most() > 2 {
+		t.Errorf("%d calls at once, want at most 2", s.Most())
+	}
+	if v := value(t, c, "sluice_llm_limited_total", map[string]string{"limit": "concurrency", "outcome": "waited"}); v != 2 {
+		t.Errorf("waited for a slot %v times, want 2", v)
+	}
+
+	// Slots held past a request's deadline: it falls back without a call.
+	block := make(chan struct{})
+	defer close(block)
+	holding := make(chan struct{}, 1)
+	_, url = serveScript(t, func(_ int, _ http.ResponseWriter, r *http.Request) {
+		holding <- struct{}{}
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	})
+	cfg = fastConfig(url)
+	cfg.MaxConcurrent = 1
+	c = mustNew(t, cfg)
+	go func() { _, _ = c.Answer(context.Background(), request("hi", 10*time.Second), nil) }()
+	<-holding
+	a, took := answer(t, c, "hi", 300*time.Millisecond)
+	if a.Source != envelope.SourceCanned || took > 300*time.Millisecond {
+		t.Errorf("answer %+v after %v, want canned before the deadline", a, took)
+	}
+	if v := value(t, c, "sluice_llm_limited_total", map[string]string{"limit": "concurrency", "outcome": "fallback"}); v != 1 {
+		t.Errorf("fell back for want of a slot %v times, want 1", v)
+	}
+}
+
+func TestPIIMasked(t *testing.T) {
+	const phone = "13812345678"
+	for _, maskPrompt := range []bool{true, false} {
+		t.Run(fmt.Sprintf("MaskPrompt=%v", maskPrompt), func(t *testing.T) {
+			// The mock quotes the question back, as models do.
+			s, url := serveScript(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+				writeCompletion(w, "好的，我们会打 "+phone+" 联系您")
+			})
+			cfg := fastConfig(url)
+			cfg.MaskPrompt = maskPrompt
+			c := mustNew(t, cfg)
+			hist := []envelope.Turn{{Role: "user", Content: "我的邮箱 a@b.com"}, {Role: "assistant", Content: "好的"}}
+			a, err := c.Answer(context.Background(), request("我的电话是 "+phone+"，什么时候发货", 5*time.Second), hist)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(a.Text, phone) || !strings.Contains(a.Text, "[phone]") {
+				t.Errorf("answer %q not masked", a.Text)
+			}
+			var sent strings.Builder
+			for _, m := range s.Body(0).Messages {
+				sent.WriteString(m.Content + "\n")
+			}
+			if got := strings.Contains(sent.String(), phone) || strings.Contains(sent.String(), "a@b.com"); got == maskPrompt {
+				t.Errorf("prompt sent %q: raw personal data present = %v with MaskPrompt %v", sent.String(), got, maskPrompt)
+			}
+			if v := value(t, c, "sluice_pii_masked_total", map[string]string{"kind": "phone"}); v != 2 {
+				t.Errorf("phones masked %v, want 2 (question and answer)", v)
+			}
+			log := c.log.String()
+			if !strings.Contains(log, `"msg":"pii masked"`) || !strings.Contains(log, `"where":"question"`) || !strings.Contains(log, `"where":"answer"`) {
+				t.Errorf("no audit lines in %s", log)
+			}
+			if strings.Contains(log, phone) {
+				t.Errorf("log holds the phone number: %s", log)
+			}
+		})
+	}
+}
+
+func TestTenantPrompts(t *testing.T) {
+	dir := t.TempDir()
+	for name, data := range map[string]string{
+		"prompts.yaml": "default: 默认提示\ntenants:\n  shop-a: 你是 A 店的客服\n",
+		"prompts.json": `{"tenants":{"shop-b":"你是 B 店的客服"}}`,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, url := serveScript(t, ok("好的"))
+	for i, tc := range []struct{ file, tenant, want string }{
+		{"prompts.yaml", "shop-a", "你是 A 店的客服"},
+		{"prompts.yaml", "shop-z", "默认提示"},
+		{"prompts.json", "shop-b", "你是 B 店的客服"},
+		{"prompts.json", "shop-z", llm.DefaultConfig().SystemPrompt}, // no default in the file
+	} {
+		cfg := fastConfig(url)
+		cfg.PromptsFile = filepath.Join(dir, tc.file)
+		c := mustNew(t, cfg)
+		req := request("hi", 5*time.Second)
+		req.Tenant = tc.tenant
+		if _, err := c.Answer(context.Background(), req, nil); err != nil {
+			t.Fatal(err)
+		}
+		if m := s.Body(i).Messages[0]; m.Role != "system" || m.Content != tc.want {
+			t.Errorf("%s, tenant %s: first message %+v, want system %q", tc.file, tc.tenant, m, tc.want)
+		}
+	}
+	for _, bad := range []string{"missing.yaml", "bad.yaml"} {
+		_ = os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("defualt: typo\n"), 0o600)
+		cfg := fastConfig(url)
+		cfg.PromptsFile = filepath.Join(dir, bad)
+		if _, err := llm.New(cfg, nil, nil); err == nil {
+			t.Errorf("New accepted prompts file %s", bad)
+		}
+	}
+}
+
+func TestHistoryBudget(t *testing.T) {
+	s, url := serveScript(t, ok("好的"))
+	cfg := fastConfig(url)
+	cfg.HistoryTokens = 40
+	cfg.SystemPrompt = ""
+	c := mustNew(t, cfg)
+	var hist []envelope.Turn
+	for i := range 10 {
+		hist = append(hist,
+			envelope.Turn{Role: "user", Content: fmt.Sprintf("问题%d问题", i)},                // 4 CJK + 1 other: 5 tokens, 9 with the overhead
+			envelope.Turn{Role: "assistant", Content: fmt.Sprintf("answer number %d", i)}, // 15 others: 4 tokens, 8 with the overhead
+		)
+	}
+	if _, err := c.Answer(context.Background(), request("最新的问题", 5*time.Second), hist); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range s.Body(0).Messages {
+		got = append(got, m.Role+":"+m.Content)
+	}
+	// 40 tokens hold the newest 2 pairs (2 × (9 + 8) = 34): chronological,
+	// starting with a user turn.
+	want := []string{"user:问题8问题", "assistant:answer number 8", "user:问题9问题", "assistant:answer number 9", "user:最新的问题"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("messages\n %q\nwant\n %q", got, want)
+	}
+
+	cfg.HistoryTokens = 45 // room for one more assistant turn, not its question
+	c = mustNew(t, cfg)
+	if _, err := c.Answer(context.Background(), request("最新的问题", 5*time.Second), hist); err != nil {
+		t.Fatal(err)
+	}
+	if first := s.Body(1).Messages[0]; first.Role != "user" || first.Content != "问题8问题" {
+		t.Errorf("history starts with %+v, want the user turn 问题8问题", first)
+	}
+}
+
+func TestEstimateTokens(t *testing.T) {
+	for _, tc := range []struct {
+		s    string
+		want int
+	}{
+		{"", 0},
+		{"优惠券", 3},
+		{"coupon", 2},
+		{"优惠券 coupon", 5}, // 3 CJK + 7 other
+		{"こんにちは", 5},
+		{"abcd", 1},
+	} {
+		if got := llm.EstimateTokens(tc.s); got != tc.want {
+			t.Errorf("EstimateTokens(%q) = %d, want %d", tc.s, got, tc.want)
+		}
 	}
 }
 
 func TestCallBoundedByDeadline(t *testing.T) {
-	c, _ := mustClient(t, mockllm.Config{Latency: 5 * time.Second})
-	start := time.Now()
-	a, err := c.Answer(context.Background(), request("hi", 200*time.Millisecond), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(start); took > 2*time.Second || a.Source != envelope.SourceCanned {
+	_, url := mustMock(t, mockllm.Config{Latency: 5 * time.Second})
+	c := mustNew(t, fastConfig(url))
+	a, took := answer(t, c, "hi", 200*time.Millisecond)
+	if took > 2*time.Second || a.Source != envelope.SourceCanned {
 		t.Fatalf("answer %+v after %v, want canned soon after the 200ms deadline", a, took)
 	}
 }
 
+func TestCanceledContext(t *testing.T) {
+	_, url := serveScript(t, func(_ int, _ http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	c := mustNew(t, fastConfig(url))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := c.Answer(ctx, request("hi", 10*time.Second), nil); err == nil {
+		t.Fatal("Answer returned no error for an ended context")
+	}
+	if st := c.BreakerState("primary"); st != "closed" {
+		t.Errorf("breaker %s after the caller went away, want closed", st)
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
-	for _, cfg := range []llm.Config{
-		{},
-		{BaseURL: "ftp://x", Model: "m", Timeout: time.Second},
-		{BaseURL: "http://x", Timeout: time.Second},
-		{BaseURL: "http://x", Model: "m"},
+	good := fastConfig("http://x/v1")
+	if err := good.Validate(); err != nil {
+		t.Fatalf("default config invalid: %v", err)
+	}
+	for name, edit := range map[string]func(*llm.Config){
+		"NoBaseURL":        func(c *llm.Config) { c.BaseURL = "" },
+		"BadBaseURL":       func(c *llm.Config) { c.BaseURL = "ftp://x" },
+		"NoModel":          func(c *llm.Config) { c.Model = "" },
+		"NoTimeout":        func(c *llm.Config) { c.Timeout = 0 },
+		"NegativeTokens":   func(c *llm.Config) { c.MaxTokens = -1 },
+		"NoAttempts":       func(c *llm.Config) { c.Attempts = 0 },
+		"NegativeBackoff":  func(c *llm.Config) { c.RetryBackoff = -1 },
+		"NegativeReserve":  func(c *llm.Config) { c.Reserve = -1 },
+		"NoBreakerFailure": func(c *llm.Config) { c.BreakerFailures = 0 },
+		"NoBreakerOpen":    func(c *llm.Config) { c.BreakerOpen = 0 },
+		"NoProbes":         func(c *llm.Config) { c.BreakerProbes = 0 },
+		"RatioAbove1":      func(c *llm.Config) { c.BreakerFailureRatio = 1.5 },
+		"NoConcurrency":    func(c *llm.Config) { c.MaxConcurrent = 0 },
+		"NegativeRPM":      func(c *llm.Config) { c.RPM = -1 },
+		"BadFallbackURL":   func(c *llm.Config) { c.FallbackBaseURL = "x" },
+		"NegativeMinScore": func(c *llm.Config) { c.FAQ.MinScore = -1 },
+		"NegativeHistory":  func(c *llm.Config) { c.HistoryTokens = -1 },
 	} {
-		if _, err := llm.New(cfg, slog.New(slog.DiscardHandler), nil); err == nil {
-			t.Errorf("New(%+v) accepted an invalid config", cfg)
+		cfg := good
+		edit(&cfg)
+		if _, err := llm.New(cfg, nil, nil); err == nil {
+			t.Errorf("%s: New accepted %+v", name, cfg)
 		}
+	}
+	cfg := good
+	cfg.FAQ.File = filepath.Join(t.TempDir(), "missing.yaml")
+	if _, err := llm.New(cfg, nil, nil); err == nil {
+		t.Error("New accepted a missing FAQ file")
 	}
 }

@@ -1,19 +1,23 @@
 // Package mockllm is an OpenAI-compatible Chat Completions server that answers
 // like a shop's customer service. It stands in for the LLM vendor in `sluice
-// dev`, tests and load tests, with knobs for latency, jitter, errors and rate
-// limiting so every failure path can be driven.
+// dev`, tests and load tests, with knobs for latency (a log-normal
+// distribution with a tail, plus jitter), errors, rate limiting with
+// Retry-After, stalled bodies and malformed JSON, so every failure path of a
+// client can be driven.
 //
 // Routes: POST /v1/chat/completions (also /chat/completions), GET /v1/models.
 //
 // Metrics (on the registerer given to New):
 //
-//	sluice_mockllm_requests_total{outcome}   ok, error, rate_limited, bad_request
+//	sluice_mockllm_requests_total{outcome}   ok, slow, error, rate_limited, malformed, bad_request
 package mockllm
 
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -27,16 +31,33 @@ import (
 )
 
 // Config holds the mock's knobs.
+//
+// Each call is, in this order of precedence, rate limited (RateLimitRate),
+// failed (ErrorRate), answered with malformed JSON (MalformedRate) or
+// answered; an answer is slow (SlowRate) or not.
 type Config struct {
-	// Latency is the base time to answer. Jitter adds a uniform random 0..Jitter.
+	// Latency is the time to answer: the median when LatencyP99 is larger,
+	// else the base. Jitter adds a uniform random 0..Jitter.
 	Latency time.Duration
 	Jitter  time.Duration
+	// LatencyP99, when larger than Latency, makes the time to answer
+	// log-normal with median Latency and 99th percentile LatencyP99 (capped
+	// at five times LatencyP99): most calls are quick, a few very slow.
+	LatencyP99 time.Duration
 	// ErrorRate is the fraction (0..1) of calls answered with HTTP 500.
 	ErrorRate float64
 	// RateLimitRate is the fraction (0..1) of calls answered with 429 and a
 	// Retry-After header of RetryAfter (rounded up to whole seconds).
 	RateLimitRate float64
 	RetryAfter    time.Duration
+	// MalformedRate is the fraction (0..1) of calls answered 200 with a
+	// truncated JSON body.
+	MalformedRate float64
+	// SlowRate is the fraction (0..1) of answers whose status line and
+	// headers go out at once but whose body starts only SlowFirstByte
+	// later: a stalled stream that a timeout on headers alone misses.
+	SlowRate      float64
+	SlowFirstByte time.Duration
 	// Model is reported in answers. Default "sluice-mock".
 	Model string
 }
@@ -49,14 +70,22 @@ func DefaultConfig() Config {
 // Validate reports the first knob out of range.
 func (c Config) Validate() error {
 	switch {
-	case c.Latency < 0 || c.Jitter < 0:
-		return fmt.Errorf("latency and jitter must not be negative")
+	case c.Latency < 0 || c.Jitter < 0 || c.LatencyP99 < 0:
+		return fmt.Errorf("latency, latency p99 and jitter must not be negative")
+	case c.LatencyP99 > 0 && c.Latency == 0:
+		return fmt.Errorf("latency p99 needs a latency (the median)")
 	case c.ErrorRate < 0 || c.ErrorRate > 1:
 		return fmt.Errorf("error rate must be within 0..1, got %v", c.ErrorRate)
 	case c.RateLimitRate < 0 || c.RateLimitRate > 1:
 		return fmt.Errorf("rate-limit rate must be within 0..1, got %v", c.RateLimitRate)
 	case c.RetryAfter < 0:
 		return fmt.Errorf("retry-after must not be negative")
+	case c.MalformedRate < 0 || c.MalformedRate > 1:
+		return fmt.Errorf("malformed rate must be within 0..1, got %v", c.MalformedRate)
+	case c.SlowRate < 0 || c.SlowRate > 1:
+		return fmt.Errorf("slow rate must be within 0..1, got %v", c.SlowRate)
+	case c.SlowFirstByte < 0:
+		return fmt.Errorf("slow first byte must not be negative")
 	}
 	return nil
 }
@@ -127,18 +156,8 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_request_error", "body must be a chat completion request with messages")
 		return
 	}
-	delay := s.cfg.Latency
-	if s.cfg.Jitter > 0 {
-		delay += rand.N(s.cfg.Jitter)
-	}
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			return
-		}
+	if !sleep(r, s.latency()) {
+		return
 	}
 	switch p := rand.Float64(); {
 	case p < s.cfg.RateLimitRate:
@@ -151,9 +170,14 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		s.requests.WithLabelValues("error").Inc()
 		writeError(w, http.StatusInternalServerError, "server_error", "mock failure")
 		return
+	case p < s.cfg.RateLimitRate+s.cfg.ErrorRate+s.cfg.MalformedRate:
+		s.requests.WithLabelValues("malformed").Inc()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, `{"id":"chatcmpl-mock","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"您好`)
+		return
 	}
 	answer := Answer(req.Messages)
-	s.requests.WithLabelValues("ok").Inc()
 	model := req.Model
 	if model == "" {
 		model = s.cfg.Model
@@ -163,7 +187,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		prompt += utf8.RuneCountInString(m.Content)
 	}
 	completion := utf8.RuneCountInString(answer)
-	writeJSON(w, http.StatusOK, map[string]any{
+	body := map[string]any{
 		"id":      fmt.Sprintf("chatcmpl-mock-%d", s.calls.Load()),
 		"object":  "chat.completion",
 		"created": time.Now().Unix(),
@@ -174,7 +198,52 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 			"finish_reason": "stop",
 		}},
 		"usage": map[string]any{"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-	})
+	}
+	if s.cfg.SlowRate > 0 && rand.Float64() < s.cfg.SlowRate {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		if !sleep(r, s.cfg.SlowFirstByte) {
+			return
+		}
+		s.requests.WithLabelValues("slow").Inc()
+		_ = json.NewEncoder(w).Encode(body)
+		return
+	}
+	s.requests.WithLabelValues("ok").Inc()
+	writeJSON(w, http.StatusOK, body)
+}
+
+// latency draws the time to answer one call.
+func (s *Server) latency() time.Duration {
+	d := s.cfg.Latency
+	if p99 := s.cfg.LatencyP99; p99 > d && d > 0 {
+		// ln(latency) is normal with mean ln(median) and a sigma that puts
+		// the 99th percentile (z = 2.326) at p99.
+		sigma := math.Log(float64(p99)/float64(d)) / 2.3263478740408408
+		d = min(time.Duration(float64(d)*math.Exp(sigma*rand.NormFloat64())), 5*p99)
+	}
+	if s.cfg.Jitter > 0 {
+		d += rand.N(s.cfg.Jitter)
+	}
+	return d
+}
+
+// sleep waits d and reports false when the client went away first.
+func sleep(r *http.Request, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 type topic struct {

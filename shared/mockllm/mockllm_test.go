@@ -438,6 +438,11 @@ func TestConfigValidate(t *testing.T) {
 		{"RateLimitBelow0", func(c *mockllm.Config) { c.RateLimitRate = -1 }, "rate-limit rate"},
 		{"RateLimitAbove1", func(c *mockllm.Config) { c.RateLimitRate = 2 }, "rate-limit rate"},
 		{"NegativeRetryAfter", func(c *mockllm.Config) { c.RetryAfter = -time.Second }, "retry-after"},
+		{"NegativeLatencyP99", func(c *mockllm.Config) { c.LatencyP99 = -time.Second }, "latency p99"},
+		{"P99WithoutMedian", func(c *mockllm.Config) { c.Latency, c.LatencyP99 = 0, time.Second }, "latency p99"},
+		{"MalformedAbove1", func(c *mockllm.Config) { c.MalformedRate = 1.5 }, "malformed rate"},
+		{"SlowBelow0", func(c *mockllm.Config) { c.SlowRate = -0.5 }, "slow rate"},
+		{"NegativeSlowFirstByte", func(c *mockllm.Config) { c.SlowFirstByte = -time.Second }, "slow first byte"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,425 @@
+package llm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sony/gobreaker/v2"
+)
+
+// minCallTime is the least time worth starting a call (or a retry, or a
+// wait for a slot or the quota) with: less than that before the deadline,
+// the request moves on to the next tier.
+const minCallTime = 50 * time.Millisecond
+
+// breakerWindow is how far back a closed breaker's failure ratio looks.
+const breakerWindow = 10 * time.Second
+
+// breakerMinCalls is how many calls the window needs before its failure
+// ratio can open the breaker: fewer say too little about the endpoint.
+const breakerMinCalls = 10
+
+// Reasons an endpoint gives up on a request without a failed call.
+var (
+	errBreakerOpen = errors.New("circuit breaker open")
+	errNoTime      = errors.New("no time left before the deadline")
+	errNoSlot      = errors.New("no free call slot before the deadline")
+	errNoQuota     = errors.New("no quota before the deadline")
+	errEmpty       = errors.New("empty completion")
+)
+
+type endpointConfig struct {
+	name, source           string
+	baseURL, apiKey, model string
+}
+
+// endpoint is one model behind one base URL with its breaker, call slots
+// and optional quota.
+type endpoint struct {
+	endpointConfig
+	cfg     Config
+	api     openai.Client
+	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
+	slots   chan struct{}
+	quota   quota // nil: no limit
+	m       *metrics
+	client  *Client
+}
+
+func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
+	e := &endpoint{
+		endpointConfig: ec,
+		cfg:            cfg,
+		api: openai.NewClient(
+			option.WithBaseURL(strings.TrimSuffix(ec.baseURL, "/")+"/"),
+			option.WithAPIKey(ec.apiKey),
+			option.WithMaxRetries(0), // retries are ours: bounded by the request's deadline
+			option.WithHTTPClient(&http.Client{Transport: &http.Transport{
+				Proxy:               http.ProxyFromEnvironment,
+				MaxIdleConnsPerHost: cfg.MaxConcurrent,
+				IdleConnTimeout:     90 * time.Second,
+			}}),
+		),
+		slots:  make(chan struct{}, cfg.MaxConcurrent),
+		quota:  q,
+		m:      c.m,
+		client: c,
+	}
+	e.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        ec.name,
+		MaxRequests: uint32(cfg.BreakerProbes),
+		Timeout:     cfg.BreakerOpen,
+		// Counts cover a rolling window in the closed state.
+		Interval:     breakerWindow,
+		BucketPeriod: time.Second,
+		ReadyToTrip: func(n gobreaker.Counts) bool {
+			if n.ConsecutiveFailures < uint32(cfg.BreakerFailures) {
+				return false
+			}
+			if cfg.BreakerFailureRatio <= 0 {
+				return true
+			}
+			done := n.TotalFailures + n.TotalSuccesses
+			return done >= breakerMinCalls && float64(n.TotalFailures) >= cfg.BreakerFailureRatio*float64(done)
+		},
+		IsExcluded: func(err error) bool { return errors.Is(err, errExcluded) },
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			level := c.log.Info
+			if to == gobreaker.StateOpen {
+				level = c.log.Warn
+			}
+			level("llm circuit breaker", "endpoint", name, "from", from.String(), "to", to.String())
+		},
+	})
+	return e
+}
+
+// errExcluded marks an outcome the breaker ignores.
+var errExcluded = errors.New("not the endpoint's fault")
+
+// complete asks the endpoint for msgs' completion, retrying retryable
+// failures while a call can still end before until. tokens is the call's
+// estimated cost for the quota.
+func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []openai.ChatCompletionMessageParamUnion, tokens int) (string, error) {
+	var err error
+	for attempt := 1; ; attempt++ {
+		var text string
+		var retryAfter time.Duration
+		text, retryAfter, err = e.call(ctx, until, msgs, tokens)
+		if err == nil {
+			return text, nil
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		if attempt >= e.cfg.Attempts || !retryable(err) {
+			return "", err
+		}
+		step := time.Duration(attempt) * e.cfg.RetryBackoff
+		pause := step + rand.N(step/2+1)
+		pause = max(pause, retryAfter)
+		if time.Until(until) < pause+minCallTime {
+			return "", fmt.Errorf("%w (next attempt would start after it): %w", errNoTime, err)
+		}
+		if !sleep(ctx, pause) {
+			return "", ctx.Err()
+		}
+		e.m.retries.WithLabelValues(e.name).Inc()
+	}
+}
+
+// call makes one call. It returns the text, or an error and the pause the
+// endpoint asked for before the next call (429 Retry-After).
+func (e *endpoint) call(ctx context.Context, until time.Time, msgs []openai.ChatCompletionMessageParamUnion, tokens int) (string, time.Duration, error) {
+	if e.breaker.State() == gobreaker.StateOpen {
+		e.m.shortCircuits.WithLabelValues(e.name).Inc()
+		return "", 0, errBreakerOpen
+	}
+	if time.Until(until) < minCallTime {
+		return "", 0, errNoTime
+	}
+	if err := e.acquire(ctx, until); err != nil {
+		return "", 0, err
+	}
+	defer func() { <-e.slots }()
+	if err := e.admit(ctx, until, tokens); err != nil {
+		return "", 0, err
+	}
+	done, err := e.breaker.Allow()
+	if err != nil { // opened meanwhile, or half-open with its probes under way
+		e.m.shortCircuits.WithLabelValues(e.name).Inc()
+		return "", 0, errBreakerOpen
+	}
+	timeout := e.cfg.Timeout
+	cut := false
+	if left := time.Until(until); left < timeout {
+		timeout, cut = left, true
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	params := openai.ChatCompletionNewParams{Model: e.model, Messages: msgs}
+	if e.cfg.MaxTokens > 0 {
+		params.MaxTokens = openai.Int(e.cfg.MaxTokens)
+	}
+	if e.cfg.Temperature > 0 {
+		params.Temperature = openai.Float(e.cfg.Temperature)
+	}
+	start := time.Now()
+	resp, err := e.api.Chat.Completions.New(cctx, params)
+	if err == nil && (len(resp.Choices) == 0 || resp.Choices[0].Message.Content == "") {
+		err = errEmpty
+	}
+	o := classify(ctx, err, cut)
+	e.m.calls.WithLabelValues(e.name, o.outcome).Inc()
+	e.m.duration.WithLabelValues(e.name, o.outcome).Observe(time.Since(start).Seconds())
+	done(o.breakerErr)
+	if err != nil {
+		return "", o.retryAfter, o.err
+	}
+	return resp.Choices[0].Message.Content, 0, nil
+}
+
+// acquire takes a call slot, waiting for one while a call could still start
+// before until.
+func (e *endpoint) acquire(ctx context.Context, until time.Time) error {
+	select {
+	case e.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(time.Until(until) - minCallTime)
+	defer t.Stop()
+	select {
+	case e.slots <- struct{}{}:
+		e.m.limited.WithLabelValues("concurrency", "waited").Inc()
+		return nil
+	case <-t.C:
+		e.m.limited.WithLabelValues("concurrency", "fallback").Inc()
+		return errNoSlot
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// admit takes tokens from the quota, waiting for room while a call could
+// still start before until. A failing quota store lets the call through.
+func (e *endpoint) admit(ctx context.Context, until time.Time, tokens int) error {
+	if e.quota == nil {
+		return nil
+	}
+	waited := ""
+	for {
+		wait, limit, err := e.quota.take(ctx, tokens)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			e.m.quotaErrors.Inc()
+			e.client.log.Warn("llm quota unavailable, calling without it", "err", err)
+			return nil
+		case wait <= 0:
+			if waited != "" {
+				e.m.limited.WithLabelValues(waited, "waited").Inc()
+			}
+			return nil
+		}
+		// Other processes may take the room first; a little jitter keeps
+		// the waiters from all asking again at the same instant.
+		wait += rand.N(wait/10 + time.Millisecond)
+		if time.Until(until) < wait+minCallTime {
+			e.m.limited.WithLabelValues(limit, "fallback").Inc()
+			return fmt.Errorf("%w (%s)", errNoQuota, limit)
+		}
+		waited = limit
+		if !sleep(ctx, wait) {
+			return ctx.Err()
+		}
+	}
+}
+
+// outcome is what a call's result means.
+type outcome struct {
+	outcome    string        // metric label
+	err        error         // returned to the retry loop; retryable() reads it
+	breakerErr error         // reported to the breaker: nil success, errExcluded ignored
+	retryAfter time.Duration // the endpoint's Retry-After
+}
+
+// retryableError marks failures worth another call.
+type retryableError struct{ err error }
+
+func (r retryableError) Error() string { return r.err.Error() }
+func (r retryableError) Unwrap() error { return r.err }
+
+func retryable(err error) bool {
+	var r retryableError
+	return errors.As(err, &r)
+}
+
+// classify reads a call's error. parent is the request's context; cut says
+// the call's timeout was shortened by the request's deadline.
+func classify(parent context.Context, err error, cut bool) outcome {
+	var apiErr *openai.Error
+	var syntaxErr *json.SyntaxError
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case err == nil:
+		return outcome{outcome: "ok"}
+	case parent.Err() != nil: // the caller went away: nobody's fault
+		return outcome{outcome: "canceled", err: err, breakerErr: errExcluded}
+	case errors.Is(err, context.DeadlineExceeded):
+		o := outcome{outcome: "timeout", err: retryableError{err}, breakerErr: err}
+		if cut {
+			// The request's deadline, not the endpoint, ended the call.
+			o.breakerErr = errExcluded
+		}
+		return o
+	case errors.As(err, &apiErr):
+		status := apiErr.StatusCode
+		o := outcome{outcome: "error", err: err, breakerErr: err}
+		switch {
+		case status == http.StatusTooManyRequests:
+			o.outcome, o.err = "rate_limited", retryableError{err}
+			o.retryAfter = retryAfter(apiErr.Response)
+		case status == http.StatusRequestTimeout || status == http.StatusConflict || status >= 500:
+			o.err = retryableError{err}
+		case status == http.StatusBadRequest || status == http.StatusRequestEntityTooLarge || status == http.StatusUnprocessableEntity:
+			// This request's fault (too long, refused content): another
+			// request may well succeed.
+			o.outcome, o.breakerErr = "bad_request", errExcluded
+		}
+		return o
+	case errors.Is(err, errEmpty), errors.As(err, &syntaxErr), errors.As(err, &typeErr),
+		strings.Contains(err.Error(), "parsing response json"): // the SDK's wording for a body it cannot decode
+		return outcome{outcome: "malformed", err: retryableError{err}, breakerErr: err}
+	}
+	// Connection refused or reset, EOF, TLS ...: worth another try.
+	return outcome{outcome: "error", err: retryableError{err}, breakerErr: err}
+}
+
+// retryAfter reads the pause a 429 asks for: retry-after-ms (OpenAI's), or
+// Retry-After in seconds or as an HTTP date. 0 when there is none.
+func retryAfter(resp *http.Response) time.Duration {
+	if resp == nil {
+		return 0
+	}
+	if v := resp.Header.Get("Retry-After-Ms"); v != "" {
+		if ms, err := strconv.ParseFloat(v, 64); err == nil && ms > 0 {
+			return time.Duration(ms * float64(time.Millisecond))
+		}
+	}
+	v := resp.Header.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.ParseFloat(v, 64); err == nil {
+		if s > 0 {
+			return time.Duration(s * float64(time.Second))
+		}
+		return 0
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0)
+	}
+	return 0
+}
+
+// sleep waits d and reports false when ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// metrics are the client's Prometheus metrics.
+type metrics struct {
+	calls         *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	retries       *prometheus.CounterVec
+	shortCircuits *prometheus.CounterVec
+	limited       *prometheus.CounterVec
+	quotaErrors   prometheus.Counter
+	answers       *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_llm_calls_total", Help: "LLM calls by endpoint and outcome.",
+		}, []string{"endpoint", "outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sluice_llm_call_duration_seconds", Help: "Latency of one LLM call.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"endpoint", "outcome"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_llm_retries_total", Help: "LLM calls that were retries.",
+		}, []string{"endpoint"}),
+		shortCircuits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_llm_short_circuits_total", Help: "Requests that skipped an endpoint because its circuit breaker was open.",
+		}, []string{"endpoint"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_llm_limited_total", Help: "Calls that found no free slot or quota, by limit and what the request did.",
+		}, []string{"limit", "outcome"}),
+		quotaErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_llm_quota_errors_total", Help: "Quota checks that failed and let the call through.",
+		}),
+		answers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_llm_answers_total", Help: "Answers by source.",
+		}, []string{"source"}),
+	}
+}
+
+func (m *metrics) register(reg prometheus.Registerer, eps []*endpoint) error {
+	for _, col := range []prometheus.Collector{m.calls, m.duration, m.retries, m.shortCircuits, m.limited, m.quotaErrors, m.answers, &endpointCollector{eps}} {
+		if err := reg.Register(col); err != nil {
+			return err
+		}
+	}
+	for _, s := range []string{"llm", "fallback_model", "faq", "canned"} {
+		m.answers.WithLabelValues(s)
+	}
+	return nil
+}
+
+var (
+	breakerStateDesc = prometheus.NewDesc("sluice_llm_breaker_state",
+		"State of the endpoint's circuit breaker: 0 closed, 1 half-open, 2 open.", []string{"endpoint"}, nil)
+	inFlightDesc = prometheus.NewDesc("sluice_llm_in_flight",
+		"LLM calls under way in this process.", []string{"endpoint"}, nil)
+)
+
+// endpointCollector reports each endpoint's breaker state and calls in
+// flight when scraped, so an open breaker that would turn half-open shows so.
+type endpointCollector struct{ eps []*endpoint }
+
+func (c *endpointCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- breakerStateDesc
+	ch <- inFlightDesc
+}
+
+func (c *endpointCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, e := range c.eps {
+		// gobreaker's states are 0 closed, 1 half-open, 2 open.
+		ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, float64(e.breaker.State()), e.name)
+		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(len(e.slots)), e.name)
+	}
+}

@@ -1,0 +1,17 @@
+package llm
+
+import (
+	"context"
+	"time"
+)
+
+// SetPrimaryQuota replaces the primary endpoint's quota with take.
+func SetPrimaryQuota(c *Client, take func(ctx context.Context, tokens int) (time.Duration, string, error)) {
+	c.endpoints[0].quota = quotaFunc(take)
+}
+
+type quotaFunc func(ctx context.Context, tokens int) (time.Duration, string, error)
+
+func (f quotaFunc) take(ctx context.Context, tokens int) (time.Duration, string, error) {
+	return f(ctx, tokens)
+}
