@@ -393,6 +393,9 @@ func (c *Consumer) handle(w *work) {
 		return // revoked while queued: its new owner processes it
 	}
 	outcome, err := c.process(c.work, w.rec)
+	if errors.Is(err, errDeadLettered) {
+		outcome, err = "dead_letter", nil
+	}
 	if err != nil {
 		c.m.records.WithLabelValues("abandoned").Inc()
 		c.log.Warn("record abandoned uncommitted", "partition", w.rec.Partition, "offset", w.rec.Offset, "err", err)
@@ -504,7 +507,10 @@ func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.R
 		// The result is stored (a poll finds it); the reply cannot be
 		// delivered where the request asked, so the request goes to the
 		// DLQ instead of blocking its dialog forever.
-		return c.deadLetter(ctx, src, fmt.Errorf("publish reply to %s/%d: %w", rec.Topic, rec.Partition, err))
+		if err := c.deadLetter(ctx, src, fmt.Errorf("publish reply to %s/%d: %w", rec.Topic, rec.Partition, err)); err != nil {
+			return err
+		}
+		return errDeadLettered
 	}
 	if !req.CreatedAt.IsZero() {
 		c.m.e2e.Observe(time.Since(req.CreatedAt).Seconds())
@@ -579,6 +585,10 @@ func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Conte
 		}
 	}
 }
+
+// errDeadLettered reports that a record went to the DLQ instead of being
+// answered on its reply topic; the record is finished.
+var errDeadLettered = errors.New("dead-lettered")
 
 // permanent reports whether retrying err cannot help: a Kafka error the
 // protocol marks as not retriable (illegal topic name, record too large,

@@ -88,7 +88,8 @@ func (s *Server) decodeChat(c echo.Context) (ChatRequest, time.Duration, error) 
 	body, err := io.ReadAll(c.Request().Body)
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		var he *echo.HTTPError
+		if errors.As(err, &mbe) || (errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge) {
 			return req, 0, echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", s.cfg.BodyLimit))
 		}
 		return req, 0, badRequest("cannot read body")
@@ -182,7 +183,7 @@ func pollURL(dialogID, requestID string) string {
 
 // postChat accepts a question: it is on Kafka before the client hears 200 or 202.
 func (s *Server) postChat(c echo.Context) error {
-	if s.draining.Load() {
+	if s.closing.Load() {
 		s.m.rejected.WithLabelValues("draining").Inc()
 		return unavailable("server is shutting down", 1)
 	}
@@ -244,12 +245,7 @@ func (s *Server) postChat(c echo.Context) error {
 		s.m.storeErrors.WithLabelValues("mark_queued").Inc()
 		s.log.Warn("mark queued", "request_id", req.RequestID, "err", err)
 	}
-	// Produce on a context of its own: a client that hangs up must not leave
-	// a record half-sent and unanswered.
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
-	err = s.cl.ProduceSync(pctx, rec).FirstErr()
-	cancel()
-	if err != nil {
+	if err := s.produce(ctx, rec); err != nil {
 		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
 		s.m.rejected.WithLabelValues("kafka").Inc()
 		return unavailable("the request queue is unavailable, retry shortly", 1)
@@ -317,6 +313,29 @@ func (s *Server) count(err error) error {
 	return err
 }
 
+// produce puts rec on Kafka and waits for the acknowledgement, at most the
+// produce timeout. The record is produced on a context of its own, so a
+// client that hangs up does not cancel it half-sent; and the wait is bounded
+// here, because the idempotent producer keeps retrying a batch it may
+// already have written (it cannot fail it without risking a duplicate)
+// whatever the context says. Past the timeout the client hears 503: the
+// record may still arrive later, and is then answered on the reply topic
+// and in the result store.
+func (s *Server) produce(ctx context.Context, rec *kgo.Record) error {
+	done := make(chan error, 1)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
+	defer cancel()
+	s.cl.Produce(pctx, rec, func(_ *kgo.Record, err error) { done <- err })
+	t := time.NewTimer(s.cfg.ProduceTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("no acknowledgement within %v", s.cfg.ProduceTimeout)
+	}
+}
+
 // admitRequest refuses, at once, a request the queue cannot serve in time:
 // a waiting one whose wait the estimated queue wait exceeds, any one whose
 // deadline it exceeds, and async or callback ones while the backlog is over
@@ -356,7 +375,10 @@ func (s *Server) await(ctx context.Context, d store.Dialog, requestID string, wa
 		case <-t.C:
 			// A last look: the result may have been stored while no wake
 			// could reach us (e.g. a reply partition moved).
-			if res, err := s.store.Result(context.WithoutCancel(ctx), d, requestID); err == nil && res.Final() {
+			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
+			res, err := s.store.Result(lctx, d, requestID)
+			cancel()
+			if err == nil && res.Final() {
 				return res.Reply, true
 			}
 			return envelope.Reply{}, false

@@ -84,6 +84,10 @@ type Config struct {
 	ReplyFetchMaxWait time.Duration
 	// ShutdownTimeout bounds the graceful stop. Default 25 s.
 	ShutdownTimeout time.Duration
+	// DrainDelay is how long a stopping ingress keeps serving after its
+	// readiness turned false, so that load balancers stop sending to it
+	// first (on Kubernetes, e.g. 5 s). Default 0.
+	DrainDelay time.Duration
 
 	// AdmissionInterval is how often the queue wait estimate is refreshed
 	// from the consumer group's lag. Default 1 s.
@@ -171,6 +175,8 @@ func (c Config) Validate() error {
 		return errors.New("reply session timeout must be at least 1s")
 	case c.ShutdownTimeout <= 0:
 		return errors.New("shutdown timeout must be positive")
+	case c.DrainDelay < 0 || c.DrainDelay >= c.ShutdownTimeout:
+		return errors.New("drain delay must be within 0..shutdown timeout")
 	case c.AdmissionInterval < 10*time.Millisecond || c.AdmissionInterval > 2*time.Second:
 		return errors.New("admission interval must be within 10ms..2s")
 	case c.AdmissionMinRate < 0:
@@ -202,7 +208,8 @@ type Server struct {
 
 	waiters  *waiters
 	ready    atomic.Bool
-	draining atomic.Bool
+	draining atomic.Bool    // readiness false
+	closing  atomic.Bool    // new questions refused
 	inflight sync.WaitGroup // handlers between accept and answer
 
 	m metrics
@@ -410,7 +417,19 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.draining.Store(true)
-	s.log.Info("producer shutting down")
+	s.log.Info("producer shutting down", "drain_delay", s.cfg.DrainDelay)
+	if s.cfg.DrainDelay > 0 {
+		// Unready but still serving, while load balancers and Kubernetes
+		// endpoints stop sending new requests here.
+		t := time.NewTimer(s.cfg.DrainDelay)
+		select {
+		case <-t.C:
+		case err := <-errc:
+			t.Stop()
+			return fmt.Errorf("http serve: %w", err)
+		}
+	}
+	s.closing.Store(true)
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {

@@ -99,7 +99,17 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return usageError(settingError("dev-llm-addr", err))
 		}
 		st.llm.BaseURL = "http://" + ln.Addr().String() + "/v1"
-		sv.start("mockllm", func() error { return serveUntil(ctx, ln, m.Handler()) })
+		// The mock outlives the consumer's drain: it stops after every
+		// other part did (deferred), so in-flight requests get real answers.
+		mockCtx, stopMock := context.WithCancel(context.Background())
+		mockDone := make(chan struct{})
+		go func() {
+			defer close(mockDone)
+			if err := serveUntil(mockCtx, ln, m.Handler()); err != nil {
+				log.Error("mock LLM", "err", err)
+			}
+		}()
+		defer func() { stopMock(); <-mockDone }()
 		fmt.Fprintf(&banner, "  LLM (mock)        %s   SLUICE_LLM_BASE_URL=%s\n", ln.Addr(), st.llm.BaseURL)
 	} else if st.llm.BaseURL != "" {
 		fmt.Fprintf(&banner, "  LLM               %s (model %s)\n", st.llm.BaseURL, st.llm.Model)
@@ -148,7 +158,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(stdout, "Or paste this one (token inline):\n  curl -s %s/v1/chat -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"text\":\"When does my order ship?\"}'\n\n", apiURL, tok)
 	}
 	fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
-	if !has("producer") && !has("consumer") && !has("llm") {
+	if !has("producer") && !has("consumer") {
 		<-ctx.Done()
 	}
 	err = sv.wait()

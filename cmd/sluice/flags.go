@@ -221,6 +221,7 @@ func registerProducer(fs *flag.FlagSet, c *producer.Config, secret *string, keys
 	fs.Var(partitionsValue{&c.ReplyPartitions}, "reply-partitions", "pin the reply partitions this replica reads, comma-separated (default: shared through the reply group)")
 	fs.DurationVar(&c.ReplySessionTimeout, "reply-session-timeout", c.ReplySessionTimeout, "how soon a dead replica's reply partitions move to the others")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long a stopping ingress lets waiting requests finish")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "how long a stopping ingress keeps serving after readiness turned false (Kubernetes: e.g. 5s)")
 	fs.DurationVar(&c.AdmissionInterval, "admission-interval", c.AdmissionInterval, "how often the queue wait estimate is refreshed from the consumer lag")
 	fs.Float64Var(&c.AdmissionMinRate, "admission-min-rate", c.AdmissionMinRate, "floor of the measured completion rate (requests/s) in the queue wait estimate")
 	fs.Int64Var(&c.MaxLag, "max-lag", c.MaxLag, "refuse async and callback requests while this many requests are queued")

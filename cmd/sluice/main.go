@@ -22,6 +22,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
+
 	"sluice/shared/pii"
 )
 
@@ -106,11 +108,24 @@ func newLogger(l logSettings, w io.Writer) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: level}
 	// Every line goes through the PII mask: no phone number, ID or card
 	// number, or e-mail address reaches the logs, whoever logs it.
+	var h slog.Handler
 	switch strings.ToLower(l.format) {
 	case "text":
-		return slog.New(pii.NewHandler(slog.NewTextHandler(w, opts))), nil
+		h = slog.NewTextHandler(w, opts)
 	case "json":
-		return slog.New(pii.NewHandler(slog.NewJSONHandler(w, opts))), nil
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return nil, usageError(settingError("log-format", errors.New("must be text or json")))
 	}
-	return nil, usageError(settingError("log-format", errors.New("must be text or json")))
+	log := slog.New(pii.NewHandler(h))
+	// go-redis logs (pool and reconnect trouble) through the same handler.
+	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
+	return log, nil
+}
+
+// redisLogger adapts slog to go-redis's logger.
+type redisLogger struct{ log *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.log.WarnContext(ctx, fmt.Sprintf(format, v...))
 }

@@ -1,9 +1,10 @@
 // Package bus builds the franz-go clients and topics Sluice runs on.
 //
-// Kafka client metrics are exported through franz-go's kprom plugin, one
-// subsystem per role: sluice_kafka_<role>_* (connects, bytes and records
-// produced and fetched, request latency by broker). Client logs go through
-// kslog to the process's slog logger.
+// Kafka client metrics are exported through franz-go's kprom plugin with its
+// defaults, one subsystem per role: sluice_kafka_<role>_* (connections opened,
+// closed and failed, bytes written and read, and request errors, by broker).
+// Client logs of level warn and above go through kslog to the process's slog
+// logger.
 package bus
 
 import (

@@ -73,6 +73,8 @@ func (p Policy) Check(ctx context.Context, raw string) (*url.URL, error) {
 	switch {
 	case u.Scheme == "https":
 	case u.Scheme == "http" && p.AllowHTTP:
+	case p.AllowHTTP:
+		return nil, fmt.Errorf("%w: scheme %q (http or https required)", ErrNotAllowed, u.Scheme)
 	default:
 		return nil, fmt.Errorf("%w: scheme %q (https required)", ErrNotAllowed, u.Scheme)
 	}

@@ -209,6 +209,9 @@ func DecodeRequest(b []byte) (Request, error) {
 	if w.V == nil {
 		return Request{}, fmt.Errorf("%w: v", ErrMissingField)
 	}
+	if *w.V != Version {
+		return Request{}, fmt.Errorf("%w: v=%d, want %d", ErrVersion, *w.V, Version)
+	}
 	if w.Reply == nil {
 		return Request{}, fmt.Errorf("%w: reply", ErrMissingField)
 	}
