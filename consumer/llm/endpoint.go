@@ -65,7 +65,6 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 			option.WithAPIKey(ec.apiKey),
 			option.WithMaxRetries(0), // retries are ours: bounded by the request's deadline
 			option.WithHTTPClient(&http.Client{Transport: &http.Transport{
-				Proxy:               http.ProxyFromEnvironment,
 				MaxIdleConnsPerHost: cfg.MaxConcurrent,
 				IdleConnTimeout:     90 * time.Second,
 			}}),

@@ -23,13 +23,12 @@
 // is ready before the deadline, with Reserve left for storing and publishing it.
 //
 // Each endpoint has a circuit breaker (sony/gobreaker): BreakerFailures
-// consecutive failed calls open it for BreakerOpen (when also at least
-// BreakerFailureRatio of the last 10 s of calls, and 10 or more, failed);
-// while open, requests
-// skip the endpoint at once; then BreakerProbes calls probe it (half-open)
-// and close it again when they succeed. Failures that say nothing about the
-// endpoint's health (400/413/422, a call cut short by the request's own
-// deadline, the caller going away) do not count.
+// consecutive failed calls open it for BreakerOpen, when also at least
+// BreakerFailureRatio of the last 10 s of calls (10 or more) failed. While
+// open, requests skip the endpoint at once; then BreakerProbes calls probe
+// it (half-open) and close it again when they succeed. Failures that say
+// nothing about the endpoint's health (400/413/422, a call cut short by the
+// request's own deadline, the caller going away) do not count.
 //
 // Each endpoint allows at most MaxConcurrent calls at once in this process.
 // The primary endpoint can also have a requests-per-minute and a
@@ -48,7 +47,7 @@
 //
 // Metrics (on the registerer given to New):
 //
-//	sluice_llm_calls_total{endpoint,outcome}           calls: ok, error, timeout, rate_limited, malformed, bad_request
+//	sluice_llm_calls_total{endpoint,outcome}           calls: ok, error, timeout, rate_limited, malformed, bad_request, canceled
 //	sluice_llm_call_duration_seconds{endpoint,outcome} latency of one call
 //	sluice_llm_retries_total{endpoint}                 calls that were retries
 //	sluice_llm_short_circuits_total{endpoint}          requests that skipped the endpoint because its breaker was open
