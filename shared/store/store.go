@@ -154,18 +154,23 @@ func (s *Redis) histKey(d Dialog) string { return s.tag(d) + ":hist" }
 func (s *Redis) reqKey(d Dialog, requestID string) string { return s.tag(d) + ":req:" + requestID }
 
 // MarkQueued records that the request was accepted, so that a poll can tell
-// "still queued" from "unknown". It never overwrites a result.
+// "still queued" from "unknown". It never overwrites a result. One command
+// (a script), as it runs on the ingress's hot path.
 func (s *Redis) MarkQueued(ctx context.Context, d Dialog, requestID string, createdAt time.Time) error {
-	key := s.reqKey(d, requestID)
-	pipe := s.rdb.TxPipeline()
-	pipe.HSetNX(ctx, key, "state", StateQueued)
-	pipe.HSetNX(ctx, key, "created_at", strconv.FormatInt(createdAt.UnixMilli(), 10))
-	pipe.PExpire(ctx, key, s.cfg.ResultTTL)
-	if _, err := pipe.Exec(ctx); err != nil {
+	err := markQueuedScript.Run(ctx, s.rdb, []string{s.reqKey(d, requestID)},
+		createdAt.UnixMilli(), s.cfg.ResultTTL.Milliseconds()).Err()
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("mark queued: %w", err)
 	}
 	return nil
 }
+
+var markQueuedScript = redis.NewScript(`
+if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 1 then
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1`)
 
 // Result returns what is known of a request. It returns ErrNotFound when the
 // request is unknown for this dialog.
