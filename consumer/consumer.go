@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +37,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/consumer/llm"
+	"sluice/shared/backoff"
 	"sluice/shared/bus"
 	"sluice/shared/envelope"
 	"sluice/shared/pii"
@@ -574,14 +574,8 @@ func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Conte
 		if attempt == 1 || attempt%10 == 0 {
 			c.log.Warn("transient failure, retrying", "step", step, "attempt", attempt, "err", err)
 		}
-		pause := min(time.Duration(attempt)*c.cfg.RetryBackoff, 2*time.Second)
-		pause += rand.N(pause/2 + 1)
-		t := time.NewTimer(pause)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
+		if err := backoff.Sleep(ctx, backoff.Linear(attempt, c.cfg.RetryBackoff, 2*time.Second)); err != nil {
+			return err
 		}
 	}
 }

@@ -25,7 +25,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -36,6 +35,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/shared/backoff"
 )
 
 // Header names of a delivery.
@@ -275,14 +276,7 @@ func (d *Deliverer) Deliver(ctx context.Context, raw, requestID string, body []b
 		if !retry || attempt == d.cfg.Attempts || ctx.Err() != nil {
 			break
 		}
-		pause := time.Duration(attempt) * d.cfg.Backoff
-		pause += rand.N(pause/2 + 1)
-		t := time.NewTimer(pause)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
+		_ = backoff.Sleep(ctx, backoff.Linear(attempt, d.cfg.Backoff, 0))
 	}
 	d.deliveries.WithLabelValues("gave_up").Inc()
 	return fmt.Errorf("callback %s: %w", u.Host, last)

@@ -1,0 +1,40 @@
+package backoff_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"sluice/shared/backoff"
+)
+
+func TestLinear(t *testing.T) {
+	for _, tt := range []struct {
+		attempt     int
+		base, limit time.Duration
+		lo, hi      time.Duration
+	}{
+		{1, 100 * time.Millisecond, 0, 100 * time.Millisecond, 150 * time.Millisecond},
+		{3, 100 * time.Millisecond, 0, 300 * time.Millisecond, 450 * time.Millisecond},
+		{50, 100 * time.Millisecond, 2 * time.Second, 2 * time.Second, 3 * time.Second},
+		{0, 10 * time.Millisecond, 0, 10 * time.Millisecond, 15 * time.Millisecond},
+	} {
+		for range 100 {
+			if d := backoff.Linear(tt.attempt, tt.base, tt.limit); d < tt.lo || d > tt.hi {
+				t.Fatalf("Linear(%d, %v, %v) = %v, want within %v..%v", tt.attempt, tt.base, tt.limit, d, tt.lo, tt.hi)
+			}
+		}
+	}
+}
+
+func TestSleepEndsWithContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := backoff.Sleep(ctx, time.Hour); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Sleep on a cancelled context: %v", err)
+	}
+	if err := backoff.Sleep(context.Background(), time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+}
