@@ -22,6 +22,7 @@ import (
 
 	"sluice/shared/auth"
 	"sluice/shared/envelope"
+	"sluice/shared/pii"
 	"sluice/shared/store"
 )
 
@@ -255,7 +256,7 @@ func (s *Server) postChat(c echo.Context) error {
 	if wake != nil {
 		if res, ok := s.await(ctx, d, req.RequestID, wake, wait); ok {
 			s.m.answered.WithLabelValues("answered").Inc()
-			if s.hot != nil && newDialog && res.Status == envelope.StatusDone &&
+			if s.hot != nil && newDialog && res.Status == envelope.StatusDone && pii.Mask(body.Text) == body.Text &&
 				(res.Source == envelope.SourceLLM || res.Source == envelope.SourceFAQ) {
 				s.hot.put(context.WithoutCancel(ctx), id.Tenant, body.Text, hotEntry{Answer: res.Answer, Source: res.Source, Handoff: res.Handoff})
 			}
@@ -270,7 +271,9 @@ func (s *Server) postChat(c echo.Context) error {
 // answer is stored as the dialog's first two turns and as the request's
 // result, so the dialog goes on with its context and a poll finds it.
 func (s *Server) fromHot(c echo.Context, id auth.Identity, body ChatRequest, newDialog bool) (DoneBody, bool) {
-	if s.hot == nil || body.Mode != ModeWait {
+	// A question holding personal data is never answered from, nor kept
+	// in, the cache (see postChat): it is one person's, not a frequent one.
+	if s.hot == nil || body.Mode != ModeWait || pii.Mask(body.Text) != body.Text {
 		return DoneBody{}, false
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	"sluice/producer"
@@ -40,6 +41,21 @@ func TestHotAnswers(t *testing.T) {
 	bob.do(http.MethodPost, "/v1/chat", map[string]any{"text": "优惠券还能用吗？", "dialog_id": hit.DialogID, "wait_ms": 20000}, &follow)
 	if follow.Source != envelope.SourceLLM {
 		t.Fatalf("the same question in a dialog with history came from %q", follow.Source)
+	}
+	// A question holding personal data is neither kept nor served.
+	var pd producer.DoneBody
+	for range 2 {
+		s.client(p.url, "shop-1", "erin").do(http.MethodPost, "/v1/chat", map[string]any{"text": "我的手机号13812345678还能用优惠券吗", "wait_ms": 20000}, &pd)
+		if pd.Source == envelope.SourceCache {
+			t.Fatal("a question with a phone number was answered from the cache")
+		}
+	}
+	var ph producer.DialogBody
+	s.client(p.url, "shop-1", "erin").do(http.MethodGet, "/v1/dialogs/"+pd.DialogID, nil, &ph)
+	for _, turn := range ph.Turns {
+		if strings.Contains(turn.Content, "13812345678") {
+			t.Fatalf("history holds the raw phone number: %q", turn.Content)
+		}
 	}
 	// Another tenant never sees the first tenant's answers.
 	var other producer.DoneBody

@@ -165,7 +165,7 @@ func registerLLM(fs *flag.FlagSet, c *llm.Config) {
 	fs.StringVar(&c.SystemPrompt, "llm-system-prompt", c.SystemPrompt, "system prompt of tenants the prompts file does not name")
 	fs.StringVar(&c.PromptsFile, "llm-prompts-file", c.PromptsFile, "YAML or JSON file of system prompts: default, and tenants (tenant id: prompt)")
 	fs.IntVar(&c.HistoryTokens, "llm-history-tokens", c.HistoryTokens, "estimated token budget of the history sent with a question (newest turns first)")
-	fs.IntVar(&c.Attempts, "llm-attempts", c.Attempts, "calls to one endpoint per request, retries included (only timeouts, 5xx, 429 and malformed answers are retried)")
+	fs.IntVar(&c.Attempts, "llm-attempts", c.Attempts, "calls to one endpoint per request, retries included (retried: timeouts, connection errors, malformed answers, 408, 409, 429 and 5xx)")
 	fs.DurationVar(&c.RetryBackoff, "llm-retry-backoff", c.RetryBackoff, "pause before the first retry; the n-th is n times it plus jitter, or the endpoint's Retry-After when longer")
 	fs.DurationVar(&c.Reserve, "llm-reserve", c.Reserve, "time kept before a request's deadline for the fallbacks and the reply: model calls end that early")
 	fs.IntVar(&c.BreakerFailures, "llm-breaker-failures", c.BreakerFailures, "consecutive failed calls that open an endpoint's circuit breaker")
@@ -188,7 +188,7 @@ func registerFallback(fs *flag.FlagSet, c *llm.Config) {
 	fs.StringVar(&c.FallbackModel, "llm-fallback-model", c.FallbackModel, "model of the secondary endpoint; setting it or the base URL enables the secondary")
 	fs.StringVar(&c.FAQ.File, "faq-file", c.FAQ.File, "YAML or JSON FAQ (entries of questions and an answer) of tenants without a file in --faq-dir")
 	fs.StringVar(&c.FAQ.Dir, "faq-dir", c.FAQ.Dir, "directory of per-tenant FAQ files named <tenant>.yaml, .yml or .json")
-	fs.BoolVar(&c.FAQ.Sample, "faq-sample", c.FAQ.Sample, "use the built-in sample shop FAQ for tenants without one (default true in dev)")
+	fs.BoolVar(&c.FAQ.Sample, "faq-sample", c.FAQ.Sample, "use the built-in sample shop FAQ for tenants without one (sluice dev turns it on)")
 	fs.Float64Var(&c.FAQ.MinScore, "faq-min-score", c.FAQ.MinScore, "normalised BM25 score an FAQ match needs (0: the default, 0.4)")
 }
 
