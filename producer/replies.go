@@ -159,6 +159,12 @@ func (r *replyRouter) run(ctx context.Context) {
 			}
 		})
 		fetches.EachRecord(func(rec *kgo.Record) {
+			// The key is the request id: a reply nobody here waits for any
+			// more (the store's announcement was faster) is not decoded.
+			if !r.s.waiters.has(string(rec.Key)) {
+				r.s.m.replies.WithLabelValues("no_waiter").Inc()
+				return
+			}
 			reply, err := envelope.DecodeReply(rec.Value)
 			if err != nil {
 				r.s.m.replies.WithLabelValues("invalid").Inc()
