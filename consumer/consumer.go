@@ -205,11 +205,11 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		}),
 		process: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "sluice_consumer_process_duration_seconds", Help: "From poll to reply produced.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
 		e2e: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "sluice_consumer_end_to_end_seconds", Help: "From the request's created_at to its reply produced.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_consumer_retries_total", Help: "Transient Redis or Kafka failures retried, by step.",

@@ -10,7 +10,7 @@
 //
 //	sluice_http_requests_total{route,method,code}          requests served
 //	sluice_http_request_duration_seconds{route,method}     latency
-//	sluice_producer_accepted_total{mode}                   requests put on Kafka
+//	sluice_producer_accepted_total{mode}                   requests accepted: wait, async, callback (on Kafka), cache (hot answers)
 //	sluice_producer_answered_total{how}                    wait-mode outcomes: answered, timed_out
 //	sluice_producer_waiters                                handlers waiting for an answer
 //	sluice_producer_replies_total{outcome}                 reply records read: woke, no_waiter, invalid
@@ -248,7 +248,7 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"route", "method"}),
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_accepted_total", Help: "Requests put on Kafka, by mode.",
+			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback (put on Kafka) or cache (answered from the hot-answer cache).",
 		}, []string{"mode"}),
 		answered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_answered_total", Help: "Wait-mode outcomes: answered within the wait, or timed out to 202.",
