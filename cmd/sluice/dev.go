@@ -63,7 +63,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	reg := newRegistry()
 	adm := admin.New(reg, log)
-	sv, ctx := newServices(ctx, log, adm)
+	sv, ctx := newServices(ctx, log)
 	var banner strings.Builder
 
 	if has("broker") {

@@ -96,16 +96,15 @@ func newRegistry() *prometheus.Registry {
 // services runs long-running parts side by side and stops them together.
 type services struct {
 	log  *slog.Logger
-	adm  *admin.Server
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	errs []error
 	stop context.CancelFunc
 }
 
-func newServices(ctx context.Context, log *slog.Logger, adm *admin.Server) (*services, context.Context) {
+func newServices(ctx context.Context, log *slog.Logger) (*services, context.Context) {
 	ctx, stop := context.WithCancel(ctx)
-	return &services{log: log, adm: adm, stop: stop}, ctx
+	return &services{log: log, stop: stop}, ctx
 }
 
 // start runs fn in the background; an error from it stops every part.
@@ -162,7 +161,7 @@ func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	reg := newRegistry()
 	adm := admin.New(reg, log)
-	sv, ctx := newServices(ctx, log, adm)
+	sv, ctx := newServices(ctx, log)
 	p, closeFn, err := buildProducer(ctx, st, log, reg, adm)
 	if err != nil {
 		return err
@@ -264,7 +263,7 @@ func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	reg := newRegistry()
 	adm := admin.New(reg, log)
-	sv, runCtx := newServices(ctx, log, adm)
+	sv, runCtx := newServices(ctx, log)
 	c, closeFn, err := buildConsumer(runCtx, st, log, reg, adm)
 	if err != nil {
 		return err

@@ -70,9 +70,6 @@ func StartBroker(cfg BrokerConfig, log *slog.Logger) (*Broker, error) {
 // Addr returns the broker's host:port.
 func (b *Broker) Addr() string { return b.addr }
 
-// Cluster returns the kfake cluster, for tests that inject faults.
-func (b *Broker) Cluster() *kfake.Cluster { return b.c }
-
 // Close stops the broker.
 func (b *Broker) Close() { b.c.Close() }
 
