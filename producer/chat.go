@@ -237,15 +237,8 @@ func (s *Server) postChat(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	d := store.DialogOf(&req)
-	// The queued marker lets any replica tell "queued" from "unknown" on a
-	// poll. Without it a poll answers 404 until the result is stored, so a
-	// Redis blip costs this, not the request.
-	mctx, mcancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
-	err = s.store.MarkQueued(mctx, d, req.RequestID, now)
-	mcancel()
-	if err != nil {
-		s.m.storeErrors.WithLabelValues("mark_queued").Inc()
-		s.log.Warn("mark queued", "request_id", req.RequestID, "err", err)
+	if wake == nil {
+		s.markQueued(ctx, d, req.RequestID, now)
 	}
 	if err := s.produce(ctx, rec); err != nil {
 		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
@@ -264,8 +257,25 @@ func (s *Server) postChat(c echo.Context) error {
 			return c.JSON(http.StatusOK, doneBody(res, now))
 		}
 		s.m.answered.WithLabelValues("timed_out").Inc()
+		// Marked only now, before the client learns the poll_url: a
+		// request answered within its wait is never polled, and its result
+		// is in the store anyway, so the hot path saves a round trip.
+		s.markQueued(ctx, d, req.RequestID, now)
 	}
 	return s.queued(c, req.DialogID, req.RequestID)
+}
+
+// markQueued records the queued marker that lets any replica tell "queued"
+// from "unknown" on a poll. It never overwrites a result. A failure costs
+// only this: a poll answers 404 until the result is stored; the request goes
+// on.
+func (s *Server) markQueued(ctx context.Context, d store.Dialog, requestID string, created time.Time) {
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
+	defer cancel()
+	if err := s.store.MarkQueued(mctx, d, requestID, created); err != nil {
+		s.m.storeErrors.WithLabelValues("mark_queued").Inc()
+		s.log.Warn("mark queued", "request_id", requestID, "err", err)
+	}
 }
 
 // fromHot answers a wait-mode first turn from the hot-answer cache: the

@@ -261,6 +261,14 @@ func TestWaitRunsOutTo202(t *testing.T) {
 	if took := time.Since(start); took < 150*time.Millisecond {
 		t.Fatalf("answered 202 after %v, before wait_ms", took)
 	}
+	// Its poll_url knows the request: still queued, not unknown.
+	var q producer.QueuedBody
+	if err := json.Unmarshal(r.body, &q); err != nil {
+		t.Fatal(err)
+	}
+	if p := h.send(t, "GET", q.PollURL+"?wait_ms=0", bearer, "", ""); p.code != http.StatusAccepted {
+		t.Fatalf("poll after a wait ran out: %d %s, want 202", p.code, p.body)
+	}
 }
 
 func TestKafkaDownIs503(t *testing.T) {
