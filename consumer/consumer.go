@@ -230,6 +230,11 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		kgo.ConsumeTopics(cfgBus.RequestsTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.SessionTimeout(cfg.SessionTimeout),
+		// How long a rebalance waits for members to rejoin: enough for our
+		// revoke (its wait, then a commit of at most 5 s), and no more, so
+		// that a member killed mid-rebalance holds the others up seconds,
+		// not the client's default minute.
+		kgo.RebalanceTimeout(cfg.RevokeTimeout+5*time.Second+cfg.SessionTimeout),
 		// The client's default 3 s heartbeat would reject session timeouts
 		// below it, which Validate allows; Kafka advises at most a third.
 		kgo.HeartbeatInterval(min(3*time.Second, cfg.SessionTimeout/3)),

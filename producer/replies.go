@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -59,6 +60,9 @@ func newReplyRouter(ctx context.Context, s *Server, static []int32) (*replyRoute
 			kgo.ConsumeTopics(topic),
 			kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()),
 			kgo.SessionTimeout(s.cfg.ReplySessionTimeout),
+			// A replica killed mid-rebalance holds the others up this long
+			// at most (its revoke only commits), not the client's minute.
+			kgo.RebalanceTimeout(s.cfg.ReplySessionTimeout+5*time.Second),
 			kgo.HeartbeatInterval(min(s.cfg.ReplySessionTimeout/3, s.cfg.ReplySessionTimeout)),
 			kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { r.add(m[topic]) }),
 			kgo.OnPartitionsRevoked(func(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
