@@ -263,4 +263,6 @@ func registerCallbacks(fs *flag.FlagSet, c *callback.Config) {
 	fs.BoolVar(&c.Policy.AllowHTTP, "callback-allow-http", false, "allow plain http callback URLs (default https only)")
 	fs.StringVar(&c.Secret, "callback-secret", "", "HMAC-SHA256 secret that signs callbacks (Sluice-Signature), at least 16 bytes")
 	fs.IntVar(&c.Attempts, "callback-attempts", c.Attempts, "tries of one callback delivery")
+	fs.DurationVar(&c.Timeout, "callback-timeout", c.Timeout, "bound of one callback attempt")
+	fs.DurationVar(&c.Backoff, "callback-backoff", c.Backoff, "pause after the first failed attempt; it grows linearly, with jitter")
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/openai/openai-go/v3"
@@ -54,6 +55,8 @@ type endpoint struct {
 	quota   quota // nil: no limit
 	m       *metrics
 	client  *Client
+
+	quotaWarned atomic.Int64 // unix seconds of the last quota warning
 }
 
 func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
@@ -252,7 +255,12 @@ func (e *endpoint) admit(ctx context.Context, until time.Time, tokens int) error
 				return ctx.Err()
 			}
 			e.m.quotaErrors.Inc()
-			e.client.log.Warn("llm quota unavailable, calling without it", "err", err)
+			// Counted every time, logged at most every 10 s: while Redis is
+			// down this would otherwise be a line per call.
+			if now := time.Now().Unix(); now-e.quotaWarned.Load() >= 10 {
+				e.quotaWarned.Store(now)
+				e.client.log.Warn("llm quota unavailable, calling without it", "err", err)
+			}
 			return nil
 		case wait <= 0:
 			if waited != "" {
