@@ -204,7 +204,10 @@ func (s *Server) postChat(c echo.Context) error {
 	if newDialog {
 		body.DialogID = newDialogID()
 	}
-	if done, ok := s.fromHot(c, id, body, newDialog); ok {
+	// A question holding personal data is one person's, not a frequent
+	// one: it is never answered from, nor kept in, the hot-answer cache.
+	cacheable := s.hot != nil && body.Mode == ModeWait && pii.Mask(body.Text) == body.Text
+	if done, ok := s.fromHot(c, id, body, newDialog, cacheable); ok {
 		return c.JSON(http.StatusOK, done)
 	}
 	if err := s.admitRequest(body.Mode, wait); err != nil {
@@ -250,7 +253,7 @@ func (s *Server) postChat(c echo.Context) error {
 	if wake != nil {
 		if res, ok := s.await(ctx, d, req.RequestID, wake, wait); ok {
 			s.m.answered.WithLabelValues("answered").Inc()
-			if s.hot != nil && newDialog && res.Status == envelope.StatusDone && pii.Mask(body.Text) == body.Text &&
+			if cacheable && newDialog && res.Status == envelope.StatusDone &&
 				(res.Source == envelope.SourceLLM || res.Source == envelope.SourceFAQ) {
 				s.hot.put(context.WithoutCancel(ctx), id.Tenant, body.Text, hotEntry{Answer: res.Answer, Source: res.Source, Handoff: res.Handoff})
 			}
@@ -281,10 +284,8 @@ func (s *Server) markQueued(ctx context.Context, d store.Dialog, requestID strin
 // fromHot answers a wait-mode first turn from the hot-answer cache: the
 // answer is stored as the dialog's first two turns and as the request's
 // result, so the dialog goes on with its context and a poll finds it.
-func (s *Server) fromHot(c echo.Context, id auth.Identity, body ChatRequest, newDialog bool) (DoneBody, bool) {
-	// A question holding personal data is never answered from, nor kept
-	// in, the cache (see postChat): it is one person's, not a frequent one.
-	if s.hot == nil || body.Mode != ModeWait || pii.Mask(body.Text) != body.Text {
+func (s *Server) fromHot(c echo.Context, id auth.Identity, body ChatRequest, newDialog, cacheable bool) (DoneBody, bool) {
+	if !cacheable {
 		return DoneBody{}, false
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)
@@ -383,23 +384,29 @@ func (s *Server) await(ctx context.Context, d store.Dialog, requestID string, wa
 			if r != nil {
 				return *r, true
 			}
-			if res, err := s.store.Result(ctx, d, requestID); err == nil && res.Final() {
-				return res.Reply, true
+			if r, ok := s.finalResult(ctx, d, requestID); ok {
+				return r, true
 			}
 		case <-t.C:
 			// A last look: the result may have been stored while no wake
 			// could reach us (e.g. a reply partition moved).
-			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
-			res, err := s.store.Result(lctx, d, requestID)
-			cancel()
-			if err == nil && res.Final() {
-				return res.Reply, true
-			}
-			return envelope.Reply{}, false
+			return s.finalResult(ctx, d, requestID)
 		case <-ctx.Done():
 			return envelope.Reply{}, false
 		}
 	}
+}
+
+// finalResult reads the request's result from the store, bounded by the
+// store timeout, and reports whether it is final.
+func (s *Server) finalResult(ctx context.Context, d store.Dialog, requestID string) (envelope.Reply, bool) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
+	defer cancel()
+	res, err := s.store.Result(lctx, d, requestID)
+	if err != nil || !res.Final() {
+		return envelope.Reply{}, false
+	}
+	return res.Reply, true
 }
 
 func (s *Server) queued(c echo.Context, dialogID, requestID string) error {
