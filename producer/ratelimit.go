@@ -107,7 +107,7 @@ type limiter struct {
 	warn     func(msg string, args ...any)
 }
 
-func newLimiter(rdb redis.UniversalClient, prefix string, user, tenant, global Rate, warn func(string, ...any)) *limiter {
+func newLimiter(rdb redis.Cmdable, prefix string, user, tenant, global Rate, warn func(string, ...any)) *limiter {
 	l := &limiter{prefix: prefix, user: user, tenant: tenant, warn: warn,
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_producer_ratelimit_errors_total",

@@ -95,6 +95,12 @@ func (r Result) Final() bool { return r.State == StateDone || r.State == StateEx
 // Redis is the Redis-backed store.
 type Redis struct {
 	rdb redis.UniversalClient
+	// hot runs the per-request commands (load, complete, mark queued,
+	// result). It is go-redis's automatic pipeliner where the client has
+	// one: concurrent requests' commands share one write and one read on a
+	// connection instead of a round trip each, which is most of what Redis
+	// costs Sluice under load (docs/benchmarks.md).
+	hot redis.Cmdable
 	cfg Config
 }
 
@@ -103,7 +109,30 @@ func New(rdb redis.UniversalClient, cfg Config) (*Redis, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Redis{rdb: rdb, cfg: cfg}, nil
+	return &Redis{rdb: rdb, hot: AutoPipeline(rdb), cfg: cfg}, nil
+}
+
+// AutoPipeline returns the automatic pipeliner of rdb (its shared deferred
+// face: a command call returns at once and reading its result waits for the
+// batch it went out in), or rdb itself for a client that has none. The
+// pipeliner is closed with rdb.
+func AutoPipeline(rdb redis.UniversalClient) redis.Cmdable {
+	var (
+		ap  *redis.AutoPipeliner
+		err error
+	)
+	switch c := rdb.(type) {
+	case *redis.Client:
+		ap, err = c.AsyncAutoPipeline()
+	case *redis.ClusterClient:
+		ap, err = c.AsyncAutoPipeline()
+	default:
+		return rdb
+	}
+	if err != nil {
+		return rdb
+	}
+	return ap
 }
 
 // Client returns the underlying Redis client.
@@ -157,7 +186,7 @@ func (s *Redis) reqKey(d Dialog, requestID string) string { return s.tag(d) + ":
 // "still queued" from "unknown". It never overwrites a result. One command
 // (a script), as it runs on the ingress's hot path.
 func (s *Redis) MarkQueued(ctx context.Context, d Dialog, requestID string, createdAt time.Time) error {
-	err := markQueuedScript.Run(ctx, s.rdb, []string{s.reqKey(d, requestID)},
+	err := markQueuedScript.Run(ctx, s.hot, []string{s.reqKey(d, requestID)},
 		createdAt.UnixMilli(), s.cfg.ResultTTL.Milliseconds()).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("mark queued: %w", err)
@@ -175,7 +204,7 @@ return 1`)
 // Result returns what is known of a request. It returns ErrNotFound when the
 // request is unknown for this dialog.
 func (s *Redis) Result(ctx context.Context, d Dialog, requestID string) (Result, error) {
-	vals, err := s.rdb.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body").Result()
+	vals, err := s.hot.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body").Result()
 	if err != nil {
 		return Result{}, fmt.Errorf("get result: %w", err)
 	}
@@ -205,11 +234,13 @@ func decodeResult(requestID string, vals []any) (Result, error) {
 // Load returns, in one round trip, what is known of a request (ErrNotFound
 // is not an error here: the zero Result, State "") and the dialog's turns.
 func (s *Redis) Load(ctx context.Context, d Dialog, requestID string) (Result, []envelope.Turn, error) {
-	pipe := s.rdb.Pipeline()
-	res := pipe.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body")
-	hist := pipe.LRange(ctx, s.histKey(d), 0, -1)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return Result{}, nil, fmt.Errorf("load request and history: %w", err)
+	// Both commands go out in the same batch of the pipeliner.
+	res := s.hot.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body")
+	hist := s.hot.LRange(ctx, s.histKey(d), 0, -1)
+	for _, err := range []error{res.Err(), hist.Err()} {
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return Result{}, nil, fmt.Errorf("load request and history: %w", err)
+		}
 	}
 	r, err := decodeResult(requestID, res.Val())
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -287,7 +318,7 @@ func (s *Redis) Complete(ctx context.Context, d Dialog, reply envelope.Reply, cr
 		args = append(args, string(b))
 	}
 	keys := []string{s.reqKey(d, reply.RequestID), s.histKey(d)}
-	res, err := completeScript.Run(ctx, s.rdb, keys, args...).Slice()
+	res, err := completeScript.Run(ctx, s.hot, keys, args...).Slice()
 	if err != nil {
 		return envelope.Reply{}, false, fmt.Errorf("complete request: %w", err)
 	}
