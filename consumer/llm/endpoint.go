@@ -112,7 +112,7 @@ var errExcluded = errors.New("not the endpoint's fault")
 // complete asks the endpoint for msgs' completion, retrying retryable
 // failures while a call can still end before until. tokens is the call's
 // estimated cost for the quota.
-func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []openai.ChatCompletionMessageParamUnion, tokens int) (string, error) {
+func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []message, tokens int) (string, error) {
 	var err error
 	for attempt := 1; ; attempt++ {
 		var text string
@@ -142,7 +142,7 @@ func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []openai.
 
 // call makes one call. It returns the text, or an error and the pause the
 // endpoint asked for before the next call (429 Retry-After).
-func (e *endpoint) call(ctx context.Context, until time.Time, msgs []openai.ChatCompletionMessageParamUnion, tokens int) (string, time.Duration, error) {
+func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, tokens int) (string, time.Duration, error) {
 	if e.breaker.State() == gobreaker.StateOpen {
 		e.m.shortCircuits.WithLabelValues(e.name).Inc()
 		return "", 0, errBreakerOpen
@@ -169,22 +169,21 @@ func (e *endpoint) call(ctx context.Context, until time.Time, msgs []openai.Chat
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	params := openai.ChatCompletionNewParams{Model: e.model, Messages: msgs}
-	if e.cfg.MaxTokens > 0 {
-		params.MaxTokens = openai.Int(e.cfg.MaxTokens)
-	}
-	if e.cfg.Temperature > 0 {
-		params.Temperature = openai.Float(e.cfg.Temperature)
-	}
 	start := time.Now()
-	// The SDK builds and sends the call (retries are ours); the body comes
-	// back raw and only the answer is decoded: the SDK's full decode of a
-	// completion cost a tenth of the pipeline's CPU under load.
-	var raw []byte
-	_, err = e.api.Chat.Completions.New(cctx, params, option.WithResponseBodyInto(&raw))
+	// The SDK sends the call (with its authentication, headers and error
+	// types; retries are ours), but the request body is encoded here and
+	// only the answer of the response is decoded: the SDK's generic encoding
+	// and decoding of a completion cost about a fifth of the pipeline's CPU
+	// under load (docs/benchmarks.md).
+	body, err := json.Marshal(chatRequest{Model: e.model, Messages: msgs,
+		MaxTokens: e.cfg.MaxTokens, Temperature: e.cfg.Temperature})
 	var content string
 	if err == nil {
-		content, err = completionContent(raw)
+		var raw []byte
+		err = e.api.Post(cctx, "chat/completions", body, &raw)
+		if err == nil {
+			content, err = completionContent(raw)
+		}
 	}
 	o := classify(ctx, err, cut)
 	e.m.calls.WithLabelValues(e.name, o.outcome).Inc()
@@ -194,6 +193,21 @@ func (e *endpoint) call(ctx context.Context, until time.Time, msgs []openai.Chat
 		return "", o.retryAfter, o.err
 	}
 	return content, 0, nil
+}
+
+// message is one message of a chat completion request.
+type message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// chatRequest is the body of a chat completion request, as the OpenAI API
+// and its compatible servers take it.
+type chatRequest struct {
+	Model       string    `json:"model"`
+	Messages    []message `json:"messages"`
+	MaxTokens   int64     `json:"max_tokens,omitzero"`
+	Temperature float64   `json:"temperature,omitzero"`
 }
 
 // completion is the part of a chat completion Sluice reads.

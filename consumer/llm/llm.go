@@ -69,7 +69,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/openai/openai-go/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -412,27 +411,25 @@ func attrsAny(as []slog.Attr) []any {
 // prompt, the history that fits the token budget and the question. It
 // returns the messages and the estimated tokens of the call (the prompt's
 // and MaxTokens).
-func (c *Client) messages(tenant, question string, history []envelope.Turn) ([]openai.ChatCompletionMessageParamUnion, int) {
+func (c *Client) messages(tenant, question string, history []envelope.Turn) ([]message, int) {
 	system := c.prompts.For(tenant)
 	history = fitHistory(history, c.cfg.HistoryTokens)
-	msgs := make([]openai.ChatCompletionMessageParamUnion, 0, len(history)+2)
+	msgs := make([]message, 0, len(history)+2)
 	tokens := int(c.cfg.MaxTokens)
 	if system != "" {
-		msgs = append(msgs, openai.SystemMessage(system))
+		msgs = append(msgs, message{"system", system})
 		tokens += EstimateTokens(system) + messageOverhead
 	}
 	for _, t := range history {
 		switch t.Role {
-		case envelope.RoleUser:
-			msgs = append(msgs, openai.UserMessage(t.Content))
-		case envelope.RoleAssistant:
-			msgs = append(msgs, openai.AssistantMessage(t.Content))
+		case envelope.RoleUser, envelope.RoleAssistant:
+			msgs = append(msgs, message{t.Role, t.Content})
 		default:
 			continue
 		}
 		tokens += EstimateTokens(t.Content) + messageOverhead
 	}
-	msgs = append(msgs, openai.UserMessage(question))
+	msgs = append(msgs, message{"user", question})
 	tokens += EstimateTokens(question) + messageOverhead
 	return msgs, tokens
 }

@@ -100,6 +100,9 @@ type chatBody struct {
 		Role    string `json:"role"`
 		Content string `json:"content"`
 	} `json:"messages"`
+	MaxTokens   *int64   `json:"max_tokens"`
+	Temperature *float64 `json:"temperature"`
+	auth, typ   string
 }
 
 func serveScript(t *testing.T, handle func(n int, w http.ResponseWriter, r *http.Request)) (*scripted, string) {
@@ -108,6 +111,7 @@ func serveScript(t *testing.T, handle func(n int, w http.ResponseWriter, r *http
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var b chatBody
 		_ = json.NewDecoder(r.Body).Decode(&b)
+		b.auth, b.typ = r.Header.Get("Authorization"), r.Header.Get("Content-Type")
 		s.mu.Lock()
 		s.calls++
 		n := s.calls
@@ -694,6 +698,38 @@ func TestTenantPrompts(t *testing.T) {
 		if _, err := llm.New(cfg, nil, nil); err == nil {
 			t.Errorf("New accepted prompts file %s", bad)
 		}
+	}
+}
+
+// TestRequestBody: the call is an OpenAI chat completion request: model,
+// messages, the configured max_tokens and temperature (left out when 0), a
+// JSON body and the API key as a bearer token.
+func TestRequestBody(t *testing.T) {
+	s, url := serveScript(t, ok("好的"))
+	cfg := fastConfig(url)
+	cfg.APIKey, cfg.Model, cfg.MaxTokens, cfg.Temperature = "k-123", "gpt-x", 64, 0.5
+	c := mustNew(t, cfg)
+	if _, err := c.Answer(context.Background(), request("<b>优惠券</b>", 5*time.Second), nil); err != nil {
+		t.Fatal(err)
+	}
+	b := s.Body(0)
+	if b.Model != "gpt-x" || b.MaxTokens == nil || *b.MaxTokens != 64 || b.Temperature == nil || *b.Temperature != 0.5 {
+		t.Errorf("body model %q max_tokens %v temperature %v", b.Model, b.MaxTokens, b.Temperature)
+	}
+	if last := b.Messages[len(b.Messages)-1]; last.Role != "user" || last.Content != "<b>优惠券</b>" {
+		t.Errorf("last message %+v", last)
+	}
+	if b.auth != "Bearer k-123" || !strings.HasPrefix(b.typ, "application/json") {
+		t.Errorf("Authorization %q Content-Type %q", b.auth, b.typ)
+	}
+
+	cfg.MaxTokens, cfg.Temperature = 0, 0
+	c = mustNew(t, cfg)
+	if _, err := c.Answer(context.Background(), request("hi", 5*time.Second), nil); err != nil {
+		t.Fatal(err)
+	}
+	if b := s.Body(1); b.MaxTokens != nil || b.Temperature != nil {
+		t.Errorf("zero settings sent: max_tokens %v temperature %v", b.MaxTokens, b.Temperature)
 	}
 }
 

@@ -187,17 +187,13 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		prompt += utf8.RuneCountInString(m.Content)
 	}
 	completion := utf8.RuneCountInString(answer)
-	body := map[string]any{
-		"id":      fmt.Sprintf("chatcmpl-mock-%d", s.calls.Load()),
-		"object":  "chat.completion",
-		"created": time.Now().Unix(),
-		"model":   model,
-		"choices": []any{map[string]any{
-			"index":         0,
-			"message":       map[string]any{"role": "assistant", "content": answer},
-			"finish_reason": "stop",
-		}},
-		"usage": map[string]any{"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+	body := completionResponse{
+		ID:      "chatcmpl-mock-" + strconv.FormatInt(s.calls.Load(), 10),
+		Object:  "chat.completion",
+		Created: time.Now().Unix(),
+		Model:   model,
+		Choices: []choice{{Message: responseMessage{Role: "assistant", Content: answer}, FinishReason: "stop"}},
+		Usage:   usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion},
 	}
 	if s.cfg.SlowRate > 0 && rand.Float64() < s.cfg.SlowRate {
 		w.Header().Set("Content-Type", "application/json")
@@ -345,10 +341,44 @@ func clip(s string, n int) string {
 	return string(r[:n]) + "…"
 }
 
+// completionResponse is a chat completion as the OpenAI API returns it.
+type completionResponse struct {
+	ID      string   `json:"id"`
+	Object  string   `json:"object"`
+	Created int64    `json:"created"`
+	Model   string   `json:"model"`
+	Choices []choice `json:"choices"`
+	Usage   usage    `json:"usage"`
+}
+
+type choice struct {
+	Index        int             `json:"index"`
+	Message      responseMessage `json:"message"`
+	FinishReason string          `json:"finish_reason"`
+}
+
+type responseMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+type usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+// writeJSON writes v as the whole body, with its length.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(append(b, '\n'))
 }
 
 func writeError(w http.ResponseWriter, status int, typ, msg string) {
