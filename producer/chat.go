@@ -218,10 +218,11 @@ func (s *Server) postChat(c echo.Context) error {
 		return fmt.Errorf("request id: %w", err)
 	}
 	now := s.now().UTC()
+	part := s.router.partition()
 	req := envelope.Request{
 		V: envelope.Version, RequestID: rid.String(), Tenant: id.Tenant, User: id.User,
 		DialogID: body.DialogID, Text: body.Text, CreatedAt: now, Deadline: now.Add(s.cfg.RequestTTL),
-		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: s.router.partition(), CallbackURL: body.CallbackURL},
+		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: part, CallbackURL: body.CallbackURL},
 	}
 	value, err := json.Marshal(&req)
 	if err != nil {
@@ -232,15 +233,20 @@ func (s *Server) postChat(c echo.Context) error {
 		rec.Headers = []kgo.RecordHeader{{Key: envelope.HeaderTraceparent, Value: []byte(tp)}}
 	}
 
+	// A wait-mode request is woken by its reply on a partition this replica
+	// reads. Any other request carries the queued marker from the door on:
+	// its result is then announced through the store, to a poll on any
+	// replica, or to this waiter when its partition moved away meanwhile
+	// (see rescue).
+	ctx := c.Request().Context()
+	d := store.DialogOf(&req)
 	var wake <-chan *envelope.Reply
 	if body.Mode == ModeWait && wait > 0 {
-		ch, done := s.waiters.add(req.RequestID)
+		ch, done := s.waiters.add(req.RequestID, part, d, now)
 		defer done()
 		wake = ch
 	}
-	ctx := c.Request().Context()
-	d := store.DialogOf(&req)
-	if wake == nil {
+	if wake == nil || !s.router.owns(part) {
 		s.markQueued(ctx, d, req.RequestID, now)
 	}
 	if err := s.produce(ctx, rec); err != nil {
@@ -251,7 +257,12 @@ func (s *Server) postChat(c echo.Context) error {
 	s.m.accepted.WithLabelValues(body.Mode).Inc()
 
 	if wake != nil {
-		if res, ok := s.await(ctx, d, req.RequestID, wake, wait); ok {
+		// When the wait runs out, the marker goes on before the client
+		// learns the poll_url (a request answered within its wait is never
+		// polled, so the hot path saves a round trip), and the same script
+		// returns the result if it was stored meanwhile.
+		last := func() (envelope.Reply, bool) { return s.markQueued(ctx, d, req.RequestID, now) }
+		if res, ok := s.await(ctx, wake, wait, last); ok {
 			s.m.answered.WithLabelValues("answered").Inc()
 			if cacheable && newDialog && res.Status == envelope.StatusDone &&
 				(res.Source == envelope.SourceLLM || res.Source == envelope.SourceFAQ) {
@@ -260,24 +271,36 @@ func (s *Server) postChat(c echo.Context) error {
 			return c.JSON(http.StatusOK, doneBody(res, now))
 		}
 		s.m.answered.WithLabelValues("timed_out").Inc()
-		// Marked only now, before the client learns the poll_url: a
-		// request answered within its wait is never polled, and its result
-		// is in the store anyway, so the hot path saves a round trip.
-		s.markQueued(ctx, d, req.RequestID, now)
 	}
 	return s.queued(c, req.DialogID, req.RequestID)
 }
 
 // markQueued records the queued marker that lets any replica tell "queued"
-// from "unknown" on a poll. It never overwrites a result. A failure costs
-// only this: a poll answers 404 until the result is stored; the request goes
-// on.
-func (s *Server) markQueued(ctx context.Context, d store.Dialog, requestID string, created time.Time) {
+// from "unknown" on a poll and has the request's result announced. It never
+// overwrites a result; it returns the result when it is already final. A
+// failure costs only this: a poll answers 404 until the result is stored;
+// the request goes on.
+func (s *Server) markQueued(ctx context.Context, d store.Dialog, requestID string, created time.Time) (envelope.Reply, bool) {
 	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
 	defer cancel()
-	if err := s.store.MarkQueued(mctx, d, requestID, created); err != nil {
+	res, err := s.store.MarkQueued(mctx, d, requestID, created)
+	if err != nil {
 		s.m.storeErrors.WithLabelValues("mark_queued").Inc()
 		s.log.Warn("mark queued", "request_id", requestID, "err", err)
+		return envelope.Reply{}, false
+	}
+	return res.Reply, res.Final()
+}
+
+// rescue has the waiters whose replies come on parts, partitions this
+// replica no longer reads, woken through the store instead: each request
+// gets the queued marker, so its result will be announced, and a request
+// answered meanwhile is woken with its stored result at once.
+func (s *Server) rescue(ctx context.Context, parts []int32) {
+	for _, w := range s.waiters.on(parts) {
+		if r, ok := s.markQueued(ctx, w.dialog, w.requestID, w.created); ok {
+			s.waiters.wake(w.requestID, &r)
+		}
 	}
 }
 
@@ -373,9 +396,10 @@ func (s *Server) admitRequest(mode string, wait time.Duration) error {
 }
 
 // await waits up to wait for the request's final result: from the reply
-// topic, or from the store when notified. It reports false when the wait
-// ends first.
-func (s *Server) await(ctx context.Context, d store.Dialog, requestID string, wake <-chan *envelope.Reply, wait time.Duration) (envelope.Reply, bool) {
+// topic or the store's announcement. last reads the store: when a wake
+// carries no reply and when the wait runs out. It reports false when the
+// wait ends first.
+func (s *Server) await(ctx context.Context, wake <-chan *envelope.Reply, wait time.Duration, last func() (envelope.Reply, bool)) (envelope.Reply, bool) {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
@@ -384,13 +408,13 @@ func (s *Server) await(ctx context.Context, d store.Dialog, requestID string, wa
 			if r != nil {
 				return *r, true
 			}
-			if r, ok := s.finalResult(ctx, d, requestID); ok {
+			if r, ok := last(); ok {
 				return r, true
 			}
 		case <-t.C:
 			// A last look: the result may have been stored while no wake
-			// could reach us (e.g. a reply partition moved).
-			return s.finalResult(ctx, d, requestID)
+			// could reach us.
+			return last()
 		case <-ctx.Done():
 			return envelope.Reply{}, false
 		}
@@ -439,7 +463,7 @@ func (s *Server) pollChat(c echo.Context) error {
 	}
 	d := store.Dialog{Tenant: id.Tenant, User: id.User, ID: dialogID}
 	ctx := c.Request().Context()
-	wake, done := s.waiters.add(requestID) // before the look, so no wake is missed
+	wake, done := s.waiters.add(requestID, viaStore, d, time.Time{}) // before the look, so no wake is missed
 	defer done()
 	res, err := s.store.Result(ctx, d, requestID)
 	switch {
@@ -452,7 +476,8 @@ func (s *Server) pollChat(c echo.Context) error {
 		return c.JSON(http.StatusOK, doneBody(res.Reply, res.CreatedAt))
 	}
 	if wait > 0 {
-		if r, ok := s.await(ctx, d, requestID, wake, wait); ok && r.Tenant == id.Tenant && r.User == id.User {
+		last := func() (envelope.Reply, bool) { return s.finalResult(ctx, d, requestID) }
+		if r, ok := s.await(ctx, wake, wait, last); ok && r.Tenant == id.Tenant && r.User == id.User {
 			return c.JSON(http.StatusOK, doneBody(r, res.CreatedAt))
 		}
 	}

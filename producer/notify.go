@@ -10,10 +10,12 @@ import (
 )
 
 // notifier wakes the waiters on this replica when a result is stored by any
-// consumer, through the Redis channel on which the store announces every
-// completion with its reply (store.ParseAnnouncement). One subscription
-// serves the whole replica; a message for a request nobody here waits for is
-// dropped before its reply is decoded.
+// consumer, through the Redis channel on which the store announces the
+// completion, with its reply, of every request that carries the queued
+// marker (store.ParseAnnouncement): polls, and wait-mode requests whose
+// reply partition this replica does not read. One subscription serves the
+// whole replica; a message for a request nobody here waits for is dropped
+// before its reply is decoded.
 type notifier struct {
 	ps      *redis.PubSub
 	waiters *waiters

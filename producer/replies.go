@@ -27,11 +27,11 @@ import (
 // owner resumes where the old one stopped. A request names one of the
 // partitions its replica owns as reply.partition.
 //
-// Correctness does not rest on the routing: every result is also announced
-// through the store (see notifier), so a waiter whose reply was read by
-// another replica during a rebalance is still woken, only a few ms later.
-// With ReplyPartitions set, the replica reads exactly those partitions
-// without a group.
+// Correctness does not rest on the routing: when a replica loses a
+// partition, its waiters for replies on it get the queued marker (see
+// Server.rescue), so their results are announced through the store and the
+// notifier wakes them. With ReplyPartitions set, the replica reads exactly
+// those partitions without a group.
 type replyRouter struct {
 	s  *Server
 	cl *kgo.Client
@@ -66,10 +66,10 @@ func newReplyRouter(ctx context.Context, s *Server, static []int32) (*replyRoute
 			kgo.HeartbeatInterval(min(s.cfg.ReplySessionTimeout/3, s.cfg.ReplySessionTimeout)),
 			kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { r.add(m[topic]) }),
 			kgo.OnPartitionsRevoked(func(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
-				r.remove(m[topic])
+				r.remove(ctx, m[topic])
 				_ = cl.CommitUncommittedOffsets(ctx)
 			}),
-			kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { r.remove(m[topic]) }),
+			kgo.OnPartitionsLost(func(ctx context.Context, _ *kgo.Client, m map[string][]int32) { r.remove(ctx, m[topic]) }),
 		)
 	}
 	cl, err := bus.NewClient(s.bus, "replies", s.log, s.reg, opts...)
@@ -121,11 +121,19 @@ func (r *replyRouter) add(parts []int32) {
 	r.publish()
 }
 
-func (r *replyRouter) remove(parts []int32) {
+// remove stops routing replies to parts and has the waiters for replies on
+// them woken through the store. New requests see the smaller view before
+// the waiters are looked up, and a request checks the view after it
+// registered its waiter (Server.postChat), so no waiter falls between.
+func (r *replyRouter) remove(ctx context.Context, parts []int32) {
+	if len(parts) == 0 {
+		return
+	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.owned = slices.DeleteFunc(r.owned, func(p int32) bool { return slices.Contains(parts, p) })
 	r.publish()
+	r.mu.Unlock()
+	go r.s.rescue(context.WithoutCancel(ctx), parts)
 }
 
 func (r *replyRouter) publish() {
@@ -138,10 +146,13 @@ func (r *replyRouter) publish() {
 // partitions returns the partitions this replica reads now.
 func (r *replyRouter) partitions() []int32 { return *r.view.Load() }
 
+// owns reports whether this replica reads partition p now.
+func (r *replyRouter) owns(p int32) bool { return slices.Contains(*r.view.Load(), p) }
+
 // partition returns the reply partition for the next request: one this
 // replica reads, or AnyPartition while it reads none (more replicas than
-// partitions, or a rebalance under way); the store's notification wakes the
-// waiter then.
+// partitions, or a rebalance under way); the request then carries the
+// queued marker and the store's announcement wakes its waiter.
 func (r *replyRouter) partition() int32 {
 	v := *r.view.Load()
 	if len(v) == 0 {
@@ -164,7 +175,8 @@ func (r *replyRouter) run(ctx context.Context) {
 		})
 		fetches.EachRecord(func(rec *kgo.Record) {
 			// The key is the request id: a reply nobody here waits for any
-			// more (the store's announcement was faster) is not decoded.
+			// more (its wait ran out, or the store's announcement was
+			// faster) is not decoded.
 			if !r.s.waiters.has(string(rec.Key)) {
 				r.s.m.replies.WithLabelValues("no_waiter").Inc()
 				return

@@ -5,6 +5,8 @@
 -- ARGV[5] request id, ARGV[6] max turns, ARGV[7] history TTL ms,
 -- ARGV[8] results channel, ARGV[9] channel message, ARGV[10..] turn JSONs.
 -- Returns {1, ""} when stored now, {0, stored reply JSON} when already final.
+-- The result is announced on the channel only when the request carries the
+-- queued marker: only then may someone wait for it through the store.
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' or state == 'expired' then
   return {0, redis.call('HGET', KEYS[1], 'body')}
@@ -32,5 +34,7 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'body', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[8], ARGV[9] .. '\n' .. ARGV[1])
+if state == 'queued' then
+  redis.call('PUBLISH', ARGV[8], ARGV[9] .. '\n' .. ARGV[1])
+end
 return {1, ''}

@@ -9,10 +9,13 @@
 //	sluice:{t:u:d}:req:<id>   hash {state, created_at, body}: state "queued" (set at the door),
 //	                          "done" or "expired" with body = the reply JSON; expires after the result TTL
 //
-// Every completed result is also announced on the channel "<prefix>:results"
-// with the message "<tenant>/<user>/<dialog>/<request_id>\n<reply JSON>"
-// (see ParseAnnouncement), so that waiters on any replica wake, with the
-// answer, without polling.
+// A result is announced on the channel "<prefix>:results" with the message
+// "<tenant>/<user>/<dialog>/<request_id>\n<reply JSON>" (see
+// ParseAnnouncement) when its request carries the queued marker, so that a
+// poll on any replica wakes, with the answer, without polling Redis. A
+// request without the marker is one whose accepting replica waits for its
+// reply on the reply topic; announcing it too would send every reply to
+// every replica.
 package store
 
 import (
@@ -182,16 +185,21 @@ func (s *Redis) histKey(d Dialog) string { return s.tag(d) + ":hist" }
 
 func (s *Redis) reqKey(d Dialog, requestID string) string { return s.tag(d) + ":req:" + requestID }
 
-// MarkQueued records that the request was accepted, so that a poll can tell
-// "still queued" from "unknown". It never overwrites a result. One command
-// (a script), as it runs on the ingress's hot path.
-func (s *Redis) MarkQueued(ctx context.Context, d Dialog, requestID string, createdAt time.Time) error {
-	err := markQueuedScript.Run(ctx, s.hot, []string{s.reqKey(d, requestID)},
-		createdAt.UnixMilli(), s.cfg.ResultTTL.Milliseconds()).Err()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("mark queued: %w", err)
+// MarkQueued records that the request was accepted and may be waited for
+// through the store: a poll can tell "still queued" from "unknown", and its
+// result will be announced. It never overwrites a result: it returns what
+// the store holds after it, the request's result when it is already final.
+// One command (a script).
+func (s *Redis) MarkQueued(ctx context.Context, d Dialog, requestID string, createdAt time.Time) (Result, error) {
+	vals, err := markQueuedScript.Run(ctx, s.hot, []string{s.reqKey(d, requestID)},
+		createdAt.UnixMilli(), s.cfg.ResultTTL.Milliseconds()).Slice()
+	if err != nil {
+		return Result{}, fmt.Errorf("mark queued: %w", err)
 	}
-	return nil
+	if len(vals) != 3 {
+		return Result{}, fmt.Errorf("mark queued: unexpected script result %v", vals)
+	}
+	return decodeResult(requestID, vals)
 }
 
 var markQueuedScript = redis.NewScript(`
@@ -199,7 +207,7 @@ if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 1 then
   redis.call('HSET', KEYS[1], 'created_at', ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 1`)
+return redis.call('HMGET', KEYS[1], 'state', 'created_at', 'body')`)
 
 // Result returns what is known of a request. It returns ErrNotFound when the
 // request is unknown for this dialog.

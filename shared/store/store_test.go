@@ -188,8 +188,9 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 		s := newStore(t)
 		d := store.Dialog{"t1", "u1", newDialogID(t)}
 		created := time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
-		if err := s.MarkQueued(ctx, d, "r1", created); err != nil {
-			t.Fatalf("MarkQueued: %v", err)
+		marked, err := s.MarkQueued(ctx, d, "r1", created)
+		if err != nil || marked.State != store.StateQueued {
+			t.Fatalf("MarkQueued = %+v, %v; want state queued", marked, err)
 		}
 		res := mustResult(t, s, d, "r1")
 		if res.State != store.StateQueued || res.Final() {
@@ -226,7 +227,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 		s := newStore(t)
 		d := store.Dialog{"t1", "u1", newDialogID(t)}
 		queuedAt := t0.Add(-time.Second)
-		if err := s.MarkQueued(ctx, d, "r1", queuedAt); err != nil {
+		if _, err := s.MarkQueued(ctx, d, "r1", queuedAt); err != nil {
 			t.Fatal(err)
 		}
 		want := doneReply(d, "r1", "它明天到。")
@@ -315,8 +316,10 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 		d := store.Dialog{"t1", "u1", newDialogID(t)}
 		want := doneReply(d, "r1", "a")
 		mustComplete(t, s, d, want)
-		if err := s.MarkQueued(ctx, d, "r1", t0.Add(time.Hour)); err != nil {
-			t.Fatal(err)
+		// It returns the final result, so that a waiter marking late learns it.
+		marked, err := s.MarkQueued(ctx, d, "r1", t0.Add(time.Hour))
+		if err != nil || marked.State != store.StateDone || !equalReply(marked.Reply, want) {
+			t.Fatalf("MarkQueued on a done request = %+v, %v; want its result", marked, err)
 		}
 		res := mustResult(t, s, d, "r1")
 		if res.State != store.StateDone || !equalReply(res.Reply, want) || !res.CreatedAt.Equal(t0) {
@@ -503,7 +506,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 		}
 	})
 
-	t.Run("CompletePublishes", func(t *testing.T) {
+	t.Run("CompleteAnnouncesMarked", func(t *testing.T) {
 		s := newStore(t)
 		d := store.Dialog{"t1", "u1", newDialogID(t)}
 		sub := s.Client().Subscribe(ctx, s.ResultsChannel())
@@ -537,10 +540,18 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 				t.Fatalf("announced reply %+v, %v; want answer %q", r, err, answer)
 			}
 		}
+		for _, rid := range []string{"r1", "r2"} {
+			if _, err := s.MarkQueued(ctx, d, rid, t0); err != nil {
+				t.Fatal(err)
+			}
+		}
 		mustComplete(t, s, d, doneReply(d, "r1", "a"), turnsOf("r1", "q", "a")...)
 		announced("r1", "a")
-		// A duplicate Complete announces nothing: the next message is r2's.
+		// A duplicate Complete announces nothing, nor does the completion of
+		// a request without the queued marker (its replica waits on the
+		// reply topic): the next message is r2's.
 		mustComplete(t, s, d, doneReply(d, "r1", "again"))
+		mustComplete(t, s, d, doneReply(d, "r3", "unmarked"))
 		mustComplete(t, s, d, doneReply(d, "r2", "b"))
 		announced("r2", "b")
 		if _, ok := store.ParseAnnouncement("no newline"); ok {
@@ -602,7 +613,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 	t.Run("DialogKeysShareOneClusterSlot", func(t *testing.T) {
 		s := newStore(t)
 		d := store.Dialog{"acme", "user-42", newDialogID(t)}
-		if err := s.MarkQueued(ctx, d, "r1", t0); err != nil {
+		if _, err := s.MarkQueued(ctx, d, "r1", t0); err != nil {
 			t.Fatal(err)
 		}
 		mustComplete(t, s, d, doneReply(d, "r1", "a"), turnsOf("r1", "q", "a")...)
