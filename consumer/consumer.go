@@ -150,7 +150,8 @@ type Consumer struct {
 
 	inflight atomic.Int64
 	freed    chan struct{}
-	wg       sync.WaitGroup
+	idle     chan *work     // unbuffered: a send succeeds when a worker waits
+	wg       sync.WaitGroup // key runs under way
 	ready    atomic.Bool
 
 	work     context.Context // ends on hard stop
@@ -191,6 +192,7 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		tracker: newTracker(),
 		keys:    map[string][]*work{},
 		freed:   make(chan struct{}, 1),
+		idle:    make(chan *work),
 	}
 	c.work, c.stopWork = context.WithCancel(context.Background())
 	c.m = metrics{
@@ -365,7 +367,33 @@ func (c *Consumer) dispatch(r *kgo.Record, now time.Time) {
 	c.keys[w.key] = nil
 	c.mu.Unlock()
 	c.wg.Add(1)
-	go c.runKey(w)
+	select {
+	case c.idle <- w: // a parked worker takes it
+	default:
+		go c.worker(w)
+	}
+}
+
+// workerIdle is how long a worker waits for another key before it exits.
+const workerIdle = time.Second
+
+// worker runs the key of w, then waits a while to run another key's. Reusing
+// a worker keeps the stack it grew in the LLM call (starting a goroutine per
+// key spent about 4 % of the CPU under load growing stacks).
+func (c *Consumer) worker(w *work) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		c.runKey(w)
+		idle.Reset(workerIdle)
+		select {
+		case w = <-c.idle:
+		case <-idle.C:
+			return
+		case <-c.work.Done():
+			return
+		}
+	}
 }
 
 // runKey processes w and then every record queued behind it for its key.

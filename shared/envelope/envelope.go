@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 	"unicode/utf8"
 )
@@ -63,10 +62,19 @@ var (
 	ErrInvalidField = errors.New("invalid field")
 )
 
-var dialogIDPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
-
-// ValidDialogID reports whether id is 32 lowercase hex characters.
-func ValidDialogID(id string) bool { return dialogIDPattern.MatchString(id) }
+// ValidDialogID reports whether id is 32 lowercase hex characters
+// (^[0-9a-f]{32}$).
+func ValidDialogID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for i := range len(id) {
+		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidID reports whether s can be used as a tenant or user id: 1 to MaxIDLen
 // bytes of ASCII letters, digits and ._@|+- (no '/', ':', '{' or '}', which
