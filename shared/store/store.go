@@ -242,13 +242,16 @@ func decodeResult(requestID string, vals []any) (Result, error) {
 // Load returns, in one round trip, what is known of a request (ErrNotFound
 // is not an error here: the zero Result, State "") and the dialog's turns.
 func (s *Redis) Load(ctx context.Context, d Dialog, requestID string) (Result, []envelope.Turn, error) {
-	// Both commands go out in the same batch of the pipeliner.
+	// One command after the other: the pipeliner expects a caller woken by
+	// a batch of two to come back with two more commands and holds its next
+	// flush for them, which a lone caller would pay in every request.
 	res := s.hot.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body")
+	if err := res.Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return Result{}, nil, fmt.Errorf("load request: %w", err)
+	}
 	hist := s.hot.LRange(ctx, s.histKey(d), 0, -1)
-	for _, err := range []error{res.Err(), hist.Err()} {
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return Result{}, nil, fmt.Errorf("load request and history: %w", err)
-		}
+	if err := hist.Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return Result{}, nil, fmt.Errorf("load history: %w", err)
 	}
 	r, err := decodeResult(requestID, res.Val())
 	if err != nil && !errors.Is(err, ErrNotFound) {
