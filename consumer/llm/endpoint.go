@@ -59,6 +59,16 @@ type endpoint struct {
 	quotaWarned atomic.Int64 // unix seconds of the last quota warning
 }
 
+// transport is Go's default transport (proxy from HTTPS_PROXY and NO_PROXY,
+// dial and TLS handshake timeouts, HTTP/2 where the server offers it) that
+// keeps a connection for each of up to conns concurrent calls.
+func transport(conns int) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = conns
+	t.MaxIdleConnsPerHost = conns
+	return t
+}
+
 func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 	e := &endpoint{
 		endpointConfig: ec,
@@ -67,10 +77,7 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 			option.WithBaseURL(strings.TrimSuffix(ec.baseURL, "/")+"/"),
 			option.WithAPIKey(ec.apiKey),
 			option.WithMaxRetries(0), // retries are ours: bounded by the request's deadline
-			option.WithHTTPClient(&http.Client{Transport: &http.Transport{
-				MaxIdleConnsPerHost: cfg.MaxConcurrent,
-				IdleConnTimeout:     90 * time.Second,
-			}}),
+			option.WithHTTPClient(&http.Client{Transport: transport(cfg.MaxConcurrent)}),
 		),
 		slots:  make(chan struct{}, cfg.MaxConcurrent),
 		quota:  q,
