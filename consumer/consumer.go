@@ -459,6 +459,8 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 	var res store.Result
 	var history []envelope.Turn
 	if err := c.retry(ctx, "redis_load", func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, storeAttemptTimeout)
+		defer cancel()
 		var err error
 		res, history, err = c.store.Load(ctx, d, req.RequestID)
 		return err
@@ -505,12 +507,20 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 // with fresh false when an earlier delivery of the request had stored one.
 func (c *Consumer) complete(ctx context.Context, d store.Dialog, req *envelope.Request, reply envelope.Reply, turns ...envelope.Turn) (stored envelope.Reply, fresh bool, err error) {
 	err = c.retry(ctx, "redis_complete", func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, storeAttemptTimeout)
+		defer cancel()
 		var err error
 		stored, fresh, err = c.store.Complete(ctx, d, reply, req.CreatedAt, turns...)
 		return err
 	})
 	return stored, fresh, err
 }
+
+// storeAttemptTimeout bounds one attempt of a store step, so that a Redis
+// that hangs (rather than refusing connections) is retried like one that is
+// down. Completing is idempotent, so an attempt given up on that went
+// through after all is harmless.
+const storeAttemptTimeout = 5 * time.Second
 
 // publish produces the reply where the request asked for it.
 func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.Request, reply envelope.Reply) error {

@@ -281,7 +281,7 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	}
 	s.cl = cl
 	s.admit = newAdmission(cl, cfgBus.RequestsTopic, cfgBus.Group, cfg.AdmissionInterval, cfg.AdmissionMinRate)
-	s.limit = newLimiter(store.AutoPipeline(st.Client()), st.Prefix()+":rl", cfg.UserRate, cfg.TenantRate, cfg.GlobalRate, log.Warn)
+	s.limit = newLimiter(st.Pipe(), st.Prefix()+":rl", cfg.UserRate, cfg.TenantRate, cfg.GlobalRate, log.Warn)
 	cols := []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions, s.m.rejected, s.limit.errors}
 	if cfg.HotTTL > 0 {
 		s.hot = newHotAnswers(st.Client(), st.Prefix(), cfg.HotSize, cfg.HotTTL)

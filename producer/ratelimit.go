@@ -12,10 +12,10 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
 	"sluice/shared/auth"
+	"sluice/shared/store"
 )
 
 // Rate is a request rate: N per Per, with bursts of up to Burst (default N).
@@ -107,7 +107,7 @@ type limiter struct {
 	warn     func(msg string, args ...any)
 }
 
-func newLimiter(rdb redis.Cmdable, prefix string, user, tenant, global Rate, warn func(string, ...any)) *limiter {
+func newLimiter(rdb *store.Pipe, prefix string, user, tenant, global Rate, warn func(string, ...any)) *limiter {
 	l := &limiter{prefix: prefix, user: user, tenant: tenant, warn: warn,
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_producer_ratelimit_errors_total",

@@ -76,6 +76,11 @@ func newRedis(r redisSettings) (redis.UniversalClient, error) {
 			return nil, usageError(settingError("redis-addr", fmt.Errorf("%q is not host:port", a)))
 		}
 	}
+	// The request path's commands go through go-redis's automatic
+	// pipeliner (store.Pipe); while Redis hangs, the commands it holds are
+	// bounded, and a command beyond that fails at once.
+	ap := redis.DefaultAutoPipelineOptions()
+	ap.MaxQueuedCommands = 100_000
 	return redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:        r.addrs,
 		MasterName:   r.master,
@@ -84,6 +89,10 @@ func newRedis(r redisSettings) (redis.UniversalClient, error) {
 		DB:           r.db,
 		PoolSize:     256,
 		MinIdleConns: 8,
+		// A command's context deadline is its socket deadline: a Redis that
+		// hangs costs a request its store timeout.
+		ContextTimeoutEnabled: true,
+		AutoPipelineOptions:   ap,
 	}), nil
 }
 

@@ -97,14 +97,9 @@ func (r Result) Final() bool { return r.State == StateDone || r.State == StateEx
 
 // Redis is the Redis-backed store.
 type Redis struct {
-	rdb redis.UniversalClient
-	// hot runs the per-request commands (load, complete, mark queued,
-	// result). It is go-redis's automatic pipeliner where the client has
-	// one: concurrent requests' commands share one write and one read on a
-	// connection instead of a round trip each, which is most of what Redis
-	// costs Sluice under load (docs/benchmarks.md).
-	hot redis.Cmdable
-	cfg Config
+	rdb  redis.UniversalClient
+	pipe *Pipe // the per-request commands: load, complete, mark queued, result
+	cfg  Config
 }
 
 // New returns a store on rdb. It returns an error when cfg is invalid.
@@ -112,31 +107,12 @@ func New(rdb redis.UniversalClient, cfg Config) (*Redis, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Redis{rdb: rdb, hot: AutoPipeline(rdb), cfg: cfg}, nil
+	return &Redis{rdb: rdb, pipe: NewPipe(rdb), cfg: cfg}, nil
 }
 
-// AutoPipeline returns the automatic pipeliner of rdb (its shared deferred
-// face: a command call returns at once and reading its result waits for the
-// batch it went out in), or rdb itself for a client that has none. The
-// pipeliner is closed with rdb.
-func AutoPipeline(rdb redis.UniversalClient) redis.Cmdable {
-	var (
-		ap  *redis.AutoPipeliner
-		err error
-	)
-	switch c := rdb.(type) {
-	case *redis.Client:
-		ap, err = c.AsyncAutoPipeline()
-	case *redis.ClusterClient:
-		ap, err = c.AsyncAutoPipeline()
-	default:
-		return rdb
-	}
-	if err != nil {
-		return rdb
-	}
-	return ap
-}
+// Pipe returns the store's pipe, for other per-request commands (the
+// ingress's shared rate limits).
+func (s *Redis) Pipe() *Pipe { return s.pipe }
 
 // Client returns the underlying Redis client.
 func (s *Redis) Client() redis.UniversalClient { return s.rdb }
@@ -191,7 +167,7 @@ func (s *Redis) reqKey(d Dialog, requestID string) string { return s.tag(d) + ":
 // the store holds after it, the request's result when it is already final.
 // One command (a script).
 func (s *Redis) MarkQueued(ctx context.Context, d Dialog, requestID string, createdAt time.Time) (Result, error) {
-	vals, err := markQueuedScript.Run(ctx, s.hot, []string{s.reqKey(d, requestID)},
+	vals, err := markQueuedScript.Run(ctx, s.pipe, []string{s.reqKey(d, requestID)},
 		createdAt.UnixMilli(), s.cfg.ResultTTL.Milliseconds()).Slice()
 	if err != nil {
 		return Result{}, fmt.Errorf("mark queued: %w", err)
@@ -212,11 +188,15 @@ return redis.call('HMGET', KEYS[1], 'state', 'created_at', 'body')`)
 // Result returns what is known of a request. It returns ErrNotFound when the
 // request is unknown for this dialog.
 func (s *Redis) Result(ctx context.Context, d Dialog, requestID string) (Result, error) {
-	vals, err := s.hot.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body").Result()
-	if err != nil {
+	cmd := s.hmget(ctx, d, requestID)
+	if err := s.pipe.run(ctx, cmd); err != nil {
 		return Result{}, fmt.Errorf("get result: %w", err)
 	}
-	return decodeResult(requestID, vals)
+	return decodeResult(requestID, cmd.Val())
+}
+
+func (s *Redis) hmget(ctx context.Context, d Dialog, requestID string) *redis.SliceCmd {
+	return redis.NewSliceCmd(ctx, "hmget", s.reqKey(d, requestID), "state", "created_at", "body")
 }
 
 func decodeResult(requestID string, vals []any) (Result, error) {
@@ -245,12 +225,12 @@ func (s *Redis) Load(ctx context.Context, d Dialog, requestID string) (Result, [
 	// One command after the other: the pipeliner expects a caller woken by
 	// a batch of two to come back with two more commands and holds its next
 	// flush for them, which a lone caller would pay in every request.
-	res := s.hot.HMGet(ctx, s.reqKey(d, requestID), "state", "created_at", "body")
-	if err := res.Err(); err != nil && !errors.Is(err, redis.Nil) {
+	res := s.hmget(ctx, d, requestID)
+	if err := s.pipe.run(ctx, res); err != nil {
 		return Result{}, nil, fmt.Errorf("load request: %w", err)
 	}
-	hist := s.hot.LRange(ctx, s.histKey(d), 0, -1)
-	if err := hist.Err(); err != nil && !errors.Is(err, redis.Nil) {
+	hist := redis.NewStringSliceCmd(ctx, "lrange", s.histKey(d), 0, -1)
+	if err := s.pipe.run(ctx, hist); err != nil {
 		return Result{}, nil, fmt.Errorf("load history: %w", err)
 	}
 	r, err := decodeResult(requestID, res.Val())
@@ -329,7 +309,7 @@ func (s *Redis) Complete(ctx context.Context, d Dialog, reply envelope.Reply, cr
 		args = append(args, string(b))
 	}
 	keys := []string{s.reqKey(d, reply.RequestID), s.histKey(d)}
-	res, err := completeScript.Run(ctx, s.hot, keys, args...).Slice()
+	res, err := completeScript.Run(ctx, s.pipe, keys, args...).Slice()
 	if err != nil {
 		return envelope.Reply{}, false, fmt.Errorf("complete request: %w", err)
 	}
