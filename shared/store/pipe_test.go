@@ -60,7 +60,7 @@ func TestHungRedisCostsTheContext(t *testing.T) {
 	}
 	d := store.Dialog{"t1", "u1", newDialogID(t)}
 	calls := map[string]func(context.Context) error{
-		"Load": func(ctx context.Context) error { _, _, err := s.Load(ctx, d, "r1"); return err },
+		"Load":   func(ctx context.Context) error { _, _, err := s.Load(ctx, d, "r1"); return err },
 		"Result": func(ctx context.Context) error { _, err := s.Result(ctx, d, "r1"); return err },
 		"MarkQueued": func(ctx context.Context) error {
 			_, err := s.MarkQueued(ctx, d, "r1", time.Now())
