@@ -148,11 +148,12 @@ type Consumer struct {
 	mu   sync.Mutex
 	keys map[string][]*work // records waiting behind the running one, by key
 
-	inflight atomic.Int64
-	freed    chan struct{}
-	idle     chan *work     // unbuffered: a send succeeds when a worker waits
-	wg       sync.WaitGroup // key runs under way
-	ready    atomic.Bool
+	inflight         atomic.Int64
+	lastFallbackWarn atomic.Int64 // unix seconds
+	freed            chan struct{}
+	idle             chan *work     // unbuffered: a send succeeds when a worker waits
+	wg               sync.WaitGroup // key runs under way
+	ready            atomic.Bool
 
 	work     context.Context // ends on hard stop
 	stopWork context.CancelFunc
@@ -175,6 +176,8 @@ type metrics struct {
 	e2e      prometheus.Histogram
 	retries  *prometheus.CounterVec
 	commits  prometheus.Counter
+
+	partitionFallbacks prometheus.Counter
 }
 
 // New returns a consumer of cfgBus's requests topic in its group. It creates
@@ -219,9 +222,13 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		commits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_consumer_commit_errors_total", Help: "Failed offset commits.",
 		}),
+		partitionFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_consumer_reply_partition_fallbacks_total",
+			Help: "Replies whose requested reply.partition the reply topic does not have, sent to the key's partition instead.",
+		}),
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{c.m.records, c.m.inflight, c.m.paused, c.m.process, c.m.e2e, c.m.retries, c.m.commits} {
+		for _, col := range []prometheus.Collector{c.m.records, c.m.inflight, c.m.paused, c.m.process, c.m.e2e, c.m.retries, c.m.commits, c.m.partitionFallbacks} {
 			if err := reg.Register(col); err != nil {
 				return nil, fmt.Errorf("register consumer metrics: %w", err)
 			}
@@ -246,7 +253,7 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		kgo.OnPartitionsRevoked(c.revoked),
 		kgo.OnPartitionsLost(c.lost),
 		kgo.FetchMaxBytes(16<<20),
-		kgo.RecordPartitioner(bus.ReplyPartitioner()),
+		kgo.RecordPartitioner(bus.ReplyPartitioner(c.partitionFallback)),
 		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
 		kgo.ProducerLinger(0),
 		kgo.AllowAutoTopicCreation(), // a bot's own reply topic
@@ -256,6 +263,18 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 	}
 	c.cl = cl
 	return c, nil
+}
+
+// partitionFallback counts a reply whose reply.partition its topic lacks
+// and warns, at most every 10 s: the requester (a bot reading one partition
+// of its own topic, say) may be waiting on a partition that never gets it.
+func (c *Consumer) partitionFallback(topic string, partition int32, partitions int) {
+	c.m.partitionFallbacks.Inc()
+	if now := time.Now().Unix(); now-c.lastFallbackWarn.Load() >= 10 {
+		c.lastFallbackWarn.Store(now)
+		c.log.Warn("reply.partition beyond the reply topic: reply sent to the key's partition",
+			"topic", topic, "partition", partition, "partitions", partitions)
+	}
 }
 
 // SetCallbacks makes the consumer deliver callbacks through cb. Without it,

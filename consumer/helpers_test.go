@@ -82,7 +82,7 @@ func newEnvWith(tb testing.TB, opts ...kfake.Opt) *env {
 	// Records with Partition >= 0 go there, -1 goes where the key hashes to.
 	prod, err := kgo.NewClient(
 		kgo.SeedBrokers(cfg.Brokers...),
-		kgo.RecordPartitioner(bus.ReplyPartitioner()),
+		kgo.RecordPartitioner(bus.ReplyPartitioner(nil)),
 		kgo.ProducerLinger(0),
 	)
 	if err != nil {

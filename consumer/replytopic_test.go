@@ -43,3 +43,22 @@ func TestMissingReplyTopicDeadLetters(t *testing.T) {
 	}
 	t.Logf("dead-lettered after %v", time.Since(start))
 }
+
+// TestReplyPartitionBeyondTopic: a request naming a reply partition its
+// topic does not have is still answered, on the partition of its key, and
+// the fallback is counted.
+func TestReplyPartitionBeyondTopic(t *testing.T) {
+	e := newEnv(t)
+	replies := e.reader(t, repliesTopic)
+	r := e.start(t, testConfig(), &fakeAnswerer{})
+
+	req := newRequest(3, "is my coupon still valid?")
+	req.Reply.Partition = numPartitions + 5
+	e.produceRequests(t, req)
+	if got := replies.replies(t, 1); len(got[req.RequestID]) != 1 {
+		t.Fatalf("replies %v, want one for %s", got, req.RequestID)
+	}
+	if n := counterSum(t, r, "sluice_consumer_reply_partition_fallbacks_total"); n != 1 {
+		t.Errorf("fallbacks counted %v, want 1", n)
+	}
+}

@@ -122,13 +122,18 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, cfg Config) error {
 // ReplyPartitioner sends a record to its Partition when that is set (>= 0)
 // and within the topic, otherwise where Kafka's default partitioner (murmur2
 // of the key) would. Replies use it to honour a request's reply.partition.
-func ReplyPartitioner() kgo.Partitioner {
+// outOfRange, when not nil, is called (on the producing goroutine, so it must
+// be quick) for a record whose Partition the topic does not have.
+func ReplyPartitioner(outOfRange func(topic string, partition int32, partitions int)) kgo.Partitioner {
 	keyed := kgo.StickyKeyPartitioner(nil)
 	return kgo.BasicConsistentPartitioner(func(topic string) func(*kgo.Record, int) int {
 		tp := keyed.ForTopic(topic)
 		return func(r *kgo.Record, n int) int {
 			if r.Partition >= 0 && int(r.Partition) < n {
 				return int(r.Partition)
+			}
+			if r.Partition >= 0 && outOfRange != nil {
+				outOfRange(topic, r.Partition, n)
 			}
 			return tp.Partition(r, n)
 		}
