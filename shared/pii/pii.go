@@ -10,8 +10,12 @@
 //     with single spaces or dashes between digit groups ("+86 138-1234-5678").
 //   - id_card: 17 digits and a check character (digit or X), with a valid
 //     ISO 7064 MOD 11-2 checksum and a plausible birth date.
-//   - bank_card: 13 to 19 digits passing the Luhn check, also in groups
-//     ("6222 0212 3456 7890 123").
+//   - bank_card: 13 to 19 digits passing the Luhn check and starting like a
+//     payment card (cardIssuer: UnionPay, Visa, Mastercard, Amex, JCB,
+//     Diners, Discover, Maestro, Mir, and the 95 prefix of Chinese banks'
+//     older debit cards), also in groups ("6222 0212 3456 7890 123"). One
+//     random number in ten passes the Luhn check; the issuer ranges keep
+//     most order and tracking numbers out.
 //   - email: local@domain.tld with an alphabetic top-level domain of two or
 //     more letters.
 //
@@ -276,7 +280,7 @@ func classify(ds []byte, x bool) Kind {
 		return Phone
 	case n == 15 && ds[0] == 0 && ds[1] == 0 && ds[2] == 8 && ds[3] == 6 && mobile(ds[4:]):
 		return Phone
-	case n >= 13 && n <= maxDigits && luhn(ds):
+	case n >= 13 && n <= maxDigits && cardIssuer(ds) && luhn(ds):
 		return BankCard
 	}
 	return -1
@@ -307,6 +311,27 @@ func validID(ds []byte, check int) bool {
 	month := int(ds[10])*10 + int(ds[11])
 	day := int(ds[12])*10 + int(ds[13])
 	return year >= 1900 && year <= 2099 && month >= 1 && month <= 12 && day >= 1 && day <= 31
+}
+
+// cardIssuer reports whether the digits ds (at least 4) start like a
+// payment card number: 2200-2204 (Mir), 2221-2720 (Mastercard), 30 and 34-38
+// (Diners, Amex, JCB), 4 (Visa), 5 (Mastercard, Maestro), 6 (UnionPay,
+// Discover, Maestro) or 95 (the older debit cards of Chinese banks, such as
+// ICBC's 9558).
+func cardIssuer(ds []byte) bool {
+	p2 := int(ds[0])*10 + int(ds[1])
+	p4 := p2*100 + int(ds[2])*10 + int(ds[3])
+	switch ds[0] {
+	case 2:
+		return p4 >= 2200 && p4 <= 2204 || p4 >= 2221 && p4 <= 2720
+	case 3:
+		return p2 == 30 || p2 >= 34 && p2 <= 38
+	case 4, 5, 6:
+		return true
+	case 9:
+		return p2 == 95
+	}
+	return false
 }
 
 // luhn reports whether ds passes the Luhn check.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -101,6 +102,12 @@ func TestMask(t *testing.T) {
 		{"Card19", card19, "[bank-card]", pii.Hits{pii.BankCard: 1}},
 		{"CardBadLuhn", badCard, badCard, pii.Hits{}},
 		{"CardTooLong", validCard + validCard, validCard + validCard, pii.Hits{}},
+		// Luhn-valid, but no card starts like an order number does.
+		{"OrderNumberPassingLuhn", "订单" + cardNumber("202611110012345678"), "订单" + cardNumber("202611110012345678"), pii.Hits{}},
+		{"Visa", "card " + cardNumber("411111111111111"), "card [bank-card]", pii.Hits{pii.BankCard: 1}},
+		{"Mastercard2Series", cardNumber("222100000000000"), "[bank-card]", pii.Hits{pii.BankCard: 1}},
+		{"Amex", cardNumber("37828224631000"), "[bank-card]", pii.Hits{pii.BankCard: 1}},
+		{"ICBCLegacy", cardNumber("955880123456789012"), "[bank-card]", pii.Hits{pii.BankCard: 1}},
 		{"Email", "mail me: li.lei+shop@example.com.cn!", "mail me: [email]!", pii.Hits{pii.Email: 1}},
 		{"EmailDigits", "13812345678@163.com", "[email]", pii.Hits{pii.Email: 1}},
 		{"EmailGluedDigits", "a@b.cc13812345678", "[email][phone]", pii.Hits{pii.Email: 1, pii.Phone: 1}},
@@ -245,10 +252,21 @@ func validAsWhole(run string, x bool) string {
 	if ((n == 17 && x && idNumber(run) == run+"X") || (n == 18 && idNumber(run[:17]) == run)) && plausibleBirth(run) {
 		return "id"
 	}
-	if n >= 13 && n <= 19 && luhnOK(run) {
+	if n >= 13 && n <= 19 && luhnOK(run) && issuerPrefix(run) {
 		return "card"
 	}
 	return ""
+}
+
+// issuerPrefix is the test's own list of card number beginnings.
+func issuerPrefix(run string) bool {
+	for _, p := range []string{"2200", "2201", "2202", "2203", "2204", "30", "34", "35", "36", "37", "38", "4", "5", "6", "95"} {
+		if strings.HasPrefix(run, p) {
+			return true
+		}
+	}
+	p4, _ := strconv.Atoi(run[:4])
+	return p4 >= 2221 && p4 <= 2720
 }
 
 func plausibleBirth(run string) bool {
