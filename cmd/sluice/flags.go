@@ -28,12 +28,48 @@ func settingError(flagName string, err error) error {
 	return fmt.Errorf("%s (--%s): %w", envName(flagName), flagName, err)
 }
 
+// nameSettings makes err, a validation error of the settings parsed into
+// fs, name the settings it is about when it does not already: those set in
+// fs whose return to their default makes a validation of the rest pass, or
+// fail otherwise. fresh returns a new flag set of the same command, with
+// defaults, and the validation of its settings.
+func nameSettings(err error, fs *flag.FlagSet, fresh func() (*flag.FlagSet, func() error)) error {
+	if err == nil || strings.Contains(err.Error(), "SLUICE_") {
+		return err
+	}
+	bare := func(e error) string { return strings.TrimPrefix(e.Error(), errUsage.Error()+": ") }
+	var set []*flag.Flag
+	fs.Visit(func(f *flag.Flag) { set = append(set, f) })
+	var names []string
+	for _, without := range set {
+		fs2, validate := fresh()
+		for _, f := range set {
+			if f != without {
+				_ = fs2.Set(f.Name, f.Value.String())
+			}
+		}
+		// Implicated: without it the error goes away or becomes another
+		// that does not name its setting. (Leaving out a required setting
+		// fails on that setting, which tells nothing.)
+		if e := validate(); e == nil || bare(e) != bare(err) && !strings.Contains(e.Error(), "SLUICE_") {
+			names = append(names, envName(without.Name)+" (--"+without.Name+")")
+		}
+	}
+	if len(names) == 0 {
+		return err
+	}
+	return usageError(fmt.Errorf("%s: %s", strings.Join(names, ", "), bare(err)))
+}
+
 // parse applies the environment twins of fs's flags, then args, so that a
 // flag on the command line wins over the environment. Errors name the setting.
-func parse(fs *flag.FlagSet, args []string) error {
+func parse(fs *flag.FlagSet, args []string) error { return parseWith(fs, args, os.LookupEnv) }
+
+// parseWith is parse with the environment read through lookup.
+func parseWith(fs *flag.FlagSet, args []string, lookup func(string) (string, bool)) error {
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+		if v, ok := lookup(envName(f.Name)); ok {
 			if err := fs.Set(f.Name, v); err != nil {
 				errs = append(errs, settingError(f.Name, fmt.Errorf("invalid value %q: %w", v, err)))
 			}

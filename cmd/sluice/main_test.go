@@ -29,7 +29,12 @@ func TestSettingErrorsNameTheSetting(t *testing.T) {
 		{"ConsumerBadDuration", nil, []string{"consumer", "--drain-timeout", "soon"}, "drain-timeout"},
 		{"DevUnknownRole", nil, []string{"dev", "--roles", "broker,oracle"}, `SLUICE_ROLES (--roles): unknown role "oracle"`},
 		{"BadLogLevel", map[string]string{"SLUICE_LOG_LEVEL": "loud"}, []string{"mockllm"}, "SLUICE_LOG_LEVEL (--log-level)"},
-		{"MockBadRate", nil, []string{"mockllm", "--mock-error-rate", "2"}, "error rate must be within 0..1"},
+		{"MockBadRate", nil, []string{"mockllm", "--mock-error-rate", "2"}, "SLUICE_MOCK_ERROR_RATE (--mock-error-rate): error rate must be within 0..1"},
+		// A value out of range names its setting, and only it.
+		{"ProducerWaitMax", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer", "--wait-max", "-1s"}, "configuration: SLUICE_WAIT_MAX (--wait-max): wait default"},
+		{"ConsumerZeroInFlight", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_IN_FLIGHT": "0"}, []string{"consumer", "--llm-base-url", "http://llm", "--llm-model", "m"}, "configuration: SLUICE_IN_FLIGHT (--in-flight): in-flight budget must be at least 1"},
+		{"ConsumerBadBreakerRatio", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_BASE_URL": "http://llm", "SLUICE_LLM_MODEL": "m"}, []string{"consumer", "--llm-breaker-failure-ratio", "1.5"}, "configuration: SLUICE_LLM_BREAKER_FAILURE_RATIO (--llm-breaker-failure-ratio): llm: LLM breaker failure ratio"},
+		{"ConsumerLLMScheme", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_MODEL": "m"}, []string{"consumer", "--llm-base-url", "ftp://llm"}, `SLUICE_LLM_BASE_URL (--llm-base-url): "ftp://llm" must start with http:// or https://`},
 		{"TokenNoSecret", nil, []string{"token", "--sub", "u", "--tenant", "t"}, "SLUICE_JWT_SECRET (--jwt-secret): is required"},
 		{"UnknownCommand", nil, []string{"frobnicate"}, `unknown command "frobnicate"`},
 	}

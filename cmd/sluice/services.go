@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -151,9 +152,9 @@ func listenAdmin(addr string, adm *admin.Server, sv *services) error {
 	return nil
 }
 
-func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
-	st := defaultSettings()
-	fs := newFlagSet("producer", stderr)
+// producerFlags returns the flags of `sluice producer`, bound to st.
+func producerFlags(st *settings, out io.Writer) *flag.FlagSet {
+	fs := newFlagSet("producer", out)
 	registerLog(fs, &st.log)
 	st.registerAdmin(fs.StringVar)
 	st.registerTopics(fs.BoolVar)
@@ -161,8 +162,17 @@ func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
 	registerRedis(fs, &st.redis, &st.store)
 	registerProducer(fs, &st.producer, &st.jwtSecret, &st.jwtKeys)
 	registerCallbacks(fs, &st.callbacks)
+	return fs
+}
+
+func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
+	st := defaultSettings()
+	fs := producerFlags(st, stderr)
 	if err := parse(fs, args); err != nil {
 		return usageError(err)
+	}
+	if _, err := validateProducer(st); err != nil {
+		return nameSettings(err, fs, freshProducer)
 	}
 	log, err := newLogger(st.log, stderr)
 	if err != nil {
@@ -187,19 +197,9 @@ func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
 // buildProducer validates the producer's settings and builds it with its
 // Redis client and readiness checks.
 func buildProducer(ctx context.Context, st *settings, log *slog.Logger, reg prometheus.Registerer, adm *admin.Server) (*producer.Server, func(), error) {
-	if err := validateBus(st); err != nil {
-		return nil, nil, err
-	}
-	if st.jwtSecret == "" && len(st.jwtKeys) == 0 {
-		return nil, nil, usageError(settingError("jwt-secret", errors.New("is required (or SLUICE_JWT_PUBLIC_KEYS)")))
-	}
-	v, err := auth.NewVerifier(auth.Config{Secret: st.jwtSecret, PublicKeyFiles: st.jwtKeys})
+	v, err := validateProducer(st)
 	if err != nil {
-		return nil, nil, usageError(settingError("jwt-secret", err))
-	}
-	st.producer.Callbacks = st.callbacks.Policy
-	if err := st.producer.Validate(); err != nil {
-		return nil, nil, usageError(err)
+		return nil, nil, err
 	}
 	rdb, err := newRedis(st.redis)
 	if err != nil {
@@ -222,6 +222,77 @@ func buildProducer(ctx context.Context, st *settings, log *slog.Logger, reg prom
 	adm.AddCheck("producer", admin.Flag(p.Ready, "not serving (starting or draining)"))
 	adm.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return p.Client().Ping(ctx) }))
 	return p, func() { p.Close(); _ = rdb.Close() }, nil
+}
+
+// freshProducer, freshConsumer and freshMock return a subcommand's flag set
+// with its defaults and the validation of its settings, for nameSettings.
+func freshProducer() (*flag.FlagSet, func() error) {
+	st := defaultSettings()
+	return producerFlags(st, io.Discard), func() error { _, err := validateProducer(st); return err }
+}
+
+func freshConsumer() (*flag.FlagSet, func() error) {
+	st := defaultSettings()
+	return consumerFlags(st, io.Discard), func() error { return validateConsumer(st) }
+}
+
+func freshMock() (*flag.FlagSet, func() error) {
+	cfg := mockllm.DefaultConfig()
+	var ls logSettings
+	var addr string
+	return mockFlags(&cfg, &ls, &addr, io.Discard), func() error { return cfg.Validate() }
+}
+
+// validateProducer checks the producer's settings without connecting to
+// anything and returns its token verifier.
+func validateProducer(st *settings) (*auth.Verifier, error) {
+	if err := validateBus(st); err != nil {
+		return nil, err
+	}
+	if st.jwtSecret == "" && len(st.jwtKeys) == 0 {
+		return nil, usageError(settingError("jwt-secret", errors.New("is required (or SLUICE_JWT_PUBLIC_KEYS)")))
+	}
+	v, err := auth.NewVerifier(auth.Config{Secret: st.jwtSecret, PublicKeyFiles: st.jwtKeys})
+	if err != nil {
+		return nil, usageError(settingError("jwt-secret", err))
+	}
+	st.producer.Callbacks = st.callbacks.Policy
+	if err := st.producer.Validate(); err != nil {
+		return nil, usageError(err)
+	}
+	if err := st.store.Validate(); err != nil {
+		return nil, usageError(err)
+	}
+	return v, nil
+}
+
+// validateConsumer checks the consumer's settings without connecting to
+// anything.
+func validateConsumer(st *settings) error {
+	if err := validateBus(st); err != nil {
+		return err
+	}
+	if st.llm.BaseURL == "" {
+		return usageError(settingError("llm-base-url", errors.New("is required")))
+	}
+	for name, u := range map[string]string{"llm-base-url": st.llm.BaseURL, "llm-fallback-base-url": st.llm.FallbackBaseURL} {
+		if u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return usageError(settingError(name, fmt.Errorf("%q must start with http:// or https://", u)))
+		}
+	}
+	if st.llm.Model == "" {
+		return usageError(settingError("llm-model", errors.New("is required")))
+	}
+	if err := st.consumer.Validate(); err != nil {
+		return usageError(err)
+	}
+	if err := st.llm.Validate(); err != nil {
+		return usageError(fmt.Errorf("llm: %w", err))
+	}
+	if err := st.store.Validate(); err != nil {
+		return usageError(err)
+	}
+	return nil
 }
 
 func validateBus(st *settings) error {
@@ -252,9 +323,9 @@ func ensureTopics(ctx context.Context, st *settings, log *slog.Logger) error {
 	return nil
 }
 
-func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
-	st := defaultSettings()
-	fs := newFlagSet("consumer", stderr)
+// consumerFlags returns the flags of `sluice consumer`, bound to st.
+func consumerFlags(st *settings, out io.Writer) *flag.FlagSet {
+	fs := newFlagSet("consumer", out)
 	registerLog(fs, &st.log)
 	st.registerAdmin(fs.StringVar)
 	st.registerTopics(fs.BoolVar)
@@ -263,8 +334,17 @@ func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
 	registerLLM(fs, &st.llm)
 	registerConsumer(fs, &st.consumer)
 	registerCallbacks(fs, &st.callbacks)
+	return fs
+}
+
+func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
+	st := defaultSettings()
+	fs := consumerFlags(st, stderr)
 	if err := parse(fs, args); err != nil {
 		return usageError(err)
+	}
+	if err := validateConsumer(st); err != nil {
+		return nameSettings(err, fs, freshConsumer)
 	}
 	log, err := newLogger(st.log, stderr)
 	if err != nil {
@@ -289,17 +369,8 @@ func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
 // buildConsumer validates the consumer's settings and builds it with its
 // Redis client, LLM client and readiness checks.
 func buildConsumer(ctx context.Context, st *settings, log *slog.Logger, reg prometheus.Registerer, adm *admin.Server) (*consumer.Consumer, func(), error) {
-	if err := validateBus(st); err != nil {
+	if err := validateConsumer(st); err != nil {
 		return nil, nil, err
-	}
-	if st.llm.BaseURL == "" {
-		return nil, nil, usageError(settingError("llm-base-url", errors.New("is required")))
-	}
-	if st.llm.Model == "" {
-		return nil, nil, usageError(settingError("llm-model", errors.New("is required")))
-	}
-	if err := st.consumer.Validate(); err != nil {
-		return nil, nil, usageError(err)
 	}
 	rdb, err := newRedis(st.redis)
 	if err != nil {
@@ -341,16 +412,25 @@ func buildConsumer(ctx context.Context, st *settings, log *slog.Logger, reg prom
 	return c, func() { c.Close(); _ = rdb.Close() }, nil
 }
 
+// mockFlags returns the flags of `sluice mockllm`, bound to cfg, ls and addr.
+func mockFlags(cfg *mockllm.Config, ls *logSettings, addr *string, out io.Writer) *flag.FlagSet {
+	fs := newFlagSet("mockllm", out)
+	registerLog(fs, ls)
+	fs.StringVar(addr, "mock-addr", "127.0.0.1:8081", "listen address of the mock LLM")
+	registerMock(fs, cfg)
+	return fs
+}
+
 func runMock(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := mockllm.DefaultConfig()
 	var ls logSettings
 	var addr string
-	fs := newFlagSet("mockllm", stderr)
-	registerLog(fs, &ls)
-	fs.StringVar(&addr, "mock-addr", "127.0.0.1:8081", "listen address of the mock LLM")
-	registerMock(fs, &cfg)
+	fs := mockFlags(&cfg, &ls, &addr, stderr)
 	if err := parse(fs, args); err != nil {
 		return usageError(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nameSettings(usageError(err), fs, freshMock)
 	}
 	log, err := newLogger(ls, stderr)
 	if err != nil {
