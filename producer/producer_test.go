@@ -14,7 +14,6 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/producer"
 	"sluice/shared/auth"
@@ -214,18 +213,9 @@ func TestAcceptedRequestIsOnKafka(t *testing.T) {
 		t.Fatalf("poll of a queued request: %d %s", p.code, p.body)
 	}
 
-	cl, err := kgo.NewClient(kgo.SeedBrokers(h.bus.Brokers...), kgo.ConsumeTopics(h.bus.RequestsTopic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	fs := cl.PollFetches(ctx)
-	recs := fs.Records()
+	recs := readRecords(t, h, 1)
 	if len(recs) != 1 {
-		t.Fatalf("%d records on %s, want 1 (errors %v)", len(recs), h.bus.RequestsTopic, fs.Errors())
+		t.Fatalf("%d records on %s, want 1", len(recs), h.bus.RequestsTopic)
 	}
 	rec := recs[0]
 	req, err := envelope.DecodeRequest(rec.Value)

@@ -143,6 +143,20 @@ func replyTo(r envelope.Request) envelope.Reply {
 // readRequests returns the first n requests on the requests topic.
 func readRequests(t *testing.T, h *harness, n int) []envelope.Request {
 	t.Helper()
+	var out []envelope.Request
+	for _, rec := range readRecords(t, h, n) {
+		r, err := envelope.DecodeRequest(rec.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// readRecords returns the first n records on the requests topic.
+func readRecords(t *testing.T, h *harness, n int) []*kgo.Record {
+	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(h.bus.Brokers...), kgo.ConsumeTopics(h.bus.RequestsTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
@@ -151,19 +165,13 @@ func readRequests(t *testing.T, h *harness, n int) []envelope.Request {
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var out []envelope.Request
+	var out []*kgo.Record
 	for len(out) < n {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
-			t.Fatalf("%d of %d requests on %s within 10s (errors %v)", len(out), n, h.bus.RequestsTopic, fs.Errors())
+			t.Fatalf("%d of %d records on %s within 10s (errors %v)", len(out), n, h.bus.RequestsTopic, fs.Errors())
 		}
-		for _, rec := range fs.Records() {
-			r, err := envelope.DecodeRequest(rec.Value)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, r)
-		}
+		out = append(out, fs.Records()...)
 	}
 	return out
 }
