@@ -61,6 +61,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	warnIgnoredEnv(log, fs)
 	reg := newRegistry()
 	adm := admin.New(reg, log)
 	sv, ctx := newServices(ctx, log)

@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -59,6 +61,30 @@ func nameSettings(err error, fs *flag.FlagSet, fresh func() (*flag.FlagSet, func
 		return err
 	}
 	return usageError(fmt.Errorf("%s: %s", strings.Join(names, ", "), bare(err)))
+}
+
+// ignoredEnv returns the SLUICE_* variables of environ that are not settings
+// of fs's command, sorted: a typo, or a setting of another subcommand, which
+// this one ignores.
+func ignoredEnv(fs *flag.FlagSet, environ []string) []string {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { known[envName(f.Name)] = true })
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "SLUICE_") && !known[name] {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// warnIgnoredEnv logs the SLUICE_* variables fs's command ignores.
+func warnIgnoredEnv(log *slog.Logger, fs *flag.FlagSet) {
+	if names := ignoredEnv(fs, os.Environ()); len(names) > 0 {
+		log.Warn("environment variables that are not settings of sluice "+fs.Name()+" are ignored", "names", strings.Join(names, ","))
+	}
 }
 
 // parse applies the environment twins of fs's flags, then args, so that a

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +96,17 @@ func TestDevBrokerRole(t *testing.T) {
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("dev exit code %d after cancel: %s", code, errb.String())
+	}
+}
+
+// TestIgnoredEnv: the SLUICE_* variables a subcommand does not know are
+// reported (a typo, or another subcommand's setting); its own and other
+// variables are not.
+func TestIgnoredEnv(t *testing.T) {
+	fs := producerFlags(defaultSettings(), io.Discard)
+	env := []string{"SLUICE_REDIS_ADDR=r:6379", "SLUICE_REDIS_ADRR=r:6379", "SLUICE_LLM_MODEL=m", "HOME=/root", "SLUICE_JWT_SECRET=x=y"}
+	got := ignoredEnv(fs, env)
+	if want := []string{"SLUICE_LLM_MODEL", "SLUICE_REDIS_ADRR"}; !slices.Equal(got, want) {
+		t.Errorf("ignoredEnv = %v, want %v", got, want)
 	}
 }

@@ -178,6 +178,7 @@ func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	warnIgnoredEnv(log, fs)
 	reg := newRegistry()
 	adm := admin.New(reg, log)
 	sv, ctx := newServices(ctx, log)
@@ -350,6 +351,7 @@ func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	warnIgnoredEnv(log, fs)
 	reg := newRegistry()
 	adm := admin.New(reg, log)
 	sv, runCtx := newServices(ctx, log)
@@ -436,6 +438,7 @@ func runMock(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	warnIgnoredEnv(log, fs)
 	m, err := mockllm.New(cfg, log, nil)
 	if err != nil {
 		return usageError(err)
