@@ -22,7 +22,10 @@ import (
 // third for start offsets while a partition has no commit). The
 // completion rate is how fast the committed offsets advance, smoothed; it is
 // floored at MinRate so that a burst arriving at idle consumers is not
-// refused before their rate is measured. The hot path only loads atomics.
+// refused before their rate is measured. Requests this replica accepted
+// since the last refresh count as lag at once: clients that retry a 503
+// straight away would otherwise all get in between two refreshes, on a
+// stale estimate, and miss their wait. The hot path only touches atomics.
 type admission struct {
 	adm      *kadm.Client
 	topic    string
@@ -31,6 +34,8 @@ type admission struct {
 	minRate  float64
 
 	lag      atomic.Int64
+	accepted atomic.Int64 // requests this replica accepted, in all
+	base     atomic.Int64 // accepted when the current lag was measured
 	rate     atomic.Uint64 // float64 bits, records/s
 	lastSum  int64
 	lastTime time.Time
@@ -43,8 +48,8 @@ type admission struct {
 func newAdmission(cl *kgo.Client, topic, group string, interval time.Duration, minRate float64) *admission {
 	a := &admission{adm: kadm.NewClient(cl), topic: topic, group: group, interval: interval, minRate: minRate}
 	a.mLag = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "sluice_producer_queue_lag", Help: "Requests on Kafka not yet committed by the consumers (as last measured).",
-	}, func() float64 { return float64(a.lag.Load()) })
+		Name: "sluice_producer_queue_lag", Help: "Requests on Kafka not yet committed by the consumers (as last measured, plus those this replica accepted since).",
+	}, func() float64 { return float64(a.backlog()) })
 	a.mRate = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_completion_rate", Help: "Requests/s the consumers complete (smoothed, as last measured).",
 	}, func() float64 { return math.Float64frombits(a.rate.Load()) })
@@ -58,9 +63,18 @@ func (a *admission) collectors() []prometheus.Collector {
 	return []prometheus.Collector{a.mLag, a.mRate, a.mWait}
 }
 
+// admitted counts a request accepted by this replica.
+func (a *admission) admitted() { a.accepted.Add(1) }
+
+// backlog returns the lag as last measured plus the requests this replica
+// accepted since.
+func (a *admission) backlog() int64 {
+	return a.lag.Load() + max(a.accepted.Load()-a.base.Load(), 0)
+}
+
 // estimate returns the expected queue wait of a request accepted now.
 func (a *admission) estimate() time.Duration {
-	lag := a.lag.Load()
+	lag := a.backlog()
 	if lag <= 0 {
 		return 0
 	}
@@ -88,6 +102,8 @@ func (a *admission) run(ctx context.Context) {
 func (a *admission) refresh(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, a.interval)
 	defer cancel()
+	// What was accepted before the end offsets are read is in the lag.
+	accepted := a.accepted.Load()
 	ends, err := a.adm.ListEndOffsets(ctx, a.topic)
 	if err == nil {
 		err = ends.Error()
@@ -136,4 +152,5 @@ func (a *admission) refresh(ctx context.Context) {
 	}
 	a.lastSum, a.lastTime = sum, now
 	a.lag.Store(lag)
+	a.base.Store(accepted)
 }

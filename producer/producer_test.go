@@ -477,3 +477,33 @@ func TestCORSAndGzip(t *testing.T) {
 		t.Fatalf("a 600-byte history: %d, Content-Encoding %q, want gzip", resp.StatusCode, resp.Header.Get("Content-Encoding"))
 	}
 }
+
+// TestAdmissionCountsWhatItAccepted: the requests a replica accepted since
+// it last measured the lag count at once, and a wait-mode request is
+// admitted only while the estimate leaves a fifth of its wait as headroom.
+// With no consumer and a completion rate floored at 10/s, nine accepted
+// requests make an estimate of 0.9 s, too much for a wait of 1 s.
+func TestAdmissionCountsWhatItAccepted(t *testing.T) {
+	h := mustStart(t, func(c *producer.Config) {
+		c.AdmissionInterval = 2 * time.Second // no refresh during the test, most likely
+		c.AdmissionMinRate = 10
+	})
+	bearer := "Bearer " + token(t, "t1", "u1")
+	for i := range 9 {
+		if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async"}`); r.code != http.StatusAccepted {
+			t.Fatalf("async %d: %d %s", i, r.code, r.body)
+		}
+	}
+	start := time.Now()
+	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":1000}`)
+	if r.code != http.StatusServiceUnavailable || !strings.Contains(r.problem.Detail, "queue wait") {
+		t.Fatalf("wait-mode request behind 9 accepted at 10/s: %d %s, want 503 for the queue wait", r.code, r.body)
+	}
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Fatalf("refused after %v: not at once", took)
+	}
+	// A longer wait leaves room: admitted (and, with no consumer, 202).
+	if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":1500}`); r.code != http.StatusAccepted {
+		t.Fatalf("wait-mode request with 1.5 s to wait: %d %s, want 202", r.code, r.body)
+	}
+}
