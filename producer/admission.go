@@ -25,7 +25,12 @@ import (
 // refused before their rate is measured. Requests this replica accepted
 // since the last refresh count as lag at once: clients that retry a 503
 // straight away would otherwise all get in between two refreshes, on a
-// stale estimate, and miss their wait. The hot path only touches atomics.
+// stale estimate, and miss their wait. The hot path only touches atomics
+// (and reads the clock).
+//
+// A wait-mode request shorter than the estimate is still admitted while the
+// answers this replica just gave took less than a quarter of its wait
+// (answersFast).
 type admission struct {
 	adm      *kadm.Client
 	topic    string
@@ -34,8 +39,11 @@ type admission struct {
 	minRate  float64
 
 	lag      atomic.Int64
-	accepted atomic.Int64 // requests this replica accepted, in all
-	base     atomic.Int64 // accepted when the current lag was measured
+	accepted atomic.Int64  // requests this replica accepted, in all
+	base     atomic.Int64  // accepted when the current lag was measured
+	measured atomic.Int64  // when the current lag was measured, unix ns
+	latency  atomic.Uint64 // float64 bits: recent time to answer, ns (smoothed)
+	observed atomic.Int64  // when latency was last updated, unix ns
 	rate     atomic.Uint64 // float64 bits, records/s
 	lastSum  int64
 	lastTime time.Time
@@ -63,11 +71,50 @@ func (a *admission) collectors() []prometheus.Collector {
 	return []prometheus.Collector{a.mLag, a.mRate, a.mWait}
 }
 
+// observe records how long a wait-mode request accepted by this replica
+// took to be answered.
+func (a *admission) observe(took time.Duration) {
+	for {
+		old := a.latency.Load()
+		prev := math.Float64frombits(old)
+		next := float64(took)
+		if prev != 0 {
+			next = 0.9*prev + 0.1*next // about the last ten answers
+		}
+		if a.latency.CompareAndSwap(old, math.Float64bits(next)) {
+			break
+		}
+	}
+	a.observed.Store(time.Now().UnixNano())
+}
+
+// answersFast reports whether this replica's recent wait-mode answers
+// (the last one within 10 s) took on average less than a quarter of wait.
+//
+// The lag over the completion rate measures the time to a commit, not to
+// an answer: while the consumers have room, it is their commit delay and
+// processing time (about half the commit interval plus the answer time),
+// however short the queue, and while the door refuses, the rate it divides
+// by is what the door let through, not what the consumers can do. A
+// wait-mode request shorter than that estimate would be refused for ever at
+// a low rate. What the requests just answered took says whether there is a
+// queue at all.
+func (a *admission) answersFast(wait time.Duration) bool {
+	at := a.observed.Load()
+	if at == 0 || time.Since(time.Unix(0, at)) > 10*time.Second {
+		return false
+	}
+	return time.Duration(math.Float64frombits(a.latency.Load())) < wait/4
+}
+
 // admitted counts a request accepted by this replica.
 func (a *admission) admitted() { a.accepted.Add(1) }
 
 // backlog returns the lag as last measured plus the requests this replica
-// accepted since.
+// accepted since. Between two measures it overstates the lag by what the
+// consumers completed meanwhile (at most a refresh interval's worth):
+// counted against a flood, it errs on the side of refusing; a short wait
+// under steady traffic is admitted on what the answers take (answersFast).
 func (a *admission) backlog() int64 {
 	return a.lag.Load() + max(a.accepted.Load()-a.base.Load(), 0)
 }

@@ -264,6 +264,7 @@ func (s *Server) postChat(c echo.Context) error {
 		last := func() (envelope.Reply, bool) { return s.markQueued(ctx, d, req.RequestID, now) }
 		if res, ok := s.await(ctx, wake, wait, last); ok {
 			s.m.answered.WithLabelValues("answered").Inc()
+			s.admit.observe(s.now().Sub(now))
 			if cacheable && newDialog && res.Status == envelope.StatusDone &&
 				(res.Source == envelope.SourceLLM || res.Source == envelope.SourceFAQ) {
 				s.hot.put(context.WithoutCancel(ctx), id.Tenant, body.Text, hotEntry{Answer: res.Answer, Source: res.Source, Handoff: res.Handoff})
@@ -271,6 +272,7 @@ func (s *Server) postChat(c echo.Context) error {
 			return c.JSON(http.StatusOK, doneBody(res, now))
 		}
 		s.m.answered.WithLabelValues("timed_out").Inc()
+		s.admit.observe(wait)
 	}
 	return s.queued(c, req.DialogID, req.RequestID)
 }
@@ -393,7 +395,7 @@ func (s *Server) admitRequest(mode string, wait time.Duration) error {
 	case est > s.cfg.RequestTTL:
 		s.m.rejected.WithLabelValues("queue_wait").Inc()
 		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds the request's deadline", est.Round(time.Second)), retry(est-s.cfg.RequestTTL))
-	case mode == ModeWait && wait > 0 && est > wait*admissionHeadroom/100:
+	case mode == ModeWait && wait > 0 && est > wait*admissionHeadroom/100 && !s.admit.answersFast(wait):
 		s.m.rejected.WithLabelValues("queue_wait").Inc()
 		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds wait_ms; retry later or use mode async", est.Round(100*time.Millisecond)), retry(est-wait))
 	case mode != ModeWait && s.admit.backlog() > s.cfg.MaxLag:
