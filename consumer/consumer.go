@@ -133,14 +133,16 @@ var _ Answerer = (*llm.Client)(nil)
 
 // Consumer processes chat requests.
 type Consumer struct {
-	cfg   Config
-	bus   bus.Config
-	log   *slog.Logger
-	cl    *kgo.Client
-	store Store
-	llm   Answerer
-	cb    Callbacks // nil: callbacks are not delivered
-	now   func() time.Time
+	cfg      Config
+	bus      bus.Config
+	log      *slog.Logger
+	cl       *kgo.Client
+	store    Store
+	llm      Answerer
+	cb       Callbacks       // nil: callbacks are not delivered
+	cbWorker *callbackWorker // delivers the callbacks handed over, when cb is set
+	reg      prometheus.Registerer
+	now      func() time.Time
 
 	tracker *tracker
 	markMu  sync.Mutex // orders marks against partition release
@@ -178,6 +180,7 @@ type metrics struct {
 	commits  prometheus.Counter
 
 	partitionFallbacks prometheus.Counter
+	callbacks          *prometheus.CounterVec
 }
 
 // New returns a consumer of cfgBus's requests topic in its group. It creates
@@ -191,7 +194,7 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		return nil, err
 	}
 	c := &Consumer{
-		cfg: cfg, bus: cfgBus, log: log, store: st, llm: ans, now: time.Now,
+		cfg: cfg, bus: cfgBus, log: log, store: st, llm: ans, now: time.Now, reg: reg,
 		tracker: newTracker(),
 		keys:    map[string][]*work{},
 		freed:   make(chan struct{}, 1),
@@ -222,13 +225,17 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		commits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_consumer_commit_errors_total", Help: "Failed offset commits.",
 		}),
+		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_consumer_callbacks_total",
+			Help: "Callbacks handed over on the callbacks topic, and delivered, failed (after the deliverer's retries) or invalid there.",
+		}, []string{"outcome"}),
 		partitionFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_consumer_reply_partition_fallbacks_total",
 			Help: "Replies whose requested reply.partition the reply topic does not have, sent to the key's partition instead.",
 		}),
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{c.m.records, c.m.inflight, c.m.paused, c.m.process, c.m.e2e, c.m.retries, c.m.commits, c.m.partitionFallbacks} {
+		for _, col := range []prometheus.Collector{c.m.records, c.m.inflight, c.m.paused, c.m.process, c.m.e2e, c.m.retries, c.m.commits, c.m.partitionFallbacks, c.m.callbacks} {
 			if err := reg.Register(col); err != nil {
 				return nil, fmt.Errorf("register consumer metrics: %w", err)
 			}
@@ -277,10 +284,19 @@ func (c *Consumer) partitionFallback(topic string, partition int32, partitions i
 	}
 }
 
-// SetCallbacks makes the consumer deliver callbacks through cb. Without it,
-// requests that name a callback URL are answered on the reply topic only.
-// Call it before Run.
-func (c *Consumer) SetCallbacks(cb Callbacks) { c.cb = cb }
+// SetCallbacks makes the consumer deliver callbacks through cb: a request
+// that names a callback URL has its callback handed over on the callbacks
+// topic, and a worker of the callback group delivers it (see
+// callbackWorker). Without it, such requests are answered on the reply
+// topic only. Call it before Run.
+func (c *Consumer) SetCallbacks(cb Callbacks) error {
+	w, err := newCallbackWorker(c.bus, cb, c.cfg.DrainTimeout, c.log, c.reg, c.m.callbacks)
+	if err != nil {
+		return err
+	}
+	c.cb, c.cbWorker = cb, w
+	return nil
+}
 
 // Client returns the consumer's Kafka client.
 func (c *Consumer) Client() *kgo.Client { return c.cl }
@@ -296,6 +312,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return fmt.Errorf("kafka ping: %w", err)
 	}
 	c.ready.Store(true)
+	if c.cbWorker != nil {
+		go c.cbWorker.run(ctx)
+	}
 	c.log.Info("consumer running", "group", c.bus.Group, "topic", c.bus.RequestsTopic, "in_flight", c.cfg.InFlight)
 	paused := false
 	for ctx.Err() == nil {
@@ -356,6 +375,9 @@ func (c *Consumer) drain() error {
 		c.m.commits.Inc()
 		c.log.Error("final commit", "err", err)
 	}
+	if c.cbWorker != nil {
+		<-c.cbWorker.done // its batch under way, up to the drain timeout
+	}
 	c.log.Info("consumer drained")
 	return nil
 }
@@ -365,6 +387,9 @@ func (c *Consumer) drain() error {
 func (c *Consumer) Close() {
 	c.stopWork()
 	c.cl.CloseAllowingRebalance()
+	if c.cbWorker != nil {
+		c.cbWorker.cl.CloseAllowingRebalance()
+	}
 }
 
 // dispatch hands r to the worker of its key, starting one when none runs.
@@ -561,7 +586,11 @@ func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.R
 	if err := c.retry(ctx, "kafka_reply", func(ctx context.Context) error {
 		return c.cl.ProduceSync(ctx, rec).FirstErr()
 	}); err == nil {
-		c.callback(ctx, req, reply)
+		if c.cbWorker != nil && req.Reply.CallbackURL != "" {
+			if err := c.handOver(ctx, req, reply); err != nil {
+				return err
+			}
+		}
 	} else {
 		if !permanent(err) || ctx.Err() != nil {
 			return err
@@ -578,25 +607,6 @@ func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.R
 		c.m.e2e.Observe(time.Since(req.CreatedAt).Seconds())
 	}
 	return nil
-}
-
-// callback delivers the done body to the request's callback URL, at least
-// once: it runs before the record is marked done, so a crash mid-delivery
-// redelivers the record and the stored reply is delivered again. Its retries
-// are bounded (the deliverer's attempts); a delivery that gives up is
-// counted there and logged here, and the answer stays on the reply topic
-// and in the result store.
-func (c *Consumer) callback(ctx context.Context, req *envelope.Request, reply envelope.Reply) {
-	if c.cb == nil || req.Reply.CallbackURL == "" {
-		return
-	}
-	body, err := json.Marshal(envelope.DoneOf(reply, req.CreatedAt))
-	if err != nil {
-		return
-	}
-	if err := c.cb.Deliver(ctx, req.Reply.CallbackURL, reply.RequestID, body); err != nil && ctx.Err() == nil {
-		c.log.Warn("callback not delivered", "request_id", reply.RequestID, "err", err)
-	}
 }
 
 // deadLetter sends a record that cannot be processed to the DLQ topic with

@@ -69,3 +69,62 @@ func TestCallbackMode(t *testing.T) {
 		}
 	}
 }
+
+// TestStuckCallbackHoldsNothing: a callback receiver that hangs holds
+// neither its dialog nor the consumer: the dialog's next question is
+// answered at once while the callback is still being tried, and the
+// callback arrives once the receiver answers again.
+func TestStuckCallbackHoldsNothing(t *testing.T) {
+	release := make(chan struct{})
+	delivered := make(chan string, 8)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+			delivered <- r.Header.Get(callback.HeaderRequestID)
+		case <-r.Context().Done(): // the deliverer's timeout: it tries again
+		}
+	}))
+	defer recv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+
+	cb := callback.DefaultConfig()
+	cb.Policy = callback.Policy{AllowedHosts: []string{"127.0.0.1"}, AllowPrivate: true, AllowHTTP: true}
+	cb.Secret = "callback-test-secret-0123456789"
+	cb.Timeout, cb.Backoff, cb.Attempts = 500*time.Millisecond, 50*time.Millisecond, 100
+	s := newStack(t, backends()[0], stackOptions{partitions: 3, callbacks: &cb})
+	s.addConsumer(testConsumerConfig())
+	pcfg := testProducerConfig()
+	pcfg.Callbacks = cb.Policy
+	p := s.addProducer(pcfg)
+	c := s.client(p.url, "shop-1", "dave")
+
+	var q producer.QueuedBody
+	if code, _ := c.do(http.MethodPost, "/v1/chat", map[string]any{"text": "发票开好了吗", "mode": "callback", "callback_url": recv.URL + "/hook"}, &q); code != http.StatusAccepted {
+		t.Fatalf("callback mode: %d", code)
+	}
+	// The same dialog goes on while the receiver hangs.
+	var done producer.DoneBody
+	if code, _ := c.do(http.MethodPost, "/v1/chat", map[string]any{"text": "那运费呢", "dialog_id": q.DialogID, "wait_ms": 5000}, &done); code != http.StatusOK {
+		t.Fatalf("the dialog's next question while its callback hangs: %d %+v, want 200 within 5s", code, done)
+	}
+	select {
+	case id := <-delivered:
+		t.Fatalf("callback of %s delivered before the receiver was released", id)
+	default:
+	}
+	close(release)
+	select {
+	case id := <-delivered:
+		if id != q.RequestID {
+			t.Fatalf("callback for %q, want %s", id, q.RequestID)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no callback within 30s of the receiver's recovery")
+	}
+}

@@ -62,7 +62,7 @@ func embeddedKafka(t *testing.T, cfg bus.Config) []string {
 	t.Helper()
 	b, err := devstack.StartBroker(devstack.BrokerConfig{
 		Addr: "127.0.0.1:0", Partitions: cfg.Partitions,
-		Topics: []string{cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic},
+		Topics: []string{cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic, cfg.CallbacksTopic},
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("start kfake: %v", err)
@@ -265,7 +265,9 @@ func (s *stack) addConsumer(cfg consumer.Config) *runningConsumer {
 		if err != nil {
 			s.t.Fatal(err)
 		}
-		c.SetCallbacks(d)
+		if err := c.SetCallbacks(d); err != nil {
+			s.t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	rc := &runningConsumer{c: c, cancel: cancel, done: make(chan error, 1)}

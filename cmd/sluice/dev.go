@@ -70,7 +70,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if has("broker") {
 		b, err := devstack.StartBroker(devstack.BrokerConfig{
 			Addr: kafkaAddr, Partitions: st.bus.Partitions, DataDir: dataDir,
-			Topics: []string{st.bus.RequestsTopic, st.bus.RepliesTopic, st.bus.DLQTopic},
+			Topics: []string{st.bus.RequestsTopic, st.bus.RepliesTopic, st.bus.DLQTopic, st.bus.CallbacksTopic},
 		}, log)
 		if err != nil {
 			return usageError(settingError("dev-kafka-addr", err))

@@ -184,6 +184,8 @@ func registerKafka(fs *flag.FlagSet, c *bus.Config) {
 	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic of unprocessable request records")
 	fs.StringVar(&c.Group, "consumer-group", c.Group, "consumer group of the consumers")
 	fs.StringVar(&c.ReplyGroup, "reply-group", c.ReplyGroup, "consumer group in which ingress replicas share the replies topic")
+	fs.StringVar(&c.CallbacksTopic, "callbacks-topic", c.CallbacksTopic, "topic on which consumers hand callbacks over for delivery")
+	fs.StringVar(&c.CallbackGroup, "callback-group", c.CallbackGroup, "consumer group of the callback deliverers")
 	var parts int
 	fs.Func("topic-partitions", fmt.Sprintf("partitions of topics Sluice creates (default %d)", c.Partitions), func(s string) error {
 		n, err := strconv.Atoi(s)

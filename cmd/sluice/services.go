@@ -407,7 +407,11 @@ func buildConsumer(ctx context.Context, st *settings, log *slog.Logger, reg prom
 			_ = rdb.Close()
 			return nil, nil, usageError(settingError("callback-secret", err))
 		}
-		c.SetCallbacks(d)
+		if err := c.SetCallbacks(d); err != nil {
+			c.Close()
+			_ = rdb.Close()
+			return nil, nil, err
+		}
 	}
 	adm.AddCheck("consumer", admin.Flag(c.Ready, "not consuming (starting or draining)"))
 	adm.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return c.Client().Ping(ctx) }))

@@ -37,6 +37,13 @@ type Config struct {
 	// ReplyGroup is the consumer group in which the ingress replicas share
 	// the replies topic. Default "sluice-replies".
 	ReplyGroup string
+	// CallbacksTopic holds the callbacks the consumers hand over for
+	// delivery, so that a slow or dead receiver does not hold up answering.
+	// Default "chat.callbacks".
+	CallbacksTopic string
+	// CallbackGroup is the consumer group of the callback deliverers (in
+	// the consumer processes). Default "sluice-callbacks".
+	CallbackGroup string
 	// Partitions is the partition count used when Sluice creates the topics.
 	// Default 12.
 	Partitions int32
@@ -53,6 +60,8 @@ func DefaultConfig() Config {
 		DLQTopic:          "chat.requests.dlq",
 		Group:             "sluice",
 		ReplyGroup:        "sluice-replies",
+		CallbacksTopic:    "chat.callbacks",
+		CallbackGroup:     "sluice-callbacks",
 		Partitions:        12,
 		ReplicationFactor: -1,
 	}
@@ -69,12 +78,12 @@ func (c Config) Validate() error {
 		}
 	}
 	switch {
-	case c.RequestsTopic == "", c.RepliesTopic == "", c.DLQTopic == "":
+	case c.RequestsTopic == "", c.RepliesTopic == "", c.DLQTopic == "", c.CallbacksTopic == "":
 		return errors.New("topic names must not be empty")
-	case c.Group == "" || c.ReplyGroup == "":
+	case c.Group == "" || c.ReplyGroup == "" || c.CallbackGroup == "":
 		return errors.New("consumer group names must not be empty")
-	case c.Group == c.ReplyGroup:
-		return errors.New("the reply group must differ from the consumer group")
+	case c.Group == c.ReplyGroup || c.Group == c.CallbackGroup || c.ReplyGroup == c.CallbackGroup:
+		return errors.New("the consumer, reply and callback groups must differ")
 	case c.Partitions < 1:
 		return fmt.Errorf("partitions must be at least 1, got %d", c.Partitions)
 	}
@@ -107,7 +116,7 @@ func NewClient(cfg Config, role string, log *slog.Logger, reg prometheus.Registe
 func EnsureTopics(ctx context.Context, cl *kgo.Client, cfg Config) error {
 	adm := kadm.NewClient(cl)
 	resp, err := adm.CreateTopics(ctx, cfg.Partitions, cfg.ReplicationFactor, nil,
-		cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic)
+		cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic, cfg.CallbacksTopic)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}
