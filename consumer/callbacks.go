@@ -48,12 +48,15 @@ type callbackWorker struct {
 	done  chan struct{}
 }
 
-func newCallbackWorker(cfgBus bus.Config, cb Callbacks, drain time.Duration, log *slog.Logger, reg prometheus.Registerer, jobs *prometheus.CounterVec) (*callbackWorker, error) {
+func newCallbackWorker(cfg Config, cfgBus bus.Config, cb Callbacks, log *slog.Logger, reg prometheus.Registerer, jobs *prometheus.CounterVec) (*callbackWorker, error) {
 	cl, err := bus.NewClient(cfgBus, "callbacks", log, reg,
 		kgo.ConsumerGroup(cfgBus.CallbackGroup),
 		kgo.ConsumeTopics(cfgBus.CallbacksTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
+		// A dead consumer's callbacks move on as soon as its requests do.
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.HeartbeatInterval(min(3*time.Second, cfg.SessionTimeout/3)),
 		// A batch is committed when it is finished; a rebalance waits for
 		// it, up to a delivery's retries.
 		kgo.BlockRebalanceOnPoll(),
@@ -62,7 +65,7 @@ func newCallbackWorker(cfgBus bus.Config, cb Callbacks, drain time.Duration, log
 	if err != nil {
 		return nil, err
 	}
-	return &callbackWorker{cl: cl, cb: cb, log: log, drain: drain, jobs: jobs, done: make(chan struct{})}, nil
+	return &callbackWorker{cl: cl, cb: cb, log: log, drain: cfg.DrainTimeout, jobs: jobs, done: make(chan struct{})}, nil
 }
 
 // run delivers callbacks until ctx ends, then lets the batch under way

@@ -290,7 +290,7 @@ func (c *Consumer) partitionFallback(topic string, partition int32, partitions i
 // callbackWorker). Without it, such requests are answered on the reply
 // topic only. Call it before Run.
 func (c *Consumer) SetCallbacks(cb Callbacks) error {
-	w, err := newCallbackWorker(c.bus, cb, c.cfg.DrainTimeout, c.log, c.reg, c.m.callbacks)
+	w, err := newCallbackWorker(c.cfg, c.bus, cb, c.log, c.reg, c.m.callbacks)
 	if err != nil {
 		return err
 	}
