@@ -3,7 +3,6 @@ package consumer
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -82,11 +81,7 @@ func (w *callbackWorker) run(ctx context.Context) {
 			w.cl.AllowRebalance()
 			return
 		}
-		fetches.EachError(func(topic string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) {
-				w.log.Warn("callback fetch error", "topic", topic, "partition", p, "err", err)
-			}
-		})
+		bus.LogFetchErrors(w.log, "callback fetch error", fetches)
 		recs := fetches.Records()
 		var wg sync.WaitGroup
 		for _, r := range recs {

@@ -341,11 +341,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.cl.AllowRebalance()
 			break
 		}
-		fetches.EachError(func(topic string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) {
-				c.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
-			}
-		})
+		bus.LogFetchErrors(c.log, "fetch error", fetches)
 		now := time.Now()
 		fetches.EachRecord(func(r *kgo.Record) { c.dispatch(r, now) })
 		c.cl.AllowRebalance()

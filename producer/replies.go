@@ -2,7 +2,6 @@ package producer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -168,11 +167,7 @@ func (r *replyRouter) run(ctx context.Context) {
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			return
 		}
-		fetches.EachError(func(topic string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) {
-				r.s.log.Warn("reply fetch error", "topic", topic, "partition", p, "err", err)
-			}
-		})
+		bus.LogFetchErrors(r.s.log, "reply fetch error", fetches)
 		fetches.EachRecord(func(rec *kgo.Record) {
 			// The key is the request id: a reply nobody here waits for any
 			// more (its wait ran out, or the store's announcement was

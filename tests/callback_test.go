@@ -31,15 +31,9 @@ func TestCallbackMode(t *testing.T) {
 	}))
 	defer recv.Close()
 
-	cb := callback.DefaultConfig()
-	cb.Policy = callback.Policy{AllowedHosts: []string{"127.0.0.1"}, AllowPrivate: true, AllowHTTP: true}
+	cb := loopbackCallbacks()
 	cb.Secret = secret
-	s := newStack(t, backends()[0], stackOptions{partitions: 3, callbacks: &cb})
-	s.addConsumer(testConsumerConfig())
-	pcfg := testProducerConfig()
-	pcfg.Callbacks = cb.Policy
-	p := s.addProducer(pcfg)
-	c := s.client(p.url, "shop-1", "carol")
+	c := callbackStack(t, cb, "carol")
 
 	var q producer.QueuedBody
 	code, _ := c.do(http.MethodPost, "/v1/chat", map[string]any{"text": "退款多久到账", "mode": "callback", "callback_url": recv.URL + "/hook"}, &q)
@@ -93,16 +87,9 @@ func TestStuckCallbackHoldsNothing(t *testing.T) {
 		}
 	}()
 
-	cb := callback.DefaultConfig()
-	cb.Policy = callback.Policy{AllowedHosts: []string{"127.0.0.1"}, AllowPrivate: true, AllowHTTP: true}
-	cb.Secret = "callback-test-secret-0123456789"
+	cb := loopbackCallbacks()
 	cb.Timeout, cb.Backoff, cb.Attempts = 500*time.Millisecond, 50*time.Millisecond, 100
-	s := newStack(t, backends()[0], stackOptions{partitions: 3, callbacks: &cb})
-	s.addConsumer(testConsumerConfig())
-	pcfg := testProducerConfig()
-	pcfg.Callbacks = cb.Policy
-	p := s.addProducer(pcfg)
-	c := s.client(p.url, "shop-1", "dave")
+	c := callbackStack(t, cb, "dave")
 
 	var q producer.QueuedBody
 	if code, _ := c.do(http.MethodPost, "/v1/chat", map[string]any{"text": "发票开好了吗", "mode": "callback", "callback_url": recv.URL + "/hook"}, &q); code != http.StatusAccepted {
@@ -127,4 +114,24 @@ func TestStuckCallbackHoldsNothing(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("no callback within 30s of the receiver's recovery")
 	}
+}
+
+// loopbackCallbacks is a callback configuration that lets the consumers
+// reach test receivers on 127.0.0.1.
+func loopbackCallbacks() callback.Config {
+	cb := callback.DefaultConfig()
+	cb.Policy = callback.Policy{AllowedHosts: []string{"127.0.0.1"}, AllowPrivate: true, AllowHTTP: true}
+	cb.Secret = "callback-test-secret-0123456789"
+	return cb
+}
+
+// callbackStack runs a consumer delivering callbacks with cb and a producer
+// allowing them, and returns a client of user on shop-1.
+func callbackStack(t *testing.T, cb callback.Config, user string) *client {
+	s := newStack(t, backends()[0], stackOptions{partitions: 3, callbacks: &cb})
+	s.addConsumer(testConsumerConfig())
+	pcfg := testProducerConfig()
+	pcfg.Callbacks = cb.Policy
+	p := s.addProducer(pcfg)
+	return s.client(p.url, "shop-1", user)
 }

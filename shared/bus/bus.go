@@ -128,6 +128,16 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, cfg Config) error {
 	return nil
 }
 
+// LogFetchErrors logs the errors of fetches as warnings with msg, except
+// the cancellation of a poll.
+func LogFetchErrors(log *slog.Logger, msg string, fetches kgo.Fetches) {
+	fetches.EachError(func(topic string, p int32, err error) {
+		if !errors.Is(err, context.Canceled) {
+			log.Warn(msg, "topic", topic, "partition", p, "err", err)
+		}
+	})
+}
+
 // ReplyPartitioner sends a record to its Partition when that is set (>= 0)
 // and within the topic, otherwise where Kafka's default partitioner (murmur2
 // of the key) would. Replies use it to honour a request's reply.partition.
