@@ -139,8 +139,7 @@ type Consumer struct {
 	cl       *kgo.Client
 	store    Store
 	llm      Answerer
-	cb       Callbacks       // nil: callbacks are not delivered
-	cbWorker *callbackWorker // delivers the callbacks handed over, when cb is set
+	cbWorker *callbackWorker // delivers the callbacks handed over; nil: callbacks are not delivered
 	reg      prometheus.Registerer
 	now      func() time.Time
 
@@ -294,7 +293,7 @@ func (c *Consumer) SetCallbacks(cb Callbacks) error {
 	if err != nil {
 		return err
 	}
-	c.cb, c.cbWorker = cb, w
+	c.cbWorker = w
 	return nil
 }
 
