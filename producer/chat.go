@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -298,12 +299,20 @@ func (s *Server) markQueued(ctx context.Context, d store.Dialog, requestID strin
 // replica no longer reads, woken through the store instead: each request
 // gets the queued marker, so its result will be announced, and a request
 // answered meanwhile is woken with its stored result at once.
+// Up to 64 requests are marked at once (the store pipelines them).
 func (s *Server) rescue(ctx context.Context, parts []int32) {
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
 	for _, w := range s.waiters.on(parts) {
-		if r, ok := s.markQueued(ctx, w.dialog, w.requestID, w.created); ok {
-			s.waiters.wake(w.requestID, &r)
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if r, ok := s.markQueued(ctx, w.dialog, w.requestID, w.created); ok {
+				s.waiters.wake(w.requestID, &r)
+			}
+		})
 	}
+	wg.Wait()
 }
 
 // fromHot answers a wait-mode first turn from the hot-answer cache: the
