@@ -44,6 +44,7 @@ type admission struct {
 	measured atomic.Int64  // when the current lag was measured, unix ns
 	latency  atomic.Uint64 // float64 bits: recent time to answer, ns (smoothed)
 	observed atomic.Int64  // when latency was last updated, unix ns
+	probed   atomic.Int64  // when a probe was last let in, unix ns
 	rate     atomic.Uint64 // float64 bits, records/s
 	lastSum  int64
 	lastTime time.Time
@@ -100,11 +101,30 @@ func (a *admission) observe(took time.Duration) {
 // a low rate. What the requests just answered took says whether there is a
 // queue at all.
 func (a *admission) answersFast(wait time.Duration) bool {
+	return a.fresh() && time.Duration(math.Float64frombits(a.latency.Load())) < wait/4
+}
+
+// fresh reports whether this replica has an answer time from the last 10 s.
+func (a *admission) fresh() bool {
 	at := a.observed.Load()
-	if at == 0 || time.Since(time.Unix(0, at)) > 10*time.Second {
+	return at != 0 && time.Since(time.Unix(0, at)) <= 10*time.Second
+}
+
+// probeEvery is how often a replica without a recent answer time lets in a
+// wait-mode request the estimate would refuse.
+const probeEvery = 100 * time.Millisecond
+
+// probe reports whether a wait-mode request the estimate would refuse may
+// go in anyway to measure what answers take: one every probeEvery while
+// this replica has no recent answer time. Without it, a replica started
+// under steady load, whose estimate is above a short wait, would refuse
+// every such request and never learn that answers are fast.
+func (a *admission) probe() bool {
+	if a.fresh() {
 		return false
 	}
-	return time.Duration(math.Float64frombits(a.latency.Load())) < wait/4
+	now, last := time.Now().UnixNano(), a.probed.Load()
+	return now-last >= int64(probeEvery) && a.probed.CompareAndSwap(last, now)
 }
 
 // admitted counts a request accepted by this replica.

@@ -273,7 +273,9 @@ func (s *Server) postChat(c echo.Context) error {
 			return c.JSON(http.StatusOK, doneBody(res, now))
 		}
 		s.m.answered.WithLabelValues("timed_out").Inc()
-		s.admit.observe(wait)
+		// How long it will take is unknown: count it as the longest a
+		// request may take, so that answers look slow for a while.
+		s.admit.observe(s.cfg.RequestTTL)
 	}
 	return s.queued(c, req.DialogID, req.RequestID)
 }
@@ -405,7 +407,7 @@ func (s *Server) admitRequest(mode string, wait time.Duration) error {
 	case est > s.cfg.RequestTTL:
 		s.m.rejected.WithLabelValues("queue_wait").Inc()
 		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds the request's deadline", est.Round(time.Second)), retry(est-s.cfg.RequestTTL))
-	case mode == ModeWait && wait > 0 && est > wait*admissionHeadroom/100 && !s.admit.answersFast(wait):
+	case mode == ModeWait && wait > 0 && est > wait*admissionHeadroom/100 && !s.admit.answersFast(wait) && !s.admit.probe():
 		s.m.rejected.WithLabelValues("queue_wait").Inc()
 		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds wait_ms; retry later or use mode async", est.Round(100*time.Millisecond)), retry(est-wait))
 	case mode != ModeWait && s.admit.backlog() > s.cfg.MaxLag:

@@ -481,14 +481,19 @@ func TestCORSAndGzip(t *testing.T) {
 // TestAdmissionCountsWhatItAccepted: the requests a replica accepted since
 // it last measured the lag count at once, and a wait-mode request is
 // admitted only while the estimate leaves a fifth of its wait as headroom.
-// With no consumer and a completion rate floored at 10/s, nine accepted
-// requests make an estimate of 0.9 s, too much for a wait of 1 s.
+// With no consumer and a completion rate floored at 10/s, ten accepted
+// requests make an estimate of 1 s, too much for a wait of 1 s.
 func TestAdmissionCountsWhatItAccepted(t *testing.T) {
 	h := mustStart(t, func(c *producer.Config) {
 		c.AdmissionInterval = 2 * time.Second // no refresh during the test, most likely
 		c.AdmissionMinRate = 10
 	})
 	bearer := "Bearer " + token(t, "t1", "u1")
+	// A wait that runs out (no consumer) gives the replica an answer time,
+	// a slow one, so it decides on the estimate rather than probing.
+	if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":50}`); r.code != http.StatusAccepted {
+		t.Fatalf("first wait-mode request: %d %s", r.code, r.body)
+	}
 	for i := range 9 {
 		if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async"}`); r.code != http.StatusAccepted {
 			t.Fatalf("async %d: %d %s", i, r.code, r.body)
@@ -497,7 +502,7 @@ func TestAdmissionCountsWhatItAccepted(t *testing.T) {
 	start := time.Now()
 	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":1000}`)
 	if r.code != http.StatusServiceUnavailable || !strings.Contains(r.problem.Detail, "queue wait") {
-		t.Fatalf("wait-mode request behind 9 accepted at 10/s: %d %s, want 503 for the queue wait", r.code, r.body)
+		t.Fatalf("wait-mode request behind 10 accepted at 10/s: %d %s, want 503 for the queue wait", r.code, r.body)
 	}
 	if took := time.Since(start); took > 500*time.Millisecond {
 		t.Fatalf("refused after %v: not at once", took)
