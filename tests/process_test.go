@@ -2,9 +2,12 @@ package tests
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +19,12 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/producer"
 	"sluice/shared/bus"
+	"sluice/shared/callback"
 )
 
 var (
@@ -289,4 +295,104 @@ func TestConsumerSIGKILLUnderLoad(t *testing.T) {
 		t.Fatalf("answered %d, failed %d of %d", ok, bad, 200*10)
 	}
 	checkHistories(t, dialogs, 10)
+}
+
+// TestCallbackSurvivesConsumerSIGKILL: a callback handed over stays on the
+// callbacks topic until it is delivered. Consumer A tries a receiver that
+// is down, is killed with SIGKILL, and consumer B delivers the callback once
+// the receiver is up.
+func TestCallbackSurvivesConsumerSIGKILL(t *testing.T) {
+	s := newProcessStack(t)
+	var up atomic.Bool
+	var tries atomic.Int64
+	delivered := make(chan string, 4)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tries.Add(1)
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		delivered <- r.Header.Get(callback.HeaderRequestID)
+	}))
+	defer recv.Close()
+	cbEnv := append(append([]string(nil), s.env...),
+		"SLUICE_CALLBACK_HOSTS=127.0.0.1", "SLUICE_CALLBACK_ALLOW_PRIVATE=true", "SLUICE_CALLBACK_ALLOW_HTTP=true",
+		"SLUICE_CALLBACK_SECRET=callback-test-secret-0123456789", "SLUICE_CALLBACK_ATTEMPTS=1000",
+		"SLUICE_CALLBACK_TIMEOUT=1s", "SLUICE_CALLBACK_BACKOFF=20ms")
+	start := func() *proc {
+		return startProc(t, append(append([]string(nil), cbEnv...), "SLUICE_ADMIN_ADDR="+freePort(t)), "", "consumer")
+	}
+	a := start()
+
+	// A bot's request naming a callback URL, straight on Kafka.
+	req := map[string]any{"v": 1, "request_id": "cb-crash-1", "tenant": "shop-1", "user": "u1",
+		"dialog_id": strings.Repeat("c", 32), "text": "发票", "created_at": time.Now().UTC(),
+		"deadline": time.Now().UTC().Add(time.Minute),
+		"reply":    map[string]any{"topic": s.bus.RepliesTopic, "partition": -1, "callback_url": recv.URL + "/hook"}}
+	s.produceRequest(t, req)
+
+	// Consumer A is retrying the receiver, and the request itself is
+	// committed: only the callbacks topic still holds the callback.
+	adm, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for tries.Load() < 2 || !committed(t, kadm.NewClient(adm), s.bus.Group, s.bus.RequestsTopic) {
+		if time.Now().After(deadline) {
+			t.Fatalf("within 30s: %d tries, request committed %v", tries.Load(), committed(t, kadm.NewClient(adm), s.bus.Group, s.bus.RequestsTopic))
+		}
+		time.Sleep(20 * time.Millisecond) // neither has an event to await
+	}
+	_ = a.cmd.Process.Kill()
+	<-a.done
+	start()
+	up.Store(true)
+	select {
+	case id := <-delivered:
+		if id != "cb-crash-1" {
+			t.Fatalf("callback for %q, want cb-crash-1", id)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("callback not delivered within 60s of consumer A's death (%d tries)", tries.Load())
+	}
+}
+
+// produceRequest puts req, a v1 request, on the requests topic as a bot
+// would.
+func (s *processStack) produceRequest(t *testing.T, req map[string]any) {
+	t.Helper()
+	value, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	key := fmt.Sprintf("%s/%s/%s", req["tenant"], req["user"], req["dialog_id"])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: s.bus.RequestsTopic, Key: []byte(key), Value: value}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// committed reports whether group has committed every record of topic.
+func committed(t *testing.T, adm *kadm.Client, group, topic string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	lags, err := adm.Lag(ctx, group)
+	if err != nil {
+		return false
+	}
+	l, ok := lags[group]
+	if !ok || l.Error() != nil {
+		return false
+	}
+	total := l.Lag.TotalByTopic()[topic]
+	return len(l.Lag[topic]) > 0 && total.Lag == 0
 }
