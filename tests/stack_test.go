@@ -35,8 +35,8 @@ import (
 	"sluice/shared/bus"
 	"sluice/shared/callback"
 	"sluice/shared/devstack"
+	"sluice/shared/devstack/mockllm"
 	"sluice/shared/envelope"
-	"sluice/shared/mockllm"
 	"sluice/shared/store"
 )
 

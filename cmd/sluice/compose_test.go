@@ -17,7 +17,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 
-	"sluice/shared/mockllm"
+	"sluice/shared/devstack/mockllm"
 )
 
 // checkCompose loads a Compose file as Docker Compose would (compose-go:

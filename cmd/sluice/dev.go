@@ -13,7 +13,7 @@ import (
 	"sluice/shared/admin"
 	"sluice/shared/auth"
 	"sluice/shared/devstack"
-	"sluice/shared/mockllm"
+	"sluice/shared/devstack/mockllm"
 )
 
 // devSecret signs the tokens of `sluice dev` when SLUICE_JWT_SECRET is unset.

@@ -16,7 +16,7 @@ import (
 	"sluice/producer"
 	"sluice/shared/bus"
 	"sluice/shared/callback"
-	"sluice/shared/mockllm"
+	"sluice/shared/devstack/mockllm"
 	"sluice/shared/store"
 )
 

@@ -24,7 +24,7 @@ import (
 	"sluice/shared/auth"
 	"sluice/shared/bus"
 	"sluice/shared/callback"
-	"sluice/shared/mockllm"
+	"sluice/shared/devstack/mockllm"
 	"sluice/shared/store"
 )
 

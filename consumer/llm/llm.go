@@ -8,7 +8,7 @@
 //  1. llm: the primary endpoint.
 //  2. fallback_model: an optional secondary model or endpoint.
 //  3. faq: the best entry of the tenant's FAQ above a score threshold
-//     (package sluice/shared/faq).
+//     (package sluice/consumer/llm/faq).
 //  4. canned: a fixed "we are busy, an agent will contact you" answer with
 //     handoff set.
 //
@@ -72,8 +72,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"sluice/consumer/llm/faq"
 	"sluice/shared/envelope"
-	"sluice/shared/faq"
 	"sluice/shared/pii"
 )
 

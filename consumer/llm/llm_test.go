@@ -18,9 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sluice/consumer/llm"
+	"sluice/consumer/llm/faq"
+	"sluice/shared/devstack/mockllm"
 	"sluice/shared/envelope"
-	"sluice/shared/faq"
-	"sluice/shared/mockllm"
 )
 
 // fastConfig is the default config with quick retries, for tests.

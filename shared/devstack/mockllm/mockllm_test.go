@@ -17,7 +17,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"sluice/shared/mockllm"
+	"sluice/shared/devstack/mockllm"
 )
 
 // instant is a mock that answers at once and never fails.

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"sluice/shared/faq"
+	"sluice/consumer/llm/faq"
 )
 
 func mustSample(tb testing.TB) *faq.Index {
