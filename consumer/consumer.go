@@ -26,6 +26,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -41,6 +42,7 @@ import (
 	"sluice/shared/bus"
 	"sluice/shared/envelope"
 	"sluice/shared/pii"
+	"sluice/shared/settings"
 	"sluice/shared/store"
 )
 
@@ -87,25 +89,28 @@ const (
 	OrderByPartition = "partition"
 )
 
-// Validate reports the first setting out of range.
+// Validate reports every setting out of range, each named by its flag.
 func (c Config) Validate() error {
-	switch {
-	case c.InFlight < 1:
-		return fmt.Errorf("in-flight budget must be at least 1, got %d", c.InFlight)
-	case c.CommitInterval <= 0:
-		return errors.New("commit interval must be positive")
-	case c.DrainTimeout <= 0:
-		return errors.New("drain timeout must be positive")
-	case c.RevokeTimeout <= 0:
-		return errors.New("revoke timeout must be positive")
-	case c.RetryBackoff <= 0:
-		return errors.New("retry backoff must be positive")
-	case c.SessionTimeout < time.Second:
-		return errors.New("session timeout must be at least 1s")
-	case c.OrderBy != OrderByKey && c.OrderBy != OrderByPartition:
-		return fmt.Errorf("order-by must be %q or %q, got %q", OrderByKey, OrderByPartition, c.OrderBy)
-	}
-	return nil
+	var p settings.Problems
+	p.Check(c.InFlight >= 1, "in-flight", "in-flight budget must be at least 1, got %d", c.InFlight)
+	p.Check(c.CommitInterval > 0, "commit-interval", "must be positive")
+	p.Check(c.DrainTimeout > 0, "drain-timeout", "must be positive")
+	p.Check(c.RevokeTimeout > 0, "revoke-timeout", "must be positive")
+	p.Check(c.RetryBackoff > 0, "retry-backoff", "must be positive")
+	p.Check(c.SessionTimeout >= time.Second, "session-timeout", "must be at least 1s")
+	p.Check(c.OrderBy == OrderByKey || c.OrderBy == OrderByPartition, "order-by", "must be %q or %q, got %q", OrderByKey, OrderByPartition, c.OrderBy)
+	return p.Err()
+}
+
+// RegisterFlags registers c's settings on fs, with c's values as defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.IntVar(&c.InFlight, "in-flight", c.InFlight, "records a consumer process works on at once")
+	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "how often finished offsets are committed")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long a stopping consumer finishes in-flight work")
+	fs.DurationVar(&c.RevokeTimeout, "revoke-timeout", c.RevokeTimeout, "how long a rebalance waits for work of revoked partitions")
+	fs.DurationVar(&c.RetryBackoff, "retry-backoff", c.RetryBackoff, "first pause after a transient Redis or Kafka error; it grows linearly up to 2s")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout")
+	fs.StringVar(&c.OrderBy, "order-by", c.OrderBy, "serialize records by dialog (key) or, for comparison, one at a time per partition (partition)")
 }
 
 // Answerer answers one request given the dialog's history, oldest first. It
@@ -155,6 +160,8 @@ type Consumer struct {
 	idle             chan *work     // unbuffered: a send succeeds when a worker waits
 	wg               sync.WaitGroup // key runs under way
 	ready            atomic.Bool
+
+	release func() error // closes what Open made for the consumer; nil after New
 
 	work     context.Context // ends on hard stop
 	stopWork context.CancelFunc
@@ -384,6 +391,9 @@ func (c *Consumer) Close() {
 	c.cl.CloseAllowingRebalance()
 	if c.cbWorker != nil {
 		c.cbWorker.cl.CloseAllowingRebalance()
+	}
+	if c.release != nil {
+		_ = c.release()
 	}
 }
 

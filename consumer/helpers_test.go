@@ -13,14 +13,13 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/consumer"
 	"sluice/consumer/llm"
 	"sluice/shared/bus"
+	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 	"sluice/shared/store"
 )
@@ -36,8 +35,9 @@ const (
 	waitFor = 20 * time.Second
 )
 
-// env is one test's Kafka (kfake), Redis (miniredis) and the clients the test
-// drives the consumer with.
+// env is one test's Kafka and Redis (miniredis, which tests stop and
+// restart) from the shared test stack, and the clients the test drives the
+// consumer with.
 type env struct {
 	redis *miniredis.Miniredis
 	bus   bus.Config
@@ -47,37 +47,27 @@ type env struct {
 	log   *slog.Logger
 }
 
-// newEnv starts an in-process Kafka (with topic auto-creation) and Redis
-// for one test.
+// newEnv starts an embedded Kafka (with topic auto-creation) and Redis for
+// one test.
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	return newEnvWith(tb, kfake.AllowAutoTopicCreation())
+	return newEnvOn(tb, false)
 }
 
-// newEnvWith is newEnv with the broker options opts.
-func newEnvWith(tb testing.TB, opts ...kfake.Opt) *env {
+// newEnvOn is newEnv on a broker that, when strict, does not create topics
+// a client names.
+func newEnvOn(tb testing.TB, strict bool) *env {
 	tb.Helper()
-	c, err := kfake.NewCluster(append([]kfake.Opt{
-		kfake.NumBrokers(1),
-		kfake.SeedTopics(numPartitions, requestsTopic, repliesTopic, dlqTopic),
-	}, opts...)...)
-	if err != nil {
-		tb.Fatalf("kfake: %v", err)
-	}
-	tb.Cleanup(c.Close)
+	cfg := bus.DefaultConfig()
+	cfg.Partitions = numPartitions
+	cfg.Group = group
+	cfg.Brokers = []string{stacktest.Broker(tb, cfg, strict).Addr()}
 
-	mr := miniredis.RunT(tb)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	tb.Cleanup(func() { rdb.Close() })
+	mr, rdb := stacktest.Miniredis(tb)
 	st, err := store.New(rdb, store.DefaultConfig())
 	if err != nil {
 		tb.Fatalf("store: %v", err)
 	}
-
-	cfg := bus.DefaultConfig()
-	cfg.Brokers = c.ListenAddrs()
-	cfg.Partitions = numPartitions
-	cfg.Group = group
 
 	// Records with Partition >= 0 go there, -1 goes where the key hashes to.
 	prod, err := kgo.NewClient(

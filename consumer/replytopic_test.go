@@ -15,7 +15,7 @@ func TestMissingReplyTopicDeadLetters(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the client's metadata retries")
 	}
-	e := newEnvWith(t) // no auto-creation
+	e := newEnvOn(t, true) // no auto-creation
 	dlq := e.reader(t, dlqTopic)
 	replies := e.reader(t, repliesTopic)
 	ans := &fakeAnswerer{}

@@ -27,7 +27,6 @@ package producer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -47,6 +46,7 @@ import (
 	"sluice/shared/bus"
 	"sluice/shared/callback"
 	"sluice/shared/envelope"
+	"sluice/shared/settings"
 	"sluice/shared/store"
 )
 
@@ -150,43 +150,29 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first setting out of range.
+// Validate reports every setting out of range, each named by its flag.
 func (c Config) Validate() error {
-	switch {
-	case c.Addr == "":
-		return errors.New("http address must not be empty")
-	case c.WaitDefault < 0 || c.WaitMax <= 0 || c.WaitDefault > c.WaitMax:
-		return fmt.Errorf("wait default %v must be within 0..wait max %v", c.WaitDefault, c.WaitMax)
-	case c.RequestTTL <= 0:
-		return errors.New("request TTL must be positive")
-	case c.MaxTextChars < 1:
-		return errors.New("max text chars must be at least 1")
-	case c.BodyLimit < 256:
-		return errors.New("body limit must be at least 256 bytes")
-	case c.ProduceTimeout <= 0:
-		return errors.New("produce timeout must be positive")
-	case c.StoreTimeout <= 0:
-		return errors.New("store timeout must be positive")
-	case c.Linger < 0:
-		return errors.New("linger must not be negative")
-	case c.ReplyFetchMaxWait <= 0:
-		return errors.New("reply fetch max wait must be positive")
-	case c.ReplySessionTimeout < time.Second:
-		return errors.New("reply session timeout must be at least 1s")
-	case c.ShutdownTimeout <= 0:
-		return errors.New("shutdown timeout must be positive")
-	case c.DrainDelay < 0 || c.DrainDelay >= c.ShutdownTimeout:
-		return errors.New("drain delay must be within 0..shutdown timeout")
-	case c.AdmissionInterval < 10*time.Millisecond || c.AdmissionInterval > 2*time.Second:
-		return errors.New("admission interval must be within 10ms..2s")
-	case c.AdmissionMinRate < 0:
-		return errors.New("admission min rate must not be negative")
-	case c.MaxLag < 1:
-		return errors.New("max lag must be at least 1")
-	case c.HotTTL < 0 || (c.HotTTL > 0 && c.HotSize < 1):
-		return errors.New("hot TTL must not be negative and hot size must be positive")
-	}
-	return nil
+	var p settings.Problems
+	p.Check(c.Addr != "", "http-addr", "must not be empty")
+	p.Check(c.WaitMax > 0, "wait-max", "must be positive")
+	p.Check(c.WaitDefault >= 0 && c.WaitDefault <= c.WaitMax, "wait-default", "%v must be within 0..wait max %v", c.WaitDefault, c.WaitMax)
+	p.Check(c.RequestTTL > 0, "request-ttl", "must be positive")
+	p.Check(c.MaxTextChars >= 1, "max-text-chars", "must be at least 1")
+	p.Check(c.BodyLimit >= 256, "body-limit", "must be at least 256 bytes")
+	p.Check(c.ProduceTimeout > 0, "produce-timeout", "must be positive")
+	p.Check(c.StoreTimeout > 0, "store-timeout", "must be positive")
+	p.Check(c.Linger >= 0, "kafka-linger", "must not be negative")
+	p.Check(c.ReplyFetchMaxWait > 0, "reply-fetch-max-wait", "must be positive")
+	p.Check(c.ReplySessionTimeout >= time.Second, "reply-session-timeout", "must be at least 1s")
+	p.Check(c.ShutdownTimeout > 0, "shutdown-timeout", "must be positive")
+	p.Check(c.DrainDelay >= 0 && c.DrainDelay < c.ShutdownTimeout, "drain-delay", "must be within 0..shutdown timeout (%v)", c.ShutdownTimeout)
+	p.Check(c.AdmissionInterval >= 10*time.Millisecond && c.AdmissionInterval <= 2*time.Second, "admission-interval", "must be within 10ms..2s")
+	p.Check(c.AdmissionMinRate >= 0, "admission-min-rate", "must not be negative")
+	p.Check(c.MaxLag >= 1, "max-lag", "must be at least 1")
+	p.Check(c.HotTTL >= 0, "hot-ttl", "must not be negative")
+	p.Check(c.HotTTL == 0 || c.HotSize >= 1, "hot-size", "must be positive while the hot cache is on")
+	p.Check(c.GzipMinBytes >= 0, "gzip-min-bytes", "must not be negative")
+	return p.Err()
 }
 
 // Server is the HTTP ingress.
@@ -205,6 +191,8 @@ type Server struct {
 	admit  *admission
 	limit  *limiter
 	hot    *hotAnswers // nil when disabled
+
+	release func() error // closes what Open made for the server; nil after New
 
 	waiters  *waiters
 	ready    atomic.Bool
@@ -466,5 +454,11 @@ func (s *Server) awaitAssignment(ctx context.Context, r *replyRouter) {
 	}
 }
 
-// Close releases the Kafka client. Call it after Run returned.
-func (s *Server) Close() { s.cl.Close() }
+// Close releases the Kafka client, and the Redis client when Open made
+// it. Call it after Run returned.
+func (s *Server) Close() {
+	s.cl.Close()
+	if s.release != nil {
+		_ = s.release()
+	}
+}

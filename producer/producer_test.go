@@ -13,12 +13,12 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"sluice/producer"
 	"sluice/shared/auth"
 	"sluice/shared/bus"
 	"sluice/shared/devstack"
+	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 	"sluice/shared/store"
 )
@@ -38,16 +38,9 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 	tb.Helper()
 	cfg := bus.DefaultConfig()
 	cfg.Partitions = 2
-	b, err := devstack.StartBroker(devstack.BrokerConfig{Addr: "127.0.0.1:0", Partitions: 2,
-		Topics: []string{cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(b.Close)
+	b := stacktest.Broker(tb, cfg, false)
 	cfg.Brokers = []string{b.Addr()}
-	m := miniredis.RunT(tb)
-	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
-	tb.Cleanup(func() { _ = rdb.Close() })
+	m, rdb := stacktest.Miniredis(tb)
 	st, err := store.New(rdb, store.DefaultConfig())
 	if err != nil {
 		tb.Fatal(err)

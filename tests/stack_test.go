@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/testcontainers/testcontainers-go"
@@ -31,26 +30,30 @@ import (
 	"sluice/consumer"
 	"sluice/consumer/llm"
 	"sluice/producer"
+	"sluice/shared/admin"
 	"sluice/shared/auth"
 	"sluice/shared/bus"
 	"sluice/shared/callback"
-	"sluice/shared/devstack"
 	"sluice/shared/devstack/mockllm"
+	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 	"sluice/shared/store"
 )
 
 const testSecret = "sluice-test-secret-0123456789"
 
-// backend provides Kafka brokers and a Redis client for one test.
+// backend provides Kafka brokers and a Redis for one test.
 type backend struct {
 	name  string
 	kafka func(t *testing.T, cfg bus.Config) []string
-	redis func(t *testing.T) redis.UniversalClient
+	// redis returns the address of a Redis and a key prefix of the test's
+	// own, whose keys it deletes when the test ends.
+	redis func(t *testing.T) (addr, prefix string)
 }
 
 // backends are the environments every end-to-end body runs against: the
-// embedded one always, containers when a Docker engine answers.
+// embedded one always (or what SLUICE_TEST_KAFKA_BROKERS and
+// SLUICE_TEST_REDIS_ADDR name), containers when a Docker engine answers.
 func backends() []backend {
 	return []backend{
 		{name: "embedded", kafka: embeddedKafka, redis: localRedis},
@@ -58,38 +61,10 @@ func backends() []backend {
 	}
 }
 
-func embeddedKafka(t *testing.T, cfg bus.Config) []string {
-	t.Helper()
-	b, err := devstack.StartBroker(devstack.BrokerConfig{
-		Addr: "127.0.0.1:0", Partitions: cfg.Partitions,
-		Topics: []string{cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic, cfg.CallbacksTopic},
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatalf("start kfake: %v", err)
-	}
-	t.Cleanup(b.Close)
-	return []string{b.Addr()}
-}
+func embeddedKafka(t *testing.T, cfg bus.Config) []string { return stacktest.Kafka(t, cfg) }
 
-// localRedis uses the machine's Redis at 127.0.0.1:6379 when it answers,
-// otherwise miniredis, and says which.
-func localRedis(t *testing.T) redis.UniversalClient {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", PoolSize: 64})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err == nil {
-		t.Log("redis: real Redis at 127.0.0.1:6379")
-		t.Cleanup(func() { _ = rdb.Close() })
-		return rdb
-	}
-	_ = rdb.Close()
-	t.Log("redis: no Redis at 127.0.0.1:6379, using miniredis")
-	m := miniredis.RunT(t)
-	rdb = redis.NewClient(&redis.Options{Addr: m.Addr()})
-	t.Cleanup(func() { _ = rdb.Close() })
-	return rdb
-}
+// localRedis is the machine's Redis when it answers, otherwise miniredis.
+func localRedis(t *testing.T) (addr, prefix string) { return stacktest.Redis(t) }
 
 func containerKafka(t *testing.T, _ bus.Config) []string {
 	t.Helper()
@@ -107,7 +82,7 @@ func containerKafka(t *testing.T, _ bus.Config) []string {
 	return brokers
 }
 
-func containerRedis(t *testing.T) redis.UniversalClient {
+func containerRedis(t *testing.T) (addr, prefix string) {
 	t.Helper()
 	testcontainers.SkipIfProviderIsNotHealthy(t)
 	ctx := context.Background()
@@ -124,20 +99,20 @@ func containerRedis(t *testing.T) redis.UniversalClient {
 	if err != nil {
 		t.Fatalf("redis container address %q: %v", uri, err)
 	}
-	rdb := redis.NewClient(opt)
-	t.Cleanup(func() { _ = rdb.Close() })
-	return rdb
+	return opt.Addr, "sluicetest"
 }
 
-// stack is a running Sluice: producers and consumers in-process.
+// stack is a running Sluice: producers and consumers in-process, each built
+// by producer.Open and consumer.Open exactly as the binary builds them.
 type stack struct {
-	t       *testing.T
-	bus     bus.Config
-	rdb     redis.UniversalClient
-	store   *store.Redis
-	mock    *mockllm.Server
-	llmURL  string
-	brokers []string
+	t         *testing.T
+	bus       bus.Config
+	rdb       redis.UniversalClient
+	redisAddr string
+	store     *store.Redis
+	mock      *mockllm.Server
+	llmURL    string
+	brokers   []string
 
 	prefix string
 	opt    stackOptions
@@ -150,12 +125,14 @@ type stack struct {
 type runningProducer struct {
 	srv    *producer.Server
 	url    string
+	adm    *admin.Server // its readiness checks
 	cancel context.CancelFunc
 	done   chan error
 }
 
 type runningConsumer struct {
 	c      *consumer.Consumer
+	adm    *admin.Server // its readiness checks
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -180,37 +157,17 @@ func newStack(t *testing.T, b backend, opt stackOptions) *stack {
 	}
 	cfg := bus.DefaultConfig()
 	cfg.Partitions = opt.partitions
-	// Topic and group names of their own so tests sharing a broker never meet.
-	suffix := randomHex(4)
-	cfg.RequestsTopic += "." + suffix
-	cfg.RepliesTopic += "." + suffix
-	cfg.DLQTopic += "." + suffix
-	cfg.Group += "-" + suffix
-	cfg.ReplyGroup += "-" + suffix
+	cfg = stacktest.Isolate(cfg)
 	s := &stack{t: t, bus: cfg, opt: opt}
 	s.brokers = b.kafka(t, cfg)
 	s.bus.Brokers = s.brokers
-	s.rdb = b.redis(t)
-	stCfg := store.DefaultConfig()
-	stCfg.Prefix = "sluicetest:" + suffix
-	st, err := store.New(s.rdb, stCfg)
+	s.redisAddr, s.prefix = b.redis(t)
+	s.rdb = stacktest.Client(t, s.redisAddr)
+	st, err := store.New(s.rdb, s.storeConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.store = st
-	s.prefix = stCfg.Prefix
-	t.Cleanup(func() { cleanKeys(s.rdb, stCfg.Prefix+":*") })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cl, err := bus.NewClient(s.bus, "test-admin", slog.New(slog.DiscardHandler), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := bus.EnsureTopics(ctx, cl, s.bus); err != nil {
-		t.Fatalf("ensure topics: %v", err)
-	}
 
 	s.mock, err = mockllm.New(opt.mock, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
@@ -223,16 +180,10 @@ func newStack(t *testing.T, b backend, opt stackOptions) *stack {
 	return s
 }
 
-func cleanKeys(rdb redis.UniversalClient, pattern string) {
-	ctx := context.Background()
-	iter := rdb.Scan(ctx, 0, pattern, 500).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if len(keys) > 0 {
-		rdb.Del(ctx, keys...)
-	}
+func (s *stack) storeConfig() store.Config {
+	c := store.DefaultConfig()
+	c.Prefix = s.prefix
+	return c
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -247,30 +198,29 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// addConsumer starts a consumer in the stack's group.
+// addConsumer starts a consumer in the stack's group, built by
+// consumer.Open from settings as `sluice consumer` builds it.
 func (s *stack) addConsumer(cfg consumer.Config) *runningConsumer {
 	s.t.Helper()
 	lcfg := llm.DefaultConfig()
 	lcfg.BaseURL = s.llmURL
-	model, err := llm.New(lcfg, testLogger(s.t), prometheus.NewRegistry())
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	c, err := consumer.New(cfg, s.bus, s.store, model, testLogger(s.t), prometheus.NewRegistry())
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	cb := callback.DefaultConfig()
 	if s.opt.callbacks != nil {
-		d, err := callback.NewDeliverer(*s.opt.callbacks, prometheus.NewRegistry())
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		if err := c.SetCallbacks(d); err != nil {
-			s.t.Fatal(err)
-		}
+		cb = *s.opt.callbacks
 	}
+	log := testLogger(s.t)
+	reg := prometheus.NewRegistry()
+	adm := admin.New(reg, log)
 	ctx, cancel := context.WithCancel(context.Background())
-	rc := &runningConsumer{c: c, cancel: cancel, done: make(chan error, 1)}
+	c, err := consumer.Open(ctx, consumer.Settings{
+		Consumer: cfg, Bus: s.bus, Redis: store.ClientConfig{Addrs: []string{s.redisAddr}},
+		Store: s.storeConfig(), LLM: lcfg, Callbacks: cb, CreateTopics: true,
+	}, log, reg, adm)
+	if err != nil {
+		cancel()
+		s.t.Fatal(err)
+	}
+	rc := &runningConsumer{c: c, adm: adm, cancel: cancel, done: make(chan error, 1)}
 	go func() { rc.done <- c.Run(ctx) }()
 	s.mu.Lock()
 	s.consumers = append(s.consumers, rc)
@@ -298,26 +248,32 @@ func testConsumerConfig() consumer.Config {
 	return cfg
 }
 
-// addProducer starts an HTTP ingress on a free port and waits until it serves.
+// addProducer starts an HTTP ingress, built by producer.Open from settings
+// as `sluice producer` builds it, on a free port and waits until its
+// readiness checks pass.
 func (s *stack) addProducer(cfg producer.Config) *runningProducer {
 	s.t.Helper()
-	v, err := auth.NewVerifier(auth.Config{Secret: testSecret})
+	log := testLogger(s.t)
+	reg := prometheus.NewRegistry()
+	adm := admin.New(reg, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := producer.Open(ctx, producer.Settings{
+		Producer: cfg, Bus: s.bus, Redis: store.ClientConfig{Addrs: []string{s.redisAddr}},
+		Store: s.storeConfig(), Auth: auth.Config{Secret: testSecret}, CreateTopics: true,
+	}, log, reg, adm)
 	if err != nil {
-		s.t.Fatal(err)
-	}
-	p, err := producer.New(cfg, s.bus, v, s.store, testLogger(s.t), prometheus.NewRegistry())
-	if err != nil {
+		cancel()
 		s.t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		cancel()
 		s.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	rp := &runningProducer{srv: p, url: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan error, 1)}
+	rp := &runningProducer{srv: p, adm: adm, url: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan error, 1)}
 	go func() { rp.done <- p.Run(ctx, ln) }()
 	deadline := time.Now().Add(30 * time.Second)
-	for !p.Ready() {
+	for !ready(adm) {
 		select {
 		case err := <-rp.done:
 			s.t.Fatalf("producer stopped at start: %v", err)
@@ -331,6 +287,13 @@ func (s *stack) addProducer(cfg producer.Config) *runningProducer {
 	s.producers = append(s.producers, rp)
 	s.mu.Unlock()
 	return rp
+}
+
+// ready reports whether adm's /readyz answers 200.
+func ready(adm *admin.Server) bool {
+	rec := httptest.NewRecorder()
+	adm.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	return rec.Code == http.StatusOK
 }
 
 func testProducerConfig() producer.Config {

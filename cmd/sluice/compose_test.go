@@ -17,7 +17,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 
-	"sluice/shared/devstack/mockllm"
+	"sluice/shared/settings"
 )
 
 // checkCompose loads a Compose file as Docker Compose would (compose-go:
@@ -53,7 +53,7 @@ func checkCompose(path string) ([]string, error) {
 
 	type sluiceSvc struct {
 		svc types.ServiceConfig
-		st  *settings
+		st  *config
 	}
 	var ours []sluiceSvc
 	for _, name := range slices.Sorted(func(yield func(string) bool) {
@@ -80,48 +80,37 @@ func checkCompose(path string) ([]string, error) {
 		lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 		var fs *flag.FlagSet
 		var validate func() error
-		var fresh func() (*flag.FlagSet, func() error)
 		st := defaultSettings()
 		switch sub := svc.Command[0]; sub {
 		case "producer":
-			fs, fresh = producerFlags(st, io.Discard), freshProducer
-			validate = func() error { _, err := validateProducer(st); return err }
+			fs = producerFlags(st, io.Discard)
+			validate = func() error { return st.producerSettings().Validate() }
 		case "consumer":
-			fs, fresh = consumerFlags(st, io.Discard), freshConsumer
-			validate = func() error { return validateConsumer(st) }
+			fs = consumerFlags(st, io.Discard)
+			validate = func() error { return st.consumerSettings().Validate() }
 		case "mockllm":
-			cfg := mockllm.DefaultConfig()
-			var ls logSettings
-			var addr string
-			fs, fresh = mockFlags(&cfg, &ls, &addr, io.Discard), freshMock
+			fs = mockFlags(st, io.Discard)
 			validate = func() error {
-				if _, port, err := net.SplitHostPort(addr); err == nil {
+				if _, port, err := net.SplitHostPort(st.mockAddr); err == nil {
 					listens[name+":"+port] = true
 				}
-				if err := cfg.Validate(); err != nil {
-					return usageError(err)
-				}
-				return nil
+				return st.mock.Validate()
 			}
 		default:
 			fail(name, "command %q is not a sluice subcommand a service runs", sub)
 			continue
 		}
 		for k := range env {
-			if !strings.HasPrefix(k, "SLUICE_") {
-				continue
-			}
-			flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k, "SLUICE_")), "_", "-")
-			if fs.Lookup(flagName) == nil {
+			if strings.HasPrefix(k, "SLUICE_") && fs.Lookup(settings.FlagName(k)) == nil {
 				fail(name, "%s is not a setting of sluice %s: it would be ignored", k, svc.Command[0])
 			}
 		}
-		if err := parseWith(fs, svc.Command[1:], lookup); err != nil {
+		if err := settings.Parse(fs, svc.Command[1:], lookup); err != nil {
 			fail(name, "settings: %v", err)
 			continue
 		}
 		if err := validate(); err != nil {
-			fail(name, "settings: %v", nameSettings(err, fs, fresh))
+			fail(name, "settings: %v", err)
 			continue
 		}
 		if svc.Command[0] != "mockllm" {
@@ -139,7 +128,7 @@ func checkCompose(path string) ([]string, error) {
 		for _, b := range st.bus.Brokers {
 			reach("SLUICE_KAFKA_BROKERS", b)
 		}
-		for _, a := range st.redis.addrs {
+		for _, a := range st.redis.Addrs {
 			reach("SLUICE_REDIS_ADDR", a)
 		}
 		for dep, want := range map[string]string{"kafka": types.ServiceConditionHealthy, "redis": types.ServiceConditionHealthy} {
@@ -204,7 +193,7 @@ func TestComposeCheckFindsMistakes(t *testing.T) {
 		"consumer: stop_grace_period 10s does not cover SLUICE_DRAIN_TIMEOUT 25s",
 		"producer: SLUICE_ADMIN_ADDR listens on port 9090, which the service does not publish",
 		"producer: does not wait for kafka to be healthy",
-		"mockllm: settings: configuration: SLUICE_MOCK_ERROR_RATE (--mock-error-rate)",
+		"mockllm: settings: SLUICE_MOCK_ERROR_RATE (--mock-error-rate)",
 	} {
 		if !slices.ContainsFunc(problems, func(p string) bool { return strings.HasPrefix(p, want) }) {
 			t.Errorf("no problem starting %q in\n%s", want, strings.Join(problems, "\n"))

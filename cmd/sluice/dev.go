@@ -3,17 +3,24 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/consumer"
+	"sluice/producer"
 	"sluice/shared/admin"
 	"sluice/shared/auth"
 	"sluice/shared/devstack"
 	"sluice/shared/devstack/mockllm"
+	"sluice/shared/settings"
 )
 
 // devSecret signs the tokens of `sluice dev` when SLUICE_JWT_SECRET is unset.
@@ -21,87 +28,123 @@ const devSecret = "sluice-dev-secret-do-not-use-in-production"
 
 var allRoles = []string{"broker", "redis", "llm", "producer", "consumer"}
 
-func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// devSettings are the settings only `sluice dev` has.
+type devSettings struct {
+	roles     []string
+	kafkaAddr string
+	dataDir   string
+	redisAddr string
+	llmAddr   string
+	tenant    string
+	user      string
+}
+
+func (d devSettings) has(role string) bool { return slices.Contains(d.roles, role) }
+
+func (d devSettings) validate() error {
+	var p settings.Problems
+	for _, r := range d.roles {
+		p.Check(slices.Contains(allRoles, r), "roles", "unknown role %q (want %s)", r, strings.Join(allRoles, ","))
+	}
+	return p.Err()
+}
+
+// devDefaults are the settings of `sluice dev`: the services' defaults,
+// except where a newcomer exploring the API would trip over them.
+func devDefaults() (*config, devSettings) {
 	st := defaultSettings()
 	st.llm.Model = "sluice-mock"
 	st.llm.FAQ.Sample = true // the built-in shop FAQ answers when the model does not
-	roles := slices.Clone(allRoles)
-	var kafkaAddr, dataDir, redisAddr, llmAddr, devTenant, devUser string
-	fs := newFlagSet("dev", stderr)
-	fs.Var(listValue{&roles}, "roles", "parts to run, comma-separated: "+strings.Join(allRoles, ","))
-	fs.StringVar(&kafkaAddr, "dev-kafka-addr", "127.0.0.1:9092", "where the embedded Kafka broker listens")
-	fs.StringVar(&dataDir, "data-dir", "", "directory where the embedded Kafka keeps its data across restarts (default in memory)")
-	fs.StringVar(&redisAddr, "dev-redis-addr", "127.0.0.1:0", "where the embedded Redis listens (port 0 picks one)")
-	fs.StringVar(&llmAddr, "dev-llm-addr", "127.0.0.1:0", "where the embedded mock LLM listens (port 0 picks one)")
-	fs.StringVar(&devTenant, "dev-tenant", "demo-shop", "tenant of the printed dev token")
-	fs.StringVar(&devUser, "dev-user", "demo-user", "user of the printed dev token")
-	registerLog(fs, &st.log)
-	st.registerAdmin(fs.StringVar)
-	st.registerTopics(fs.BoolVar)
-	registerKafka(fs, &st.bus)
-	registerRedis(fs, &st.redis, &st.store)
-	registerLLM(fs, &st.llm)
-	registerConsumer(fs, &st.consumer)
-	registerProducer(fs, &st.producer, &st.jwtSecret, &st.jwtKeys)
-	registerMock(fs, &st.mock)
-	registerCallbacks(fs, &st.callbacks)
-	if err := parse(fs, args); err != nil {
-		return usageError(err)
-	}
-	for _, r := range roles {
-		if !slices.Contains(allRoles, r) {
-			return usageError(settingError("roles", fmt.Errorf("unknown role %q (want %s)", r, strings.Join(allRoles, ","))))
-		}
-	}
-	has := func(r string) bool { return slices.Contains(roles, r) }
-	if st.jwtSecret == "" && len(st.jwtKeys) == 0 {
-		st.jwtSecret = devSecret
-	}
-	log, err := newLogger(st.log, stderr)
-	if err != nil {
+	// Production limits a user to 30 questions a minute; exploring the API
+	// or running the load generator against make run would meet 429s.
+	st.producer.UserRate = producer.Rate{}
+	return st, devSettings{roles: slices.Clone(allRoles), tenant: "demo-shop", user: "demo-user"}
+}
+
+// devFlags returns the flags of `sluice dev`, bound to st and d.
+func devFlags(st *config, d *devSettings, out io.Writer) *flag.FlagSet {
+	fs := newFlagSet("dev", out)
+	fs.Var(settings.List{P: &d.roles}, "roles", "parts to run, comma-separated: "+strings.Join(allRoles, ","))
+	fs.StringVar(&d.kafkaAddr, "dev-kafka-addr", "127.0.0.1:9092", "where the embedded Kafka broker listens")
+	fs.StringVar(&d.dataDir, "data-dir", "", "directory where the embedded Kafka keeps its data across restarts (default in memory)")
+	fs.StringVar(&d.redisAddr, "dev-redis-addr", "127.0.0.1:0", "where the embedded Redis listens (port 0 picks one)")
+	fs.StringVar(&d.llmAddr, "dev-llm-addr", "127.0.0.1:0", "where the embedded mock LLM listens (port 0 picks one)")
+	fs.StringVar(&d.tenant, "dev-tenant", d.tenant, "tenant of the printed dev token")
+	fs.StringVar(&d.user, "dev-user", d.user, "user of the printed dev token")
+	st.registerService(fs)
+	st.llm.RegisterFlags(fs)
+	st.consumer.RegisterFlags(fs)
+	st.producer.RegisterFlags(fs)
+	st.auth.RegisterFlags(fs)
+	st.mock.RegisterFlags(fs)
+	st.callbacks.RegisterFlags(fs)
+	return fs
+}
+
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	st, d := devDefaults()
+	fs := devFlags(st, &d, stderr)
+	if err := configure(fs, args, func() error { return errors.Join(st.log.validate(), d.validate(), st.mock.Validate()) }); err != nil {
 		return err
 	}
+	if st.auth.Secret == "" && len(st.auth.PublicKeyFiles) == 0 {
+		st.auth.Secret = devSecret
+	}
+	log := newLogger(st.log, stderr)
 	warnIgnoredEnv(log, fs)
 	reg := newRegistry()
 	adm := admin.New(reg, log)
 	sv, ctx := newServices(ctx, log)
 	var banner strings.Builder
 
-	if has("broker") {
-		b, err := devstack.StartBroker(devstack.BrokerConfig{
-			Addr: kafkaAddr, Partitions: st.bus.Partitions, DataDir: dataDir,
-			Topics: []string{st.bus.RequestsTopic, st.bus.RepliesTopic, st.bus.DLQTopic, st.bus.CallbacksTopic},
-		}, log)
-		if err != nil {
-			return usageError(settingError("dev-kafka-addr", err))
-		}
-		defer b.Close()
-		st.bus.Brokers = []string{b.Addr()}
-		fmt.Fprintf(&banner, "  Kafka (embedded)  %s   SLUICE_KAFKA_BROKERS=%s\n", b.Addr(), b.Addr())
+	stop, err := startStandIns(st, d, log, reg, &banner)
+	defer stop()
+	if err != nil {
+		return err
 	}
-	if has("redis") && len(st.redis.addrs) == 0 {
-		r, err := devstack.StartRedis(redisAddr)
-		if err != nil {
-			return usageError(settingError("dev-redis-addr", err))
-		}
-		defer r.Close()
-		st.redis.addrs = []string{r.Addr()}
-		fmt.Fprintf(&banner, "  Redis (embedded)  %s   SLUICE_REDIS_ADDR=%s\n", r.Addr(), r.Addr())
-	} else if len(st.redis.addrs) > 0 {
-		fmt.Fprintf(&banner, "  Redis             %s\n", strings.Join(st.redis.addrs, ","))
+	apiURL, stopServices, err := startDevServices(ctx, st, d, log, reg, adm, sv, &banner)
+	defer stopServices()
+	if err != nil {
+		return err
 	}
-	if has("llm") && st.llm.BaseURL == "" {
+	fmt.Fprintf(stdout, "Sluice dev is up (roles %s):\n%s", strings.Join(d.roles, ","), banner.String())
+	if apiURL != "" && st.auth.Secret != "" {
+		if err := printTry(stdout, apiURL, st.auth.Secret, d); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
+	if !d.has("producer") && !d.has("consumer") {
+		<-ctx.Done()
+	}
+	err = sv.wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// startStandIns starts the embedded broker, Redis and mock LLM that d's
+// roles ask for and st does not point elsewhere, fills their addresses into
+// st and describes them in banner. stop, never nil, stops what started,
+// the mock LLM last, so that a draining consumer still gets real answers.
+func startStandIns(st *config, d devSettings, log *slog.Logger, reg prometheus.Registerer, banner io.Writer) (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	if d.has("llm") && st.llm.BaseURL == "" {
 		m, err := mockllm.New(st.mock, log, reg)
 		if err != nil {
-			return usageError(err)
+			return stop, usageError(err)
 		}
-		ln, err := net.Listen("tcp", llmAddr)
+		ln, err := net.Listen("tcp", d.llmAddr)
 		if err != nil {
-			return usageError(settingError("dev-llm-addr", err))
+			return stop, settingError("dev-llm-addr", err)
 		}
 		st.llm.BaseURL = "http://" + ln.Addr().String() + "/v1"
-		// The mock outlives the consumer's drain: it stops after every
-		// other part did (deferred), so in-flight requests get real answers.
 		mockCtx, stopMock := context.WithCancel(context.Background())
 		mockDone := make(chan struct{})
 		go func() {
@@ -110,63 +153,97 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				log.Error("mock LLM", "err", err)
 			}
 		}()
-		defer func() { stopMock(); <-mockDone }()
-		fmt.Fprintf(&banner, "  LLM (mock)        %s   SLUICE_LLM_BASE_URL=%s\n", ln.Addr(), st.llm.BaseURL)
+		stops = append(stops, func() { stopMock(); <-mockDone })
+		defer fmt.Fprintf(banner, "  LLM (mock)        %s   SLUICE_LLM_BASE_URL=%s\n", ln.Addr(), st.llm.BaseURL)
 	} else if st.llm.BaseURL != "" {
-		fmt.Fprintf(&banner, "  LLM               %s (model %s)\n", st.llm.BaseURL, st.llm.Model)
+		defer fmt.Fprintf(banner, "  LLM               %s (model %s)\n", st.llm.BaseURL, st.llm.Model)
 	}
+	if d.has("broker") {
+		b, err := devstack.StartBroker(devstack.BrokerConfig{
+			Addr: d.kafkaAddr, Partitions: st.bus.Partitions, DataDir: d.dataDir,
+			Topics: []string{st.bus.RequestsTopic, st.bus.RepliesTopic, st.bus.DLQTopic, st.bus.CallbacksTopic},
+		}, log)
+		if err != nil {
+			return stop, settingError("dev-kafka-addr", err)
+		}
+		stops = append(stops, b.Close)
+		st.bus.Brokers = []string{b.Addr()}
+		fmt.Fprintf(banner, "  Kafka (embedded)  %s   SLUICE_KAFKA_BROKERS=%s\n", b.Addr(), b.Addr())
+	}
+	if d.has("redis") && len(st.redis.Addrs) == 0 {
+		r, err := devstack.StartRedis(d.redisAddr)
+		if err != nil {
+			return stop, settingError("dev-redis-addr", err)
+		}
+		stops = append(stops, r.Close)
+		st.redis.Addrs = []string{r.Addr()}
+		fmt.Fprintf(banner, "  Redis (embedded)  %s   SLUICE_REDIS_ADDR=%s\n", r.Addr(), r.Addr())
+	} else if len(st.redis.Addrs) > 0 {
+		fmt.Fprintf(banner, "  Redis             %s\n", strings.Join(st.redis.Addrs, ","))
+	}
+	return stop, nil
+}
 
-	if has("consumer") {
-		c, closeFn, err := buildConsumer(ctx, st, log, reg, adm)
-		if err != nil {
-			return err
+// startDevServices starts the consumer and the producer that d's roles ask
+// for, and the admin listener, and describes them in banner. It returns the
+// API's URL ("" without a producer); stop, never nil, closes them once sv
+// has stopped them.
+func startDevServices(ctx context.Context, st *config, d devSettings, log *slog.Logger, reg prometheus.Registerer,
+	adm *admin.Server, sv *services, banner io.Writer) (apiURL string, stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
 		}
-		defer closeFn()
-		sv.start("consumer", func() error { return c.Run(ctx) })
-		fmt.Fprintf(&banner, "  Consumer          group %s, in-flight %d\n", st.bus.Group, st.consumer.InFlight)
 	}
-	var apiURL string
-	if has("producer") {
-		p, closeFn, err := buildProducer(ctx, st, log, reg, adm)
+	if d.has("consumer") {
+		c, err := consumer.Open(ctx, st.consumerSettings(), log, reg, adm)
 		if err != nil {
-			return err
+			return "", stop, err
 		}
-		defer closeFn()
+		stops = append(stops, c.Close)
+		sv.start("consumer", func() error { return c.Run(ctx) })
+		fmt.Fprintf(banner, "  Consumer          group %s, in-flight %d\n", st.bus.Group, st.consumer.InFlight)
+	}
+	if d.has("producer") {
+		p, err := producer.Open(ctx, st.producerSettings(), log, reg, adm)
+		if err != nil {
+			return "", stop, err
+		}
+		stops = append(stops, p.Close)
 		ln, err := net.Listen("tcp", st.producer.Addr)
 		if err != nil {
-			return usageError(settingError("http-addr", err))
+			return "", stop, settingError("http-addr", err)
 		}
 		apiURL = "http://" + dialable(ln.Addr())
 		sv.start("producer", func() error { return p.Run(ctx, ln) })
-		fmt.Fprintf(&banner, "  API               %s\n", apiURL)
+		fmt.Fprintf(banner, "  API               %s\n", apiURL)
+		if st.producer.UserRate.N == 0 {
+			fmt.Fprintf(banner, "  Rate limits       per-user limit off in dev (production: %s; --user-rate to try it)\n", producer.DefaultConfig().UserRate)
+		} else {
+			fmt.Fprintf(banner, "  Rate limits       %s per user\n", st.producer.UserRate)
+		}
 	}
-	if has("producer") || has("consumer") {
+	if d.has("producer") || d.has("consumer") {
 		if err := listenAdmin(st.adminAddr, adm, sv); err != nil {
-			return err
+			return apiURL, stop, err
 		}
-		defer shutdownAdmin(adm)
-		fmt.Fprintf(&banner, "  Admin             http://%s/metrics  /healthz  /readyz\n", dialableAddr(st.adminAddr))
+		stops = append(stops, func() { shutdownAdmin(adm) })
+		fmt.Fprintf(banner, "  Admin             http://%s/metrics  /healthz  /readyz\n", dialableAddr(st.adminAddr))
 	}
+	return apiURL, stop, nil
+}
 
-	fmt.Fprintf(stdout, "Sluice dev is up (roles %s):\n%s", strings.Join(roles, ","), banner.String())
-	if apiURL != "" && st.jwtSecret != "" {
-		tok, err := auth.Mint(st.jwtSecret, devTenant, devUser, 24*time.Hour, time.Now())
-		if err != nil {
-			return usageError(err)
-		}
-		fmt.Fprintf(stdout, "\nA dev token (tenant %s, user %s, valid 24h):\n  export TOKEN=%s\n\nAsk a question:\n", devTenant, devUser, tok)
-		fmt.Fprintf(stdout, "  curl -s %s/v1/chat -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{\"text\":\"优惠券还能用吗？\"}'\n\n", apiURL)
-		fmt.Fprintf(stdout, "Or paste this one (token inline):\n  curl -s %s/v1/chat -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"text\":\"When does my order ship?\"}'\n\n", apiURL, tok)
+// printTry prints a dev token and curl commands that ask the API a question.
+func printTry(w io.Writer, apiURL, secret string, d devSettings) error {
+	tok, err := auth.Mint(secret, d.tenant, d.user, 24*time.Hour, time.Now())
+	if err != nil {
+		return usageError(err)
 	}
-	fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
-	if !has("producer") && !has("consumer") {
-		<-ctx.Done()
-	}
-	err = sv.wait()
-	if errors.Is(err, context.Canceled) {
-		err = nil
-	}
-	return err
+	fmt.Fprintf(w, "\nA dev token (tenant %s, user %s, valid 24h):\n  export TOKEN=%s\n\nAsk a question:\n", d.tenant, d.user, tok)
+	fmt.Fprintf(w, "  curl -s %s/v1/chat -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{\"text\":\"优惠券还能用吗？\"}'\n\n", apiURL)
+	fmt.Fprintf(w, "Or paste this one (token inline):\n  curl -s %s/v1/chat -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"text\":\"When does my order ship?\"}'\n\n", apiURL, tok)
+	return nil
 }
 
 // dialable turns a listener address into one a local client can dial.

@@ -76,7 +76,7 @@ func runLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.IntVar(&ls.dialogs, "dialogs", 1000, "distinct dialogs (target kafka)")
 	fs.IntVar(&ls.turns, "turns", 4, "questions a user asks in one dialog before starting a new one (target http)")
 	fs.BoolVar(&ls.jsonOut, "json", false, "print the result as JSON")
-	registerKafka(fs, &bcfg)
+	bcfg.RegisterFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return usageError(err)
 	}

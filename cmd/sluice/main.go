@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"sluice/shared/pii"
+	"sluice/shared/settings"
 )
 
 func main() {
@@ -81,13 +82,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
+	var se *settings.Error
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "sluice: %v\n", err)
+	case errors.Is(err, errUsage) || errors.As(err, &se):
+		printConfigError(stderr, args[0], err)
 		return 2
 	default:
 		fmt.Fprintf(stderr, "sluice: %v\n", err)
@@ -100,27 +102,37 @@ var errUsage = errors.New("configuration")
 
 func usageError(err error) error { return fmt.Errorf("%w: %w", errUsage, err) }
 
-func newLogger(l logSettings, w io.Writer) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(l.level)); err != nil {
-		return nil, usageError(settingError("log-level", errors.New("must be debug, info, warn or error")))
+// printConfigError writes a configuration error of command cmd, one
+// problem a line.
+func printConfigError(w io.Writer, cmd string, err error) {
+	msg := strings.TrimPrefix(err.Error(), errUsage.Error()+": ")
+	lines := strings.Split(msg, "\n")
+	if len(lines) == 1 {
+		fmt.Fprintf(w, "sluice %s: configuration: %s\n", cmd, msg)
+		return
 	}
+	fmt.Fprintf(w, "sluice %s: configuration: %d problems:\n", cmd, len(lines))
+	for _, l := range lines {
+		fmt.Fprintf(w, "  %s\n", l)
+	}
+	fmt.Fprintf(w, "Run 'sluice %s -h' for every setting.\n", cmd)
+}
+
+// newLogger returns the logger l describes; l was validated.
+func newLogger(l logSettings, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(l.level))
 	opts := &slog.HandlerOptions{Level: level}
 	// Every line goes through the PII mask: no phone number, ID or card
 	// number, or e-mail address reaches the logs, whoever logs it.
-	var h slog.Handler
-	switch strings.ToLower(l.format) {
-	case "text":
-		h = slog.NewTextHandler(w, opts)
-	case "json":
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if strings.EqualFold(l.format, "json") {
 		h = slog.NewJSONHandler(w, opts)
-	default:
-		return nil, usageError(settingError("log-format", errors.New("must be text or json")))
 	}
 	log := slog.New(pii.NewHandler(h))
 	// go-redis logs (pool and reconnect trouble) through the same handler.
 	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
-	return log, nil
+	return log
 }
 
 // redisLogger adapts slog to go-redis's logger.

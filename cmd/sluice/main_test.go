@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,14 +26,15 @@ func TestSettingErrorsNameTheSetting(t *testing.T) {
 		{"ProducerNoRedis", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer"}, "SLUICE_REDIS_ADDR (--redis-addr): is required"},
 		{"ConsumerNoLLM", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1"}, []string{"consumer"}, "SLUICE_LLM_BASE_URL (--llm-base-url): is required"},
 		{"ConsumerBadInFlight", map[string]string{"SLUICE_IN_FLIGHT": "lots"}, []string{"consumer"}, `SLUICE_IN_FLIGHT (--in-flight): invalid value "lots"`},
+		{"EmptySessionTimeout", map[string]string{"SLUICE_SESSION_TIMEOUT": ""}, []string{"consumer"}, `SLUICE_SESSION_TIMEOUT (--session-timeout): invalid value ""`},
 		{"ConsumerBadDuration", nil, []string{"consumer", "--drain-timeout", "soon"}, "drain-timeout"},
 		{"DevUnknownRole", nil, []string{"dev", "--roles", "broker,oracle"}, `SLUICE_ROLES (--roles): unknown role "oracle"`},
 		{"BadLogLevel", map[string]string{"SLUICE_LOG_LEVEL": "loud"}, []string{"mockllm"}, "SLUICE_LOG_LEVEL (--log-level)"},
 		{"MockBadRate", nil, []string{"mockllm", "--mock-error-rate", "2"}, "SLUICE_MOCK_ERROR_RATE (--mock-error-rate): error rate must be within 0..1"},
 		// A value out of range names its setting, and only it.
-		{"ProducerWaitMax", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer", "--wait-max", "-1s"}, "configuration: SLUICE_WAIT_MAX (--wait-max): wait default"},
-		{"ConsumerZeroInFlight", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_IN_FLIGHT": "0"}, []string{"consumer", "--llm-base-url", "http://llm", "--llm-model", "m"}, "configuration: SLUICE_IN_FLIGHT (--in-flight): in-flight budget must be at least 1"},
-		{"ConsumerBadBreakerRatio", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_BASE_URL": "http://llm", "SLUICE_LLM_MODEL": "m"}, []string{"consumer", "--llm-breaker-failure-ratio", "1.5"}, "configuration: SLUICE_LLM_BREAKER_FAILURE_RATIO (--llm-breaker-failure-ratio): llm: LLM breaker failure ratio"},
+		{"ProducerWaitMax", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer", "--wait-max", "-1s"}, "SLUICE_WAIT_MAX (--wait-max): must be positive"},
+		{"ConsumerZeroInFlight", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_IN_FLIGHT": "0"}, []string{"consumer", "--llm-base-url", "http://llm", "--llm-model", "m"}, "SLUICE_IN_FLIGHT (--in-flight): in-flight budget must be at least 1"},
+		{"ConsumerBadBreakerRatio", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_BASE_URL": "http://llm", "SLUICE_LLM_MODEL": "m"}, []string{"consumer", "--llm-breaker-failure-ratio", "1.5"}, "SLUICE_LLM_BREAKER_FAILURE_RATIO (--llm-breaker-failure-ratio): must be within 0..1"},
 		{"ConsumerLLMScheme", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_MODEL": "m"}, []string{"consumer", "--llm-base-url", "ftp://llm"}, `SLUICE_LLM_BASE_URL (--llm-base-url): "ftp://llm" must start with http:// or https://`},
 		{"TokenNoSecret", nil, []string{"token", "--sub", "u", "--tenant", "t"}, "SLUICE_JWT_SECRET (--jwt-secret): is required"},
 		{"UnknownCommand", nil, []string{"frobnicate"}, `unknown command "frobnicate"`},
@@ -99,14 +98,84 @@ func TestDevBrokerRole(t *testing.T) {
 	}
 }
 
-// TestIgnoredEnv: the SLUICE_* variables a subcommand does not know are
-// reported (a typo, or another subcommand's setting); its own and other
-// variables are not.
-func TestIgnoredEnv(t *testing.T) {
-	fs := producerFlags(defaultSettings(), io.Discard)
-	env := []string{"SLUICE_REDIS_ADDR=r:6379", "SLUICE_REDIS_ADRR=r:6379", "SLUICE_LLM_MODEL=m", "HOME=/root", "SLUICE_JWT_SECRET=x=y"}
-	got := ignoredEnv(fs, env)
-	if want := []string{"SLUICE_LLM_MODEL", "SLUICE_REDIS_ADRR"}; !slices.Equal(got, want) {
-		t.Errorf("ignoredEnv = %v, want %v", got, want)
+// TestAllProblemsAtOnce: one failed start names every missing or invalid
+// setting, not only the first.
+func TestAllProblemsAtOnce(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want []string
+	}{
+		{"Producer", nil, []string{"producer", "--wait-max", "0s"}, []string{
+			"SLUICE_KAFKA_BROKERS (--kafka-brokers): is required",
+			"SLUICE_REDIS_ADDR (--redis-addr): is required",
+			"SLUICE_JWT_SECRET (--jwt-secret): is required",
+			"SLUICE_WAIT_MAX (--wait-max): must be positive",
+		}},
+		{"Consumer", map[string]string{"SLUICE_IN_FLIGHT": "0"}, []string{"consumer", "--llm-timeout", "5"}, []string{
+			"SLUICE_LLM_TIMEOUT (--llm-timeout): invalid value \"5\": a duration needs a unit, e.g. 5s or 5ms",
+		}},
+		{"ConsumerValidation", map[string]string{"SLUICE_IN_FLIGHT": "0"}, []string{"consumer"}, []string{
+			"SLUICE_KAFKA_BROKERS (--kafka-brokers): is required",
+			"SLUICE_REDIS_ADDR (--redis-addr): is required",
+			"SLUICE_LLM_BASE_URL (--llm-base-url): is required",
+			"SLUICE_LLM_MODEL (--llm-model): is required",
+			"SLUICE_IN_FLIGHT (--in-flight): in-flight budget must be at least 1",
+		}},
+		{"BadValuesBoth", map[string]string{"SLUICE_IN_FLIGHT": "lots"}, []string{"consumer", "--drain-timeout", "soon", "--commit-interval"}, []string{
+			`SLUICE_IN_FLIGHT (--in-flight): invalid value "lots"`,
+			`SLUICE_DRAIN_TIMEOUT (--drain-timeout): invalid value "soon": not a duration`,
+			"SLUICE_COMMIT_INTERVAL (--commit-interval): needs a value",
+		}},
+		{"Typo", map[string]string{"SLUICE_KAFKA_BROKER": "k:9092"}, []string{"producer"}, []string{
+			"SLUICE_KAFKA_BROKERS (--kafka-brokers): is required",
+			"SLUICE_KAFKA_BROKER is not a setting of sluice producer (did you mean SLUICE_KAFKA_BROKERS?)",
+		}},
+		{"UnknownFlag", nil, []string{"consumer", "--in-flite", "3"}, []string{"unknown flag --in-flite (did you mean --in-flight?)"}},
+		{"TokenShortSecret", nil, []string{"token", "--jwt-secret", "short", "--sub", "u", "--tenant", "t"}, []string{
+			"SLUICE_JWT_SECRET (--jwt-secret): must be at least 16 bytes",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			var out, errb bytes.Buffer
+			if code := run(context.Background(), tt.args, &out, &errb); code != 2 {
+				t.Fatalf("exit code %d, want 2; stderr:\n%s", code, errb.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(errb.String(), w) {
+					t.Errorf("stderr does not say %q:\n%s", w, errb.String())
+				}
+			}
+		})
+	}
+}
+
+// TestHelpNamesOwnSetting: a subcommand's help shows the environment twin
+// of a flag it has.
+func TestHelpNamesOwnSetting(t *testing.T) {
+	for _, cmd := range []string{"dev", "producer", "consumer", "mockllm", "token"} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), []string{cmd, "-h"}, &out, &errb); code != 0 {
+			t.Fatalf("%s -h: exit %d", cmd, code)
+		}
+		help := errb.String()
+		i := strings.Index(help, "e.g. --")
+		if i < 0 {
+			t.Fatalf("%s -h names no environment twin:\n%s", cmd, help)
+		}
+		flagName, _, _ := strings.Cut(help[i+len("e.g. --"):], " ")
+		if !strings.Contains(help, "  -"+flagName+" ") && !strings.Contains(help, "  -"+flagName+"\n") {
+			t.Errorf("%s -h shows the twin of --%s, which it does not have:\n%s", cmd, flagName, help)
+		}
+	}
+	var out, errb bytes.Buffer
+	run(context.Background(), []string{"token", "-h"}, &out, &errb)
+	if !strings.Contains(errb.String(), devSecret) {
+		t.Errorf("sluice token -h does not say which secret make run uses:\n%s", errb.String())
 	}
 }

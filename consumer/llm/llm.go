@@ -75,6 +75,7 @@ import (
 	"sluice/consumer/llm/faq"
 	"sluice/shared/envelope"
 	"sluice/shared/pii"
+	"sluice/shared/settings"
 )
 
 // Config holds the LLM client's settings.
@@ -179,45 +180,29 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first missing or malformed setting.
+// Validate reports every missing or malformed setting, each named by its
+// flag.
 func (c Config) Validate() error {
-	switch {
-	case c.BaseURL == "":
-		return errors.New("LLM base URL is required")
-	case !validURL(c.BaseURL):
-		return fmt.Errorf("LLM base URL %q must start with http:// or https://", c.BaseURL)
-	case c.Model == "":
-		return errors.New("LLM model is required")
-	case c.Timeout <= 0:
-		return errors.New("LLM timeout must be positive")
-	case c.MaxTokens < 0:
-		return errors.New("LLM max tokens must not be negative")
-	case c.HistoryTokens < 0:
-		return errors.New("LLM history token budget must not be negative")
-	case c.Attempts < 1:
-		return fmt.Errorf("LLM attempts must be at least 1, got %d", c.Attempts)
-	case c.RetryBackoff < 0:
-		return errors.New("LLM retry backoff must not be negative")
-	case c.Reserve < 0:
-		return errors.New("LLM deadline reserve must not be negative")
-	case c.BreakerFailures < 1:
-		return fmt.Errorf("LLM breaker failures must be at least 1, got %d", c.BreakerFailures)
-	case c.BreakerFailureRatio < 0 || c.BreakerFailureRatio > 1:
-		return fmt.Errorf("LLM breaker failure ratio must be within 0..1, got %v", c.BreakerFailureRatio)
-	case c.BreakerOpen <= 0:
-		return errors.New("LLM breaker open time must be positive")
-	case c.BreakerProbes < 1:
-		return fmt.Errorf("LLM breaker probes must be at least 1, got %d", c.BreakerProbes)
-	case c.MaxConcurrent < 1:
-		return fmt.Errorf("LLM max concurrent calls must be at least 1, got %d", c.MaxConcurrent)
-	case c.RPM < 0 || c.TPM < 0:
-		return errors.New("LLM RPM and TPM limits must not be negative")
-	case c.FallbackBaseURL != "" && !validURL(c.FallbackBaseURL):
-		return fmt.Errorf("LLM fallback base URL %q must start with http:// or https://", c.FallbackBaseURL)
-	case c.FAQ.MinScore < 0:
-		return errors.New("FAQ minimum score must not be negative")
-	}
-	return nil
+	var p settings.Problems
+	p.Check(c.BaseURL != "", "llm-base-url", "is required")
+	p.Check(c.BaseURL == "" || validURL(c.BaseURL), "llm-base-url", "%q must start with http:// or https://", c.BaseURL)
+	p.Check(c.Model != "", "llm-model", "is required")
+	p.Check(c.Timeout > 0, "llm-timeout", "must be positive")
+	p.Check(c.MaxTokens >= 0, "llm-max-tokens", "must not be negative")
+	p.Check(c.HistoryTokens >= 0, "llm-history-tokens", "must not be negative")
+	p.Check(c.Attempts >= 1, "llm-attempts", "must be at least 1, got %d", c.Attempts)
+	p.Check(c.RetryBackoff >= 0, "llm-retry-backoff", "must not be negative")
+	p.Check(c.Reserve >= 0, "llm-reserve", "must not be negative")
+	p.Check(c.BreakerFailures >= 1, "llm-breaker-failures", "must be at least 1, got %d", c.BreakerFailures)
+	p.Check(c.BreakerFailureRatio >= 0 && c.BreakerFailureRatio <= 1, "llm-breaker-failure-ratio", "must be within 0..1, got %v", c.BreakerFailureRatio)
+	p.Check(c.BreakerOpen > 0, "llm-breaker-open", "must be positive")
+	p.Check(c.BreakerProbes >= 1, "llm-breaker-probes", "must be at least 1, got %d", c.BreakerProbes)
+	p.Check(c.MaxConcurrent >= 1, "llm-max-concurrent", "must be at least 1, got %d", c.MaxConcurrent)
+	p.Check(c.RPM >= 0, "llm-rpm", "must not be negative")
+	p.Check(c.TPM >= 0, "llm-tpm", "must not be negative")
+	p.Check(c.FallbackBaseURL == "" || validURL(c.FallbackBaseURL), "llm-fallback-base-url", "%q must start with http:// or https://", c.FallbackBaseURL)
+	p.Check(c.FAQ.MinScore >= 0, "faq-min-score", "must not be negative")
+	return p.Err()
 }
 
 func validURL(u string) bool {

@@ -13,10 +13,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"sluice/consumer/llm"
+	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 )
-
-const realRedisAddr = "127.0.0.1:6379"
 
 // quotaBackend returns the options that give a client its quota store; the
 // clients of one backend share it, as consumer processes share Redis.
@@ -27,21 +26,16 @@ func TestQuotaLocal(t *testing.T) {
 }
 
 func TestQuotaMiniredis(t *testing.T) {
-	m := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
-	t.Cleanup(func() { _ = rdb.Close() })
+	_, rdb := stacktest.Miniredis(t)
 	testQuota(t, redisBackend(rdb), true)
 }
 
 func TestQuotaRedis(t *testing.T) {
-	rdb := redis.NewClient(&redis.Options{Addr: realRedisAddr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	err := rdb.Ping(ctx).Err()
-	cancel()
-	if err != nil {
-		t.Skipf("no Redis answers PING at %s (%v): real-Redis quota tests skipped", realRedisAddr, err)
+	addr := stacktest.RealRedis()
+	if addr == "" {
+		t.Skipf("no Redis answers PING at %s (or %s=miniredis): real-Redis quota tests skipped", stacktest.DefaultRedisAddr, stacktest.EnvRedis)
 	}
+	rdb := stacktest.Client(t, addr)
 	testQuota(t, redisBackend(rdb), true)
 }
 

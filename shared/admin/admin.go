@@ -83,6 +83,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, out)
 }
 
+// Handler returns the admin endpoints' handler.
+func (s *Server) Handler() http.Handler { return s.srv.Handler }
+
 // Serve serves on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -8,6 +8,7 @@ package auth
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"time"
@@ -15,11 +16,15 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"sluice/shared/envelope"
+	"sluice/shared/settings"
 )
 
 // ErrInvalidToken is returned by Verify for every token that must not pass.
 // The wrapped detail is safe to show the client.
 var ErrInvalidToken = errors.New("invalid token")
+
+// MinSecretBytes is the shortest HS256 secret a Verifier, and Mint, accept.
+const MinSecretBytes = 16
 
 // Config holds the verifier's keys.
 type Config struct {
@@ -57,8 +62,8 @@ type Verifier struct {
 func NewVerifier(cfg Config) (*Verifier, error) {
 	v := &Verifier{keys: map[string][]jwt.VerificationKey{}}
 	if cfg.Secret != "" {
-		if len(cfg.Secret) < 16 {
-			return nil, errors.New("jwt secret must be at least 16 bytes")
+		if len(cfg.Secret) < MinSecretBytes {
+			return nil, fmt.Errorf("jwt secret must be at least %d bytes", MinSecretBytes)
 		}
 		v.secret = []byte(cfg.Secret)
 		v.methods = append(v.methods, jwt.SigningMethodHS256.Alg())
@@ -143,6 +148,10 @@ func Mint(secret, tenant, user string, ttl time.Duration, now time.Time) (string
 	if secret == "" {
 		return "", errors.New("no jwt secret configured")
 	}
+	if len(secret) < MinSecretBytes {
+		// A Verifier would refuse the secret: the token could never pass.
+		return "", fmt.Errorf("jwt secret must be at least %d bytes", MinSecretBytes)
+	}
 	if !envelope.ValidID(tenant) || !envelope.ValidID(user) {
 		return "", fmt.Errorf("tenant and sub must be 1-%d of [A-Za-z0-9._@|+-]", envelope.MaxIDLen)
 	}
@@ -158,4 +167,20 @@ func Mint(secret, tenant, user string, ttl time.Duration, now time.Time) (string
 		},
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(secret))
+}
+
+// RegisterFlags registers c's keys on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Secret, "jwt-secret", c.Secret, "HS256 secret of bearer tokens (at least 16 bytes)")
+	fs.Var(settings.List{P: &c.PublicKeyFiles}, "jwt-public-keys", "PEM files of RS256/ES256/EdDSA public keys, comma-separated")
+}
+
+// Validate reports a missing key or a secret too short to be safe, each
+// named by its flag. Public key files are read by NewVerifier.
+func (c Config) Validate() error {
+	var p settings.Problems
+	p.Check(c.Secret != "" || len(c.PublicKeyFiles) > 0, "jwt-secret", "is required (or SLUICE_JWT_PUBLIC_KEYS)")
+	p.Check(c.Secret == "" || len(c.Secret) >= MinSecretBytes, "jwt-secret", "jwt secret must be at least %d bytes", MinSecretBytes)
+	p.Check(c.Leeway >= 0, "jwt-leeway", "must not be negative")
+	return p.Err()
 }

@@ -129,6 +129,7 @@ func TestMintErrors(t *testing.T) {
 		ttl                  time.Duration
 	}{
 		{"NoSecret", "", "t1", "u1", time.Minute},
+		{"ShortSecret", "fifteen-bytes!!", "t1", "u1", time.Minute},
 		{"TenantSlash", secret, "t/1", "u1", time.Minute},
 		{"UserColon", secret, "t1", "u:1", time.Minute},
 		{"EmptyUser", secret, "t1", "", time.Minute},

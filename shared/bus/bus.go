@@ -10,9 +10,13 @@ package bus
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -20,6 +24,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 	"github.com/twmb/franz-go/plugin/kslog"
+
+	"sluice/shared/settings"
 )
 
 // Config names the cluster, topics and group.
@@ -67,27 +73,46 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first missing or malformed setting.
+// Validate reports every missing or malformed setting, each named by its
+// flag.
 func (c Config) Validate() error {
-	if len(c.Brokers) == 0 {
-		return errors.New("no Kafka brokers configured")
-	}
+	var p settings.Problems
+	p.Check(len(c.Brokers) > 0, "kafka-brokers", "is required")
 	for _, b := range c.Brokers {
-		if b == "" || !strings.Contains(b, ":") {
-			return fmt.Errorf("broker %q is not host:port", b)
+		_, port, err := net.SplitHostPort(b)
+		p.Check(err == nil && port != "", "kafka-brokers", "%q is not host:port", b)
+	}
+	for flag, name := range map[string]string{"requests-topic": c.RequestsTopic, "replies-topic": c.RepliesTopic,
+		"dlq-topic": c.DLQTopic, "callbacks-topic": c.CallbacksTopic,
+		"consumer-group": c.Group, "reply-group": c.ReplyGroup, "callback-group": c.CallbackGroup} {
+		p.Check(name != "", flag, "must not be empty")
+	}
+	p.Check(c.Group == "" || c.Group != c.ReplyGroup && c.Group != c.CallbackGroup, "consumer-group",
+		"the consumer, reply and callback groups must differ")
+	p.Check(c.ReplyGroup == "" || c.ReplyGroup != c.CallbackGroup, "reply-group", "the reply and callback groups must differ")
+	p.Check(c.Partitions >= 1 && c.Partitions <= 10000, "topic-partitions", "must be from 1 to 10000, got %d", c.Partitions)
+	return p.Err()
+}
+
+// RegisterFlags registers c's settings on fs, with c's values as defaults.
+// The broker list has no default: a service must be told where Kafka is.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.Var(settings.List{P: &c.Brokers}, "kafka-brokers", "Kafka bootstrap brokers, comma-separated host:port")
+	fs.StringVar(&c.RequestsTopic, "requests-topic", c.RequestsTopic, "topic of chat requests")
+	fs.StringVar(&c.RepliesTopic, "replies-topic", c.RepliesTopic, "topic of replies for the HTTP ingress")
+	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic of unprocessable request records")
+	fs.StringVar(&c.Group, "consumer-group", c.Group, "consumer group of the consumers")
+	fs.StringVar(&c.ReplyGroup, "reply-group", c.ReplyGroup, "consumer group in which ingress replicas share the replies topic")
+	fs.StringVar(&c.CallbacksTopic, "callbacks-topic", c.CallbacksTopic, "topic on which consumers hand callbacks over for delivery")
+	fs.StringVar(&c.CallbackGroup, "callback-group", c.CallbackGroup, "consumer group of the callback deliverers")
+	fs.Func("topic-partitions", fmt.Sprintf("partitions of topics Sluice creates (default %d)", c.Partitions), func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 10000 {
+			return errors.New("must be a number from 1 to 10000")
 		}
-	}
-	switch {
-	case c.RequestsTopic == "", c.RepliesTopic == "", c.DLQTopic == "", c.CallbacksTopic == "":
-		return errors.New("topic names must not be empty")
-	case c.Group == "" || c.ReplyGroup == "" || c.CallbackGroup == "":
-		return errors.New("consumer group names must not be empty")
-	case c.Group == c.ReplyGroup || c.Group == c.CallbackGroup || c.ReplyGroup == c.CallbackGroup:
-		return errors.New("the consumer, reply and callback groups must differ")
-	case c.Partitions < 1:
-		return fmt.Errorf("partitions must be at least 1, got %d", c.Partitions)
-	}
-	return nil
+		c.Partitions = int32(n)
+		return nil
+	})
 }
 
 // NewClient returns a client for cfg's brokers whose logs go to log and whose
@@ -124,6 +149,22 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, cfg Config) error {
 		if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
 			return fmt.Errorf("create topic %s: %w", r.Topic, r.Err)
 		}
+	}
+	return nil
+}
+
+// CreateTopics connects to cfg's brokers and creates Sluice's topics when
+// missing, within 15 s; the error names the brokers it could not use.
+func CreateTopics(ctx context.Context, cfg Config, log *slog.Logger) error {
+	cl, err := NewClient(cfg, "admin", log, nil)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := EnsureTopics(ctx, cl, cfg); err != nil {
+		return fmt.Errorf("kafka at %s: %w", strings.Join(cfg.Brokers, ","), err)
 	}
 	return nil
 }

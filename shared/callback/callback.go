@@ -24,6 +24,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -37,6 +38,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sluice/shared/backoff"
+
+	"sluice/shared/settings"
 )
 
 // Header names of a delivery.
@@ -216,11 +219,8 @@ type Deliverer struct {
 // NewDeliverer returns a deliverer. It returns an error when callbacks are
 // enabled without a secret, or the metrics cannot be registered.
 func NewDeliverer(cfg Config, reg prometheus.Registerer) (*Deliverer, error) {
-	if cfg.Policy.Enabled() && len(cfg.Secret) < 16 {
-		return nil, errors.New("callback secret must be at least 16 bytes when callback hosts are allowed")
-	}
-	if cfg.Attempts < 1 || cfg.Backoff <= 0 || cfg.Timeout <= 0 {
-		return nil, errors.New("callback attempts, backoff and timeout must be positive")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	d := &Deliverer{cfg: cfg,
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -304,4 +304,26 @@ func (d *Deliverer) attempt(ctx context.Context, u, requestID string, body []byt
 	d.attempts.WithLabelValues("http_error").Inc()
 	retry = resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500
 	return retry, fmt.Errorf("status %d", resp.StatusCode)
+}
+
+// RegisterFlags registers c's settings on fs, with c's values as defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.Var(settings.List{P: &c.Policy.AllowedHosts}, "callback-hosts", "hosts callback URLs may name, comma-separated, exact or *.suffix; empty disables mode callback")
+	fs.BoolVar(&c.Policy.AllowPrivate, "callback-allow-private", c.Policy.AllowPrivate, "let callbacks reach loopback, private and link-local addresses")
+	fs.BoolVar(&c.Policy.AllowHTTP, "callback-allow-http", c.Policy.AllowHTTP, "allow plain http callback URLs (default https only)")
+	fs.StringVar(&c.Secret, "callback-secret", c.Secret, "HMAC-SHA256 secret that signs callbacks (Sluice-Signature), at least 16 bytes")
+	fs.IntVar(&c.Attempts, "callback-attempts", c.Attempts, "tries of one callback delivery")
+	fs.DurationVar(&c.Timeout, "callback-timeout", c.Timeout, "bound of one callback attempt")
+	fs.DurationVar(&c.Backoff, "callback-backoff", c.Backoff, "pause after the first failed attempt; it grows linearly, with jitter")
+}
+
+// Validate reports every setting out of range, each named by its flag. The
+// secret is needed only when callbacks are enabled.
+func (c Config) Validate() error {
+	var p settings.Problems
+	p.Check(!c.Policy.Enabled() || len(c.Secret) >= 16, "callback-secret", "must be at least 16 bytes when callback hosts are allowed")
+	p.Check(c.Attempts >= 1, "callback-attempts", "must be at least 1")
+	p.Check(c.Backoff > 0, "callback-backoff", "must be positive")
+	p.Check(c.Timeout > 0, "callback-timeout", "must be positive")
+	return p.Err()
 }

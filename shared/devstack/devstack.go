@@ -25,6 +25,10 @@ type BrokerConfig struct {
 	Topics []string
 	// DataDir, when set, keeps the broker's data across restarts.
 	DataDir string
+	// NoAutoCreate refuses to create a topic a client names (as Apache
+	// Kafka with auto.create.topics.enable=false); by default a produce or
+	// metadata request creates it.
+	NoAutoCreate bool
 }
 
 // Broker is an embedded Kafka broker.
@@ -52,10 +56,12 @@ func StartBroker(cfg BrokerConfig, log *slog.Logger) (*Broker, error) {
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
 			return net.Listen(network, net.JoinHostPort(host, port))
 		}),
-		kfake.AllowAutoTopicCreation(),
 		kfake.DefaultNumPartitions(int(cfg.Partitions)),
 		kfake.SeedTopics(cfg.Partitions, cfg.Topics...),
 		kfake.WithLogger(kfakeLogger{log}),
+	}
+	if !cfg.NoAutoCreate {
+		opts = append(opts, kfake.AllowAutoTopicCreation())
 	}
 	if cfg.DataDir != "" {
 		opts = append(opts, kfake.DataDir(cfg.DataDir))

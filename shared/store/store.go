@@ -23,6 +23,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"strconv"
 	"strings"
@@ -31,6 +32,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"sluice/shared/envelope"
+	"sluice/shared/settings"
 )
 
 // ErrNotFound is returned by Result when no request of that id is known for
@@ -55,19 +57,22 @@ func DefaultConfig() Config {
 	return Config{Prefix: "sluice", HistoryTurns: 50, HistoryTTL: 7 * 24 * time.Hour, ResultTTL: 10 * time.Minute}
 }
 
-// Validate reports the first setting out of range.
+// Validate reports every setting out of range, each named by its flag.
 func (c Config) Validate() error {
-	switch {
-	case c.Prefix == "":
-		return errors.New("store prefix must not be empty")
-	case c.HistoryTurns < 2:
-		return fmt.Errorf("history turns must be at least 2, got %d", c.HistoryTurns)
-	case c.HistoryTTL <= 0:
-		return errors.New("history TTL must be positive")
-	case c.ResultTTL <= 0:
-		return errors.New("result TTL must be positive")
-	}
-	return nil
+	var p settings.Problems
+	p.Check(c.Prefix != "", "redis-prefix", "must not be empty")
+	p.Check(c.HistoryTurns >= 2, "history-turns", "must be at least 2, got %d", c.HistoryTurns)
+	p.Check(c.HistoryTTL > 0, "history-ttl", "must be positive")
+	p.Check(c.ResultTTL > 0, "result-ttl", "must be positive")
+	return p.Err()
+}
+
+// RegisterFlags registers c's settings on fs, with c's values as defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Prefix, "redis-prefix", c.Prefix, "prefix of every Redis key")
+	fs.IntVar(&c.HistoryTurns, "history-turns", c.HistoryTurns, "turns kept per dialog (user and assistant each count one)")
+	fs.DurationVar(&c.HistoryTTL, "history-ttl", c.HistoryTTL, "how long an untouched dialog is kept")
+	fs.DurationVar(&c.ResultTTL, "result-ttl", c.ResultTTL, "how long a request's result can be polled")
 }
 
 // Dialog names one dialog of one user of one tenant.

@@ -15,11 +15,10 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 	"sluice/shared/store"
 )
-
-const realRedisAddr = "127.0.0.1:6379"
 
 func TestStoreMiniredis(t *testing.T) {
 	testStore(t, func(t *testing.T) *store.Redis {
@@ -31,16 +30,12 @@ func TestStoreMiniredis(t *testing.T) {
 }
 
 func TestStoreRedis(t *testing.T) {
-	probe := redis.NewClient(&redis.Options{Addr: realRedisAddr})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	err := probe.Ping(ctx).Err()
-	cancel()
-	_ = probe.Close()
-	if err != nil {
-		t.Skipf("no Redis answers PING at %s (%v): real-Redis store tests skipped", realRedisAddr, err)
+	addr := stacktest.RealRedis()
+	if addr == "" {
+		t.Skipf("no Redis answers PING at %s (or %s=miniredis): real-Redis store tests skipped", stacktest.DefaultRedisAddr, stacktest.EnvRedis)
 	}
 	testStore(t, func(t *testing.T) *store.Redis {
-		rdb := redis.NewClient(&redis.Options{Addr: realRedisAddr})
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
 		t.Cleanup(func() { _ = rdb.Close() })
 		return mustNewStore(t, rdb)
 	})
@@ -654,10 +649,10 @@ func TestConfigValidate(t *testing.T) {
 		edit func(c *store.Config)
 		msg  string
 	}{
-		{"EmptyPrefix", func(c *store.Config) { c.Prefix = "" }, "prefix"},
-		{"OneTurn", func(c *store.Config) { c.HistoryTurns = 1 }, "history turns"},
-		{"ZeroHistoryTTL", func(c *store.Config) { c.HistoryTTL = 0 }, "history TTL"},
-		{"NegativeResultTTL", func(c *store.Config) { c.ResultTTL = -time.Second }, "result TTL"},
+		{"EmptyPrefix", func(c *store.Config) { c.Prefix = "" }, "SLUICE_REDIS_PREFIX"},
+		{"OneTurn", func(c *store.Config) { c.HistoryTurns = 1 }, "SLUICE_HISTORY_TURNS"},
+		{"ZeroHistoryTTL", func(c *store.Config) { c.HistoryTTL = 0 }, "SLUICE_HISTORY_TTL"},
+		{"NegativeResultTTL", func(c *store.Config) { c.ResultTTL = -time.Second }, "SLUICE_RESULT_TTL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

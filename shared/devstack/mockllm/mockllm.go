@@ -14,6 +14,7 @@ package mockllm
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,6 +29,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/shared/settings"
 )
 
 // Config holds the mock's knobs.
@@ -69,25 +72,31 @@ func DefaultConfig() Config {
 
 // Validate reports the first knob out of range.
 func (c Config) Validate() error {
-	switch {
-	case c.Latency < 0 || c.Jitter < 0 || c.LatencyP99 < 0:
-		return fmt.Errorf("latency, latency p99 and jitter must not be negative")
-	case c.LatencyP99 > 0 && c.Latency == 0:
-		return fmt.Errorf("latency p99 needs a latency (the median)")
-	case c.ErrorRate < 0 || c.ErrorRate > 1:
-		return fmt.Errorf("error rate must be within 0..1, got %v", c.ErrorRate)
-	case c.RateLimitRate < 0 || c.RateLimitRate > 1:
-		return fmt.Errorf("rate-limit rate must be within 0..1, got %v", c.RateLimitRate)
-	case c.RetryAfter < 0:
-		return fmt.Errorf("retry-after must not be negative")
-	case c.MalformedRate < 0 || c.MalformedRate > 1:
-		return fmt.Errorf("malformed rate must be within 0..1, got %v", c.MalformedRate)
-	case c.SlowRate < 0 || c.SlowRate > 1:
-		return fmt.Errorf("slow rate must be within 0..1, got %v", c.SlowRate)
-	case c.SlowFirstByte < 0:
-		return fmt.Errorf("slow first byte must not be negative")
-	}
-	return nil
+	var p settings.Problems
+	p.Check(c.Latency >= 0, "mock-latency", "must not be negative")
+	p.Check(c.LatencyP99 >= 0, "mock-latency-p99", "must not be negative")
+	p.Check(c.LatencyP99 == 0 || c.Latency > 0, "mock-latency-p99", "latency p99 needs a latency (the median, --mock-latency)")
+	p.Check(c.Jitter >= 0, "mock-jitter", "must not be negative")
+	p.Check(c.ErrorRate >= 0 && c.ErrorRate <= 1, "mock-error-rate", "error rate must be within 0..1, got %v", c.ErrorRate)
+	p.Check(c.RateLimitRate >= 0 && c.RateLimitRate <= 1, "mock-rate-limit-rate", "rate-limit rate must be within 0..1, got %v", c.RateLimitRate)
+	p.Check(c.RetryAfter >= 0, "mock-retry-after", "must not be negative")
+	p.Check(c.MalformedRate >= 0 && c.MalformedRate <= 1, "mock-malformed-rate", "malformed rate must be within 0..1, got %v", c.MalformedRate)
+	p.Check(c.SlowRate >= 0 && c.SlowRate <= 1, "mock-slow-rate", "slow rate must be within 0..1, got %v", c.SlowRate)
+	p.Check(c.SlowFirstByte >= 0, "mock-slow-first-byte", "must not be negative")
+	return p.Err()
+}
+
+// RegisterFlags registers c's knobs on fs, with c's values as defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.DurationVar(&c.Latency, "mock-latency", c.Latency, "mock LLM: latency of an answer (the median when --mock-latency-p99 is larger)")
+	fs.DurationVar(&c.LatencyP99, "mock-latency-p99", c.LatencyP99, "mock LLM: 99th percentile latency; when larger than --mock-latency, latency is log-normal")
+	fs.DurationVar(&c.Jitter, "mock-jitter", c.Jitter, "mock LLM: uniform random latency added, 0..jitter")
+	fs.Float64Var(&c.ErrorRate, "mock-error-rate", c.ErrorRate, "mock LLM: fraction of calls answered 500")
+	fs.Float64Var(&c.RateLimitRate, "mock-rate-limit-rate", c.RateLimitRate, "mock LLM: fraction of calls answered 429")
+	fs.DurationVar(&c.RetryAfter, "mock-retry-after", c.RetryAfter, "mock LLM: Retry-After of a 429")
+	fs.Float64Var(&c.MalformedRate, "mock-malformed-rate", c.MalformedRate, "mock LLM: fraction of calls answered 200 with truncated JSON")
+	fs.Float64Var(&c.SlowRate, "mock-slow-rate", c.SlowRate, "mock LLM: fraction of answers whose body starts --mock-slow-first-byte after the headers")
+	fs.DurationVar(&c.SlowFirstByte, "mock-slow-first-byte", c.SlowFirstByte, "mock LLM: stall between the headers and the body of a slow answer")
 }
 
 // Server is the mock's HTTP handler.

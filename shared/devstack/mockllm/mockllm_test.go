@@ -432,17 +432,17 @@ func TestConfigValidate(t *testing.T) {
 		msg  string
 	}{
 		{"NegativeLatency", func(c *mockllm.Config) { c.Latency = -time.Millisecond }, "latency"},
-		{"NegativeJitter", func(c *mockllm.Config) { c.Jitter = -time.Millisecond }, "jitter"},
+		{"NegativeJitter", func(c *mockllm.Config) { c.Jitter = -time.Millisecond }, "SLUICE_MOCK_JITTER"},
 		{"ErrorRateBelow0", func(c *mockllm.Config) { c.ErrorRate = -0.1 }, "error rate"},
 		{"ErrorRateAbove1", func(c *mockllm.Config) { c.ErrorRate = 1.01 }, "error rate"},
 		{"RateLimitBelow0", func(c *mockllm.Config) { c.RateLimitRate = -1 }, "rate-limit rate"},
 		{"RateLimitAbove1", func(c *mockllm.Config) { c.RateLimitRate = 2 }, "rate-limit rate"},
-		{"NegativeRetryAfter", func(c *mockllm.Config) { c.RetryAfter = -time.Second }, "retry-after"},
-		{"NegativeLatencyP99", func(c *mockllm.Config) { c.LatencyP99 = -time.Second }, "latency p99"},
+		{"NegativeRetryAfter", func(c *mockllm.Config) { c.RetryAfter = -time.Second }, "SLUICE_MOCK_RETRY_AFTER"},
+		{"NegativeLatencyP99", func(c *mockllm.Config) { c.LatencyP99 = -time.Second }, "SLUICE_MOCK_LATENCY_P99"},
 		{"P99WithoutMedian", func(c *mockllm.Config) { c.Latency, c.LatencyP99 = 0, time.Second }, "latency p99"},
 		{"MalformedAbove1", func(c *mockllm.Config) { c.MalformedRate = 1.5 }, "malformed rate"},
 		{"SlowBelow0", func(c *mockllm.Config) { c.SlowRate = -0.5 }, "slow rate"},
-		{"NegativeSlowFirstByte", func(c *mockllm.Config) { c.SlowFirstByte = -time.Second }, "slow first byte"},
+		{"NegativeSlowFirstByte", func(c *mockllm.Config) { c.SlowFirstByte = -time.Second }, "SLUICE_MOCK_SLOW_FIRST_BYTE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

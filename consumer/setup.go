@@ -1,0 +1,105 @@
+package consumer
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/consumer/llm"
+	"sluice/shared/admin"
+	"sluice/shared/bus"
+	"sluice/shared/callback"
+	"sluice/shared/settings"
+	"sluice/shared/store"
+)
+
+// Settings are everything `sluice consumer` is configured with: the
+// consumer's own Config and the Kafka, Redis, LLM and callback settings it
+// runs on.
+type Settings struct {
+	Consumer  Config
+	Bus       bus.Config
+	Redis     store.ClientConfig
+	Store     store.Config
+	LLM       llm.Config
+	Callbacks callback.Config
+	// CreateTopics creates Sluice's topics at start when missing.
+	CreateTopics bool
+}
+
+// Validate reports every missing or invalid setting at once, each named by
+// its flag. It connects to nothing.
+func (s Settings) Validate() error {
+	var p settings.Problems
+	p.Add(s.Bus.Validate())
+	p.Add(s.Redis.Validate())
+	p.Add(s.Store.Validate())
+	p.Add(s.LLM.Validate())
+	p.Add(s.Consumer.Validate())
+	p.Add(s.Callbacks.Validate())
+	return p.Err()
+}
+
+// Checks takes the readiness checks of a component (*admin.Server).
+type Checks interface {
+	AddCheck(name string, c admin.Check)
+}
+
+var _ Checks = (*admin.Server)(nil)
+
+// Open builds the consumer `sluice consumer` runs: it validates s, creates
+// the Redis client (which also carries the LLM quota shared by every
+// consumer), the LLM client with its FAQ, the callback deliverer when
+// callbacks are enabled and, when asked, the topics, and adds the readiness
+// checks "consumer" (in the group, not draining), "kafka" and "redis" (each
+// answers) to checks, which run until ctx ends. Close releases the Redis
+// client too. It returns the settings' problems, an unreadable prompts or
+// FAQ file, or a Kafka cluster it could not create topics on.
+func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Registerer, checks Checks) (*Consumer, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	rdb, err := store.NewClient(s.Redis)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Consumer, error) { _ = rdb.Close(); return nil, err }
+	model, err := llm.New(s.LLM, log, reg, llm.WithRedis(rdb, s.Store.Prefix+":"))
+	if err != nil {
+		return fail(err)
+	}
+	if own, def := model.FAQs(); own > 0 || def {
+		log.Info("FAQ fallback ready", "tenant_files", own, "default", def)
+	}
+	st, err := store.New(rdb, s.Store)
+	if err != nil {
+		return fail(err)
+	}
+	if s.CreateTopics {
+		if err := bus.CreateTopics(ctx, s.Bus, log); err != nil {
+			return fail(err)
+		}
+	}
+	c, err := New(s.Consumer, s.Bus, st, model, log, reg)
+	if err != nil {
+		return fail(err)
+	}
+	c.release = rdb.Close
+	if s.Callbacks.Policy.Enabled() {
+		d, err := callback.NewDeliverer(s.Callbacks, reg)
+		if err == nil {
+			err = c.SetCallbacks(d)
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	checks.AddCheck("consumer", admin.Flag(c.Ready, "not consuming (starting or draining)"))
+	checks.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return c.Client().Ping(ctx) }))
+	// Without Redis no request can be answered: no history, no result.
+	checks.AddCheck("redis", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return rdb.Ping(ctx).Err() }))
+	return c, nil
+}

@@ -1,0 +1,86 @@
+package producer
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/shared/admin"
+	"sluice/shared/auth"
+	"sluice/shared/bus"
+	"sluice/shared/settings"
+	"sluice/shared/store"
+)
+
+// Settings are everything `sluice producer` is configured with: the
+// ingress's own Config and the Kafka, Redis and token settings it runs on.
+type Settings struct {
+	Producer Config
+	Bus      bus.Config
+	Redis    store.ClientConfig
+	Store    store.Config
+	Auth     auth.Config
+	// CreateTopics creates Sluice's topics at start when missing.
+	CreateTopics bool
+}
+
+// Validate reports every missing or invalid setting at once, each named by
+// its flag. It connects to nothing.
+func (s Settings) Validate() error {
+	var p settings.Problems
+	p.Add(s.Bus.Validate())
+	p.Add(s.Redis.Validate())
+	p.Add(s.Store.Validate())
+	p.Add(s.Auth.Validate())
+	p.Add(s.Producer.Validate())
+	return p.Err()
+}
+
+// Checks takes the readiness checks of a component (*admin.Server).
+type Checks interface {
+	AddCheck(name string, c admin.Check)
+}
+
+var _ Checks = (*admin.Server)(nil)
+
+// Open builds the ingress `sluice producer` runs: it validates s, reads the
+// token keys, creates the Redis client and, when asked, the topics, and adds
+// the readiness checks "producer" (serving, not draining) and "kafka" (the
+// brokers answer) to checks, which run until ctx ends. Close releases the
+// Redis client too. It returns the settings' problems, an unreadable key
+// file, or a Kafka cluster it could not create topics on.
+func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Registerer, checks Checks) (*Server, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	v, err := auth.NewVerifier(s.Auth)
+	if err != nil {
+		return nil, settings.Errorf("jwt-public-keys", "%v", err)
+	}
+	rdb, err := store.NewClient(s.Redis)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.New(rdb, s.Store)
+	if err != nil {
+		_ = rdb.Close()
+		return nil, err
+	}
+	if s.CreateTopics {
+		if err := bus.CreateTopics(ctx, s.Bus, log); err != nil {
+			_ = rdb.Close()
+			return nil, err
+		}
+	}
+	srv, err := New(s.Producer, s.Bus, v, st, log, reg)
+	if err != nil {
+		_ = rdb.Close()
+		return nil, err
+	}
+	srv.release = rdb.Close
+	checks.AddCheck("producer", admin.Flag(srv.Ready, "not serving (starting or draining)"))
+	checks.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return srv.Client().Ping(ctx) }))
+	return srv, nil
+}
