@@ -38,14 +38,26 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 }
 
 func rateFlag(fs *flag.FlagSet, r *Rate, name, usage string) {
-	fs.Func(name, usage+" (default "+r.String()+")", func(s string) error {
-		v, err := ParseRate(s)
-		if err != nil {
-			return err
-		}
-		*r = v
-		return nil
-	})
+	fs.Var(rateValue{r}, name, usage)
+}
+
+// rateValue is a flag of a Rate, N/unit[:burst].
+type rateValue struct{ r *Rate }
+
+func (v rateValue) String() string {
+	if v.r == nil {
+		return ""
+	}
+	return v.r.String()
+}
+
+func (v rateValue) Set(s string) error {
+	r, err := ParseRate(s)
+	if err != nil {
+		return err
+	}
+	*v.r = r
+	return nil
 }
 
 // partitions is a comma-separated list of partition numbers.

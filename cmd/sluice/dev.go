@@ -225,11 +225,12 @@ func startDevServices(ctx context.Context, st *config, d devSettings, log *slog.
 		}
 	}
 	if d.has("producer") || d.has("consumer") {
-		if err := listenAdmin(st.adminAddr, adm, sv); err != nil {
+		addr, err := listenAdmin(st.adminAddr, adm, sv)
+		if err != nil {
 			return apiURL, stop, err
 		}
 		stops = append(stops, func() { shutdownAdmin(adm) })
-		fmt.Fprintf(banner, "  Admin             http://%s/metrics  /healthz  /readyz\n", dialableAddr(st.adminAddr))
+		fmt.Fprintf(banner, "  Admin             http://%s/metrics  /healthz  /readyz\n", dialableAddr(addr))
 	}
 	return apiURL, stop, nil
 }

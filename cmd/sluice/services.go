@@ -63,10 +63,11 @@ func (s *services) wait() error {
 	return errors.Join(s.errs...)
 }
 
-func listenAdmin(addr string, adm *admin.Server, sv *services) error {
+// listenAdmin serves adm on addr and returns the address it listens on.
+func listenAdmin(addr string, adm *admin.Server, sv *services) (string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return usageError(settingError("admin-addr", err))
+		return "", settingError("admin-addr", err)
 	}
 	go func() {
 		if err := adm.Serve(ln); err != nil {
@@ -74,7 +75,7 @@ func listenAdmin(addr string, adm *admin.Server, sv *services) error {
 		}
 	}()
 	sv.log.Info("admin listening", "addr", ln.Addr().String())
-	return nil
+	return ln.Addr().String(), nil
 }
 
 func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
@@ -93,7 +94,7 @@ func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	if err := listenAdmin(st.adminAddr, adm, sv); err != nil {
+	if _, err := listenAdmin(st.adminAddr, adm, sv); err != nil {
 		return err
 	}
 	defer shutdownAdmin(adm)
@@ -117,7 +118,7 @@ func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	if err := listenAdmin(st.adminAddr, adm, sv); err != nil {
+	if _, err := listenAdmin(st.adminAddr, adm, sv); err != nil {
 		return err
 	}
 	defer shutdownAdmin(adm)

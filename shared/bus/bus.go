@@ -105,14 +105,26 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ReplyGroup, "reply-group", c.ReplyGroup, "consumer group in which ingress replicas share the replies topic")
 	fs.StringVar(&c.CallbacksTopic, "callbacks-topic", c.CallbacksTopic, "topic on which consumers hand callbacks over for delivery")
 	fs.StringVar(&c.CallbackGroup, "callback-group", c.CallbackGroup, "consumer group of the callback deliverers")
-	fs.Func("topic-partitions", fmt.Sprintf("partitions of topics Sluice creates (default %d)", c.Partitions), func(s string) error {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 10000 {
-			return errors.New("must be a number from 1 to 10000")
-		}
-		c.Partitions = int32(n)
-		return nil
-	})
+	fs.Var(partitionCount{&c.Partitions}, "topic-partitions", "partitions of topics Sluice creates")
+}
+
+// partitionCount is a flag of a partition count, 1 to 10000.
+type partitionCount struct{ p *int32 }
+
+func (v partitionCount) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strconv.Itoa(int(*v.p))
+}
+
+func (v partitionCount) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 10000 {
+		return errors.New("must be a number from 1 to 10000")
+	}
+	*v.p = int32(n)
+	return nil
 }
 
 // NewClient returns a client for cfg's brokers whose logs go to log and whose
