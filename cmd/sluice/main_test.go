@@ -26,7 +26,6 @@ func TestSettingErrorsNameTheSetting(t *testing.T) {
 		{"ProducerNoRedis", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer"}, "SLUICE_REDIS_ADDR (--redis-addr): is required"},
 		{"ConsumerNoLLM", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1"}, []string{"consumer"}, "SLUICE_LLM_BASE_URL (--llm-base-url): is required"},
 		{"ConsumerBadInFlight", map[string]string{"SLUICE_IN_FLIGHT": "lots"}, []string{"consumer"}, `SLUICE_IN_FLIGHT (--in-flight): invalid value "lots"`},
-		{"EmptySessionTimeout", map[string]string{"SLUICE_SESSION_TIMEOUT": ""}, []string{"consumer"}, `SLUICE_SESSION_TIMEOUT (--session-timeout): invalid value ""`},
 		{"ConsumerBadDuration", nil, []string{"consumer", "--drain-timeout", "soon"}, "drain-timeout"},
 		{"DevUnknownRole", nil, []string{"dev", "--roles", "broker,oracle"}, `SLUICE_ROLES (--roles): unknown role "oracle"`},
 		{"BadLogLevel", map[string]string{"SLUICE_LOG_LEVEL": "loud"}, []string{"mockllm"}, "SLUICE_LOG_LEVEL (--log-level)"},

@@ -96,13 +96,15 @@ func (l List) Set(s string) error {
 
 // Parse applies the environment twins of fs's flags, read through lookup,
 // then args, so that a flag on the command line wins over the environment.
+// A variable set to the empty string counts as unset, as deployment files
+// write an optional setting (SLUICE_SESSION_TIMEOUT=).
 // It reports every value that does not parse, each named by its setting,
 // and an unknown flag or a stray argument; a duration without a unit says
 // that it needs one. It returns flag.ErrHelp for -h and --help.
 func Parse(fs *flag.FlagSet, args []string, lookup func(string) (string, bool)) error {
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := lookup(EnvName(f.Name)); ok {
+		if v, ok := lookup(EnvName(f.Name)); ok && v != "" {
 			if err := set(fs, f, v); err != nil {
 				errs = append(errs, err)
 			}

@@ -31,12 +31,17 @@ func env(kv map[string]string) func(string) (string, bool) {
 func TestParseFlagWinsOverEnv(t *testing.T) {
 	fs, d, n, b, list := newFS()
 	err := settings.Parse(fs, []string{"--in-flight", "7", "-create-topics", "--kafka-brokers= a:1 , b:2 "},
-		env(map[string]string{"SLUICE_IN_FLIGHT": "3", "SLUICE_DRAIN_TIMEOUT": "2m"}))
+		env(map[string]string{"SLUICE_IN_FLIGHT": "3", "SLUICE_DRAIN_TIMEOUT": "2m", "SLUICE_CREATE_TOPICS": "", "SLUICE_KAFKA_BROKERS": ""}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if *n != 7 || *d != 2*time.Minute || !*b || !slices.Equal(*list, []string{"a:1", "b:2"}) {
 		t.Errorf("got in-flight %d, drain %v, create %v, brokers %q", *n, *d, *b, *list)
+	}
+	// An empty variable is unset: the default stands.
+	fs, d, _, _, _ = newFS()
+	if err := settings.Parse(fs, nil, env(map[string]string{"SLUICE_DRAIN_TIMEOUT": ""})); err != nil || *d != time.Second {
+		t.Errorf("empty SLUICE_DRAIN_TIMEOUT: %v, drain %v; want the default 1s", err, *d)
 	}
 }
 
