@@ -55,7 +55,7 @@ func newCallbackWorker(cfg Config, cfgBus bus.Config, cb Callbacks, log *slog.Lo
 		kgo.DisableAutoCommit(),
 		// A dead consumer's callbacks move on as soon as its requests do.
 		kgo.SessionTimeout(cfg.SessionTimeout),
-		kgo.HeartbeatInterval(min(3*time.Second, cfg.SessionTimeout/3)),
+		kgo.HeartbeatInterval(heartbeat(cfg.SessionTimeout)),
 		// A batch is committed when it is finished; a rebalance waits for
 		// it, up to a delivery's retries.
 		kgo.BlockRebalanceOnPoll(),
