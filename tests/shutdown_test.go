@@ -17,13 +17,18 @@ func TestProducerGracefulShutdown(t *testing.T) {
 	p := s.addProducer(testProducerConfig())
 	c := s.client(p.url, "shop-1", "dora")
 
-	answered := make(chan producer.DoneBody, 1)
-	codes := make(chan int, 1)
+	// The request's outcome, sent from its goroutine: the test's goroutine
+	// alone may fail the test.
+	type outcome struct {
+		code int
+		done producer.DoneBody
+		err  error
+	}
+	answered := make(chan outcome, 1)
 	go func() {
-		var done producer.DoneBody
-		code, _ := c.do(http.MethodPost, "/v1/chat", map[string]any{"text": "还没发货？", "wait_ms": 20000}, &done)
-		codes <- code
-		answered <- done
+		var o outcome
+		o.code, _, o.err = c.tryDo(http.MethodPost, "/v1/chat", map[string]any{"text": "还没发货？", "wait_ms": 20000}, &o.done)
+		answered <- o
 	}()
 	// Stop once the request is waiting for its answer.
 	deadline := time.Now().Add(20 * time.Second)
@@ -35,18 +40,26 @@ func TestProducerGracefulShutdown(t *testing.T) {
 	}
 	stopped := make(chan struct{})
 	go func() { p.stop(); close(stopped) }()
+	deadline = time.Now().Add(30 * time.Second)
 	for p.srv.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("a stopping ingress still ready after 30s")
+		}
 		time.Sleep(5 * time.Millisecond) // readiness flips at once; no event to await
 	}
-	if code := <-codes; code != http.StatusOK {
-		t.Fatalf("waiting request during shutdown: %d, want 200", code)
+	o := <-answered // bounded by the HTTP client's timeout
+	if o.err != nil {
+		t.Fatalf("waiting request during shutdown: %v", o.err)
 	}
-	if done := <-answered; done.Status != envelope.StatusDone || done.Answer == "" {
-		t.Fatalf("answer during shutdown: %+v", done)
+	if o.code != http.StatusOK {
+		t.Fatalf("waiting request during shutdown: %d, want 200", o.code)
+	}
+	if o.done.Status != envelope.StatusDone || o.done.Answer == "" {
+		t.Fatalf("answer during shutdown: %+v", o.done)
 	}
 	select {
 	case <-stopped:
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("producer did not stop after its last waiter was answered")
 	}
 	if _, err := http.Get(p.url + "/openapi.yaml"); err == nil {

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -345,38 +346,16 @@ func (s *stack) client(base, tenant, user string) *client {
 
 var httpClient = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 
-// do sends a request and decodes a JSON answer into out (when not nil).
+// do sends a request and decodes a JSON answer into out (when not nil). It
+// fails the test on a transport or decoding error: call it from the test's
+// goroutine only, and tryDo from others.
 func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 	c.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, c.base+path, rd)
+	code, h, err := c.tryDo(method, path, body, out)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		c.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if out != nil && len(raw) > 0 {
-		if err := json.Unmarshal(raw, out); err != nil {
-			c.t.Fatalf("%s %s: decode %q: %v", method, path, raw, err)
-		}
-	}
-	return resp.StatusCode, resp.Header
+	return code, h
 }
 
 func randomHex(n int) string {
@@ -443,4 +422,38 @@ func mockllmConfig(latency, jitter time.Duration) mockllm.Config {
 	c := mockllm.DefaultConfig()
 	c.Latency, c.Jitter = latency, jitter
 	return c
+}
+
+// tryDo is do for goroutines other than the test's: it returns the
+// transport or decoding error instead of failing the test.
+func (c *client) tryDo(method, path string, body any, out any) (int, http.Header, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s: read answer: %w", method, path, err)
+	}
+	if out != nil && len(raw) > 0 {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return 0, nil, fmt.Errorf("%s %s: decode %q: %w", method, path, raw, err)
+		}
+	}
+	return resp.StatusCode, resp.Header, nil
 }
