@@ -1,16 +1,18 @@
 package tests
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -54,52 +58,41 @@ func sluiceBinary(t *testing.T) string {
 	return binPath
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
-// proc is a sluice OS process.
+// proc is a sluice OS process. Its stdout and stderr are read line by line
+// through pipes and kept, for waitLine and for the failure log.
 type proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-	out  *strings.Builder
-	mu   sync.Mutex
+	cmd   *exec.Cmd
+	args  []string
+	admin string        // the admin listener's address, once read from the log
+	done  chan struct{} // closed once the process exited and its output is read
+	err   error         // what Wait returned, set before done is closed
+
+	mu    sync.Mutex
+	lines []string
+	grew  chan struct{} // closed and replaced whenever a line arrives
 }
 
-// startProc starts `sluice args...` with env; ready, when given, is a line
-// prefix on stdout to wait for.
-func startProc(t *testing.T, env []string, ready string, args ...string) *proc {
+// startProc starts `sluice args...` with env added to the test's
+// environment. The process is killed when the test ends, and its output
+// logged if the test failed.
+func startProc(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(sluiceBinary(t), args...)
 	cmd.Env = append(os.Environ(), env...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{}), out: &strings.Builder{}}
-	cmd.Stderr = lockedWriter{p}
+	p := &proc{cmd: cmd, args: args, done: make(chan struct{}), grew: make(chan struct{})}
+	// Not *os.File writers: exec copies each stream from a pipe, and Wait
+	// returns once both copies are done, so no line is lost at exit.
+	stdout, stderr := &lineWriter{p: p}, &lineWriter{p: p}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	seen := make(chan struct{})
 	go func() {
-		sc := bufio.NewScanner(stdout)
-		once := sync.Once{}
-		for sc.Scan() {
-			if ready != "" && strings.Contains(sc.Text(), ready) {
-				once.Do(func() { close(seen) })
-			}
-		}
+		p.err = cmd.Wait()
+		stdout.flush()
+		stderr.flush()
+		close(p.done)
 	}()
-	go func() { p.err = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-p.done
@@ -107,31 +100,116 @@ func startProc(t *testing.T, env []string, ready string, args ...string) *proc {
 			t.Logf("sluice %s output:\n%s", strings.Join(args, " "), p.output())
 		}
 	})
-	if ready != "" {
-		select {
-		case <-seen:
-		case <-p.done:
-			t.Fatalf("sluice %v exited at start: %v\n%s", args, p.err, p.output())
-		case <-time.After(60 * time.Second):
-			t.Fatalf("sluice %v not ready after 60s", args)
-		}
-	}
 	return p
 }
 
-type lockedWriter struct{ p *proc }
+// waitLine waits until the process prints a line matching re and returns
+// the match and its submatches. It fails the test when the process exits
+// first or prints no such line within a minute. Call it from the test's
+// goroutine.
+func (p *proc) waitLine(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+	timeout := time.NewTimer(60 * time.Second)
+	defer timeout.Stop()
+	exited := false
+	for i := 0; ; {
+		p.mu.Lock()
+		lines, grew := p.lines, p.grew
+		p.mu.Unlock()
+		for ; i < len(lines); i++ {
+			if m := re.FindStringSubmatch(lines[i]); m != nil {
+				return m
+			}
+		}
+		if exited {
+			t.Fatalf("sluice %s exited (%v) without printing a line matching %q:\n%s", strings.Join(p.args, " "), p.err, re, p.output())
+		}
+		select {
+		case <-grew:
+		case <-p.done: // every line is in: look once more
+			exited = true
+		case <-timeout.C:
+			t.Fatalf("sluice %s printed no line matching %q within 60s:\n%s", strings.Join(p.args, " "), re, p.output())
+		}
+	}
+}
 
-func (w lockedWriter) Write(b []byte) (int, error) {
-	w.p.mu.Lock()
-	defer w.p.mu.Unlock()
-	return w.p.out.Write(b)
+func (p *proc) addLine(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lines = append(p.lines, line)
+	close(p.grew)
+	p.grew = make(chan struct{})
 }
 
 func (p *proc) output() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.out.String()
+	return strings.Join(p.lines, "\n")
 }
+
+// lineWriter splits one output stream into lines. exec writes to it from
+// one goroutine; flush runs after that goroutine ended.
+type lineWriter struct {
+	p       *proc
+	partial []byte
+}
+
+func (w *lineWriter) Write(b []byte) (int, error) {
+	w.partial = append(w.partial, b...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		w.p.addLine(string(w.partial[:i]))
+		w.partial = w.partial[i+1:]
+	}
+}
+
+func (w *lineWriter) flush() {
+	if len(w.partial) > 0 {
+		w.p.addLine(string(w.partial))
+		w.partial = nil
+	}
+}
+
+// scrapeValue reads the /metrics of a process's admin listener at addr and
+// returns the value of the counter or gauge series name{labels}, and
+// whether the series exists. Call it from the test's goroutine.
+func scrapeValue(t *testing.T, addr, name string, labels map[string]string) (float64, bool) {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: status %d", addr, resp.StatusCode)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	for _, m := range families[name].GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		if maps.Equal(have, labels) {
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+var (
+	// brokerLine is the broker's line in `sluice dev`'s banner.
+	brokerLine = regexp.MustCompile(`SLUICE_KAFKA_BROKERS=(\S+)`)
+	// adminLine is the log line of a service's admin listener (text format).
+	adminLine = regexp.MustCompile(`msg="admin listening" addr=(\S+)`)
+)
 
 // processStack runs the broker and the consumers as sluice processes, the
 // producer in-process.
@@ -148,10 +226,9 @@ func newProcessStack(t *testing.T) *processStack {
 	b := backend{
 		name: "processes",
 		kafka: func(t *testing.T, cfg bus.Config) []string {
-			addr := freePort(t)
-			startProc(t, nil, "Kafka (embedded)", "dev", "--roles", "broker", "--dev-kafka-addr", addr,
+			p := startProc(t, nil, "dev", "--roles", "broker", "--dev-kafka-addr", "127.0.0.1:0",
 				"--topic-partitions", "12")
-			return []string{addr}
+			return []string{p.waitLine(t, brokerLine)[1]}
 		},
 		redis: localRedis,
 	}
@@ -177,9 +254,15 @@ func newProcessStack(t *testing.T) *processStack {
 	return &processStack{stack: s, env: env}
 }
 
-func (s *processStack) startConsumer(t *testing.T) *proc {
-	env := append(append([]string(nil), s.env...), "SLUICE_ADMIN_ADDR="+freePort(t), "SLUICE_LOG_LEVEL=info")
-	return startProc(t, env, "", "consumer")
+// startConsumer starts a consumer process with the stack's settings and
+// env, its admin listener on a port of its choosing, and waits until that
+// listens.
+func (s *processStack) startConsumer(t *testing.T, env ...string) *proc {
+	t.Helper()
+	env = append(append(slices.Clone(s.env), env...), "SLUICE_ADMIN_ADDR=127.0.0.1:0", "SLUICE_LOG_LEVEL=info")
+	p := startProc(t, env, "consumer")
+	p.admin = p.waitLine(t, adminLine)[1]
+	return p
 }
 
 // load runs users that each ask `each` questions in a dialog of their own,
@@ -201,13 +284,13 @@ func (s *processStack) load(t *testing.T, url string, users, each, after int, ho
 			defer wg.Done()
 			for i := range each {
 				var body producer.DoneBody
-				code, _ := c.do(http.MethodPost, "/v1/chat", map[string]any{
+				code, _, err := c.tryDo(http.MethodPost, "/v1/chat", map[string]any{
 					"text": fmt.Sprintf("question %d: when does it ship?", i), "dialog_id": dialog, "wait_ms": 30000}, &body)
-				if code == http.StatusOK && body.Status == "done" {
+				if err == nil && code == http.StatusOK && body.Status == "done" {
 					ok.Add(1)
 				} else {
 					bad.Add(1)
-					t.Errorf("user %d question %d: %d %+v", u, i, code, body)
+					t.Errorf("user %d question %d: %d %+v %v", u, i, code, body, err) // Errorf: not the test's goroutine
 				}
 				if count.Add(1) == int64(after) {
 					once.Do(func() { go hook() })
@@ -251,16 +334,14 @@ func TestConsumerSIGTERMUnderLoad(t *testing.T) {
 	p := s.addProducer(testProducerConfig())
 
 	var exitErr error
-	var took time.Duration
 	stopped := make(chan struct{})
 	ok, bad, dialogs := s.load(t, p.url, 40, 8, 60, func() {
-		start := time.Now()
 		_ = a.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-a.done:
-			exitErr, took = a.err, time.Since(start)
-		case <-time.After(20 * time.Second):
-			exitErr = fmt.Errorf("still running 20s after SIGTERM")
+			exitErr = a.err
+		case <-time.After(60 * time.Second): // a hung drain, not a slow one
+			exitErr = fmt.Errorf("still running 60s after SIGTERM")
 		}
 		close(stopped)
 	})
@@ -268,17 +349,15 @@ func TestConsumerSIGTERMUnderLoad(t *testing.T) {
 	if exitErr != nil {
 		t.Fatalf("consumer after SIGTERM: %v\n%s", exitErr, a.output())
 	}
-	if took > 10*time.Second {
-		t.Errorf("exit took %v, beyond the 10s drain timeout", took)
-	}
-	if !strings.Contains(a.output(), "consumer drained") {
-		t.Errorf("consumer did not report draining:\n%s", a.output())
+	// Within the drain timeout: the drain finished its work rather than
+	// taking the timeout's path, which logs and abandons records.
+	if out := a.output(); !strings.Contains(out, "consumer drained") || strings.Contains(out, `msg="drain timeout`) {
+		t.Errorf("consumer did not drain within its timeout:\n%s", out)
 	}
 	if bad != 0 || ok != 40*8 {
 		t.Fatalf("answered %d, failed %d of %d", ok, bad, 40*8)
 	}
 	checkHistories(t, dialogs, 8)
-	t.Logf("SIGTERM: exit 0 after %v; %d answered, 0 failed", took, ok)
 }
 
 // TestConsumerSIGKILLUnderLoad kills one of two consumer processes under
@@ -315,14 +394,10 @@ func TestCallbackSurvivesConsumerSIGKILL(t *testing.T) {
 		delivered <- r.Header.Get(callback.HeaderRequestID)
 	}))
 	defer recv.Close()
-	cbEnv := append(append([]string(nil), s.env...),
-		"SLUICE_CALLBACK_HOSTS=127.0.0.1", "SLUICE_CALLBACK_ALLOW_PRIVATE=true", "SLUICE_CALLBACK_ALLOW_HTTP=true",
+	cbEnv := []string{"SLUICE_CALLBACK_HOSTS=127.0.0.1", "SLUICE_CALLBACK_ALLOW_PRIVATE=true", "SLUICE_CALLBACK_ALLOW_HTTP=true",
 		"SLUICE_CALLBACK_SECRET=callback-test-secret-0123456789", "SLUICE_CALLBACK_ATTEMPTS=1000",
-		"SLUICE_CALLBACK_TIMEOUT=1s", "SLUICE_CALLBACK_BACKOFF=20ms")
-	start := func() *proc {
-		return startProc(t, append(append([]string(nil), cbEnv...), "SLUICE_ADMIN_ADDR="+freePort(t)), "", "consumer")
-	}
-	a := start()
+		"SLUICE_CALLBACK_TIMEOUT=1s", "SLUICE_CALLBACK_BACKOFF=20ms"}
+	a := s.startConsumer(t, cbEnv...)
 
 	// A bot's request naming a callback URL, straight on Kafka.
 	req := map[string]any{"v": 1, "request_id": "cb-crash-1", "tenant": "shop-1", "user": "u1",
@@ -347,7 +422,7 @@ func TestCallbackSurvivesConsumerSIGKILL(t *testing.T) {
 	}
 	_ = a.cmd.Process.Kill()
 	<-a.done
-	start()
+	b := s.startConsumer(t, cbEnv...)
 	up.Store(true)
 	select {
 	case id := <-delivered:
@@ -356,6 +431,18 @@ func TestCallbackSurvivesConsumerSIGKILL(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatalf("callback not delivered within 60s of consumer A's death (%d tries)", tries.Load())
+	}
+	// B counts it, once the receiver's answer reached it.
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		n, _ := scrapeValue(t, b.admin, "sluice_consumer_callbacks_total", map[string]string{"outcome": "delivered"})
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer B counts %v callbacks delivered, want 1", n)
+		}
+		time.Sleep(20 * time.Millisecond) // a counter has no event to await
 	}
 }
 
