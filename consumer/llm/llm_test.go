@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"sluice/consumer/llm"
 	"sluice/consumer/llm/faq"
@@ -178,14 +179,77 @@ func request(text string, deadline time.Duration) *envelope.Request {
 		Text: text, CreatedAt: now, Deadline: now.Add(deadline)}
 }
 
+// answer asks c with text due in deadline from now, and returns the answer
+// and how long it took: a lower bound on that is a behaviour (a pause was
+// kept), an upper bound would only measure the machine. A context of 30 s
+// stops a call that ignores the deadline.
 func answer(t *testing.T, c *client, text string, deadline time.Duration) (llm.Answer, time.Duration) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	start := time.Now()
-	a, err := c.Answer(context.Background(), request(text, deadline), nil)
+	a, err := c.Answer(ctx, request(text, deadline), nil)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("no answer: %v", err)
 	}
 	return a, time.Since(start)
+}
+
+// helps are the HELP texts of the metrics these tests read:
+// testutil.GatherAndCompare compares them too.
+var helps = map[string]string{
+	"sluice_llm_calls_total":          "LLM calls by endpoint and outcome.",
+	"sluice_llm_retries_total":        "LLM calls that were retries.",
+	"sluice_llm_short_circuits_total": "Requests that skipped an endpoint because its circuit breaker was open.",
+	"sluice_llm_limited_total":        "Calls that found no free slot or quota, by limit and what the request did.",
+	"sluice_llm_quota_errors_total":   "Quota checks that failed and let the call through.",
+	"sluice_llm_answers_total":        "Answers by source.",
+	"sluice_llm_breaker_state":        "State of the endpoint's circuit breaker: 0 closed, 1 half-open, 2 open.",
+	"sluice_llm_in_flight":            "LLM calls under way in this process.",
+	"sluice_pii_masked_total":         "Personal data values masked, by kind.",
+}
+
+// metricIs reports, as testutil.GatherAndCompare does, how c's metric name
+// differs from series, every series it should have in the text format
+// (one a line, no HELP or TYPE); nil when it does not.
+func metricIs(c *client, name, series string) error {
+	typ := "gauge"
+	if strings.HasSuffix(name, "_total") {
+		typ = "counter"
+	}
+	want := fmt.Sprintf("# HELP %s %s\n# TYPE %s %s\n%s", name, helps[name], name, typ, series)
+	if err := testutil.GatherAndCompare(c.reg, strings.NewReader(want), name); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// wantMetric fails the test when c's metric name is not series (see
+// metricIs).
+func wantMetric(t *testing.T, c *client, name, series string) {
+	t.Helper()
+	if err := metricIs(c, name, series); err != nil {
+		t.Error(err)
+	}
+}
+
+// callsOf is the series of sluice_llm_calls_total of n calls to endpoint
+// with outcome.
+func callsOf(endpoint, outcome string, n int) string {
+	return fmt.Sprintf("sluice_llm_calls_total{endpoint=%q,outcome=%q} %d\n", endpoint, outcome, n)
+}
+
+// answersOf is sluice_llm_answers_total after one answer from source.
+func answersOf(source string) string {
+	var b strings.Builder
+	for _, s := range []string{envelope.SourceCanned, envelope.SourceFallbackModel, envelope.SourceFAQ, envelope.SourceLLM} {
+		n := 0
+		if s == source {
+			n = 1
+		}
+		fmt.Fprintf(&b, "sluice_llm_answers_total{source=%q} %d\n", s, n)
+	}
+	return b.String()
 }
 
 func sampleFAQ(t *testing.T) llm.Option {
@@ -211,7 +275,9 @@ func TestAnswerSendsHistory(t *testing.T) {
 }
 
 // TestFailureModes drives each way the primary endpoint fails and checks
-// the tier that answers, the calls made and that the answer came in time.
+// the tier that answers and the calls made, with their outcomes. The
+// endpoints' own timeout is an hour: a call that ends in a timeout was cut
+// by the request's deadline.
 func TestFailureModes(t *testing.T) {
 	const faqQuestion = "优惠券还能用吗？"
 	const otherQuestion = "你们老板是谁"
@@ -224,32 +290,47 @@ func TestFailureModes(t *testing.T) {
 		question  string
 		deadline  time.Duration
 		source    string
-		calls     int // primary calls
-		within    time.Duration
+		calls     int    // primary calls
+		outcomes  string // sluice_llm_calls_total
 	}{
-		{name: "Healthy", primary: ok("好的"), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceLLM, calls: 1, within: time.Second},
-		{name: "500ToFAQ", primary: status(500), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
-		{name: "500ToCanned", primary: status(500), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceCanned, calls: 3, within: time.Second},
-		{name: "503ToSecondary", primary: status(503), secondary: ok("备用模型"), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceFallbackModel, calls: 3, within: time.Second},
-		{name: "SecondaryFailsToo", primary: status(502), secondary: status(500), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
+		{name: "Healthy", primary: ok("好的"), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceLLM, calls: 1,
+			outcomes: callsOf("primary", "ok", 1)},
+		{name: "500ToFAQ", primary: status(500), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3,
+			outcomes: callsOf("primary", "error", 3)},
+		{name: "500ToCanned", primary: status(500), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceCanned, calls: 3,
+			outcomes: callsOf("primary", "error", 3)},
+		{name: "503ToSecondary", primary: status(503), secondary: ok("备用模型"), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceFallbackModel, calls: 3,
+			outcomes: callsOf("primary", "error", 3) + callsOf("secondary", "ok", 1)},
+		{name: "SecondaryFailsToo", primary: status(502), secondary: status(500), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3,
+			outcomes: callsOf("primary", "error", 3) + callsOf("secondary", "error", 3)},
 		{name: "Malformed", primary: func(_ int, w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"半`))
-		}, question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
-		{name: "EmptyCompletion", primary: ok(""), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
-		{name: "ConnectionRefused", closed: true, question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 0, within: time.Second},
-		{name: "400NotRetried", primary: status(400), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 1, within: time.Second},
-		{name: "401NotRetried", primary: status(401), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceCanned, calls: 1, within: time.Second},
-		{name: "429RetryAfterPastDeadline", primary: status(429, "Retry-After", "30"), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 1, within: time.Second},
-		{name: "HangsUntilDeadline", primary: hang, question: faqQuestion, deadline: 600 * time.Millisecond, source: envelope.SourceFAQ, calls: 1, within: 600 * time.Millisecond},
+		}, question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3,
+			outcomes: callsOf("primary", "malformed", 3)},
+		{name: "EmptyCompletion", primary: ok(""), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3,
+			outcomes: callsOf("primary", "malformed", 3)},
+		{name: "ConnectionRefused", closed: true, question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 0,
+			outcomes: callsOf("primary", "error", 3)},
+		{name: "400NotRetried", primary: status(400), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 1,
+			outcomes: callsOf("primary", "bad_request", 1)},
+		{name: "401NotRetried", primary: status(401), question: otherQuestion, deadline: 5 * time.Second, source: envelope.SourceCanned, calls: 1,
+			outcomes: callsOf("primary", "error", 1)},
+		{name: "429RetryAfterPastDeadline", primary: status(429, "Retry-After", "30"), question: faqQuestion, deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 1,
+			outcomes: callsOf("primary", "rate_limited", 1)},
+		{name: "HangsUntilDeadline", primary: hang, question: faqQuestion, deadline: 600 * time.Millisecond, source: envelope.SourceFAQ, calls: 1,
+			outcomes: callsOf("primary", "timeout", 1)},
 		{name: "SlowFirstByte", primary: func(_ int, w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(200)
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
-		}, question: otherQuestion, deadline: 600 * time.Millisecond, source: envelope.SourceCanned, calls: 1, within: 600 * time.Millisecond},
-		{name: "FAQAfterMasking", primary: status(500), question: "我的手机号是 13812345678，优惠券还能用吗？", deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3, within: time.Second},
-		{name: "DeadlinePassed", primary: ok("太晚了"), question: faqQuestion, deadline: -time.Second, source: envelope.SourceFAQ, calls: 0, within: 100 * time.Millisecond},
+		}, question: otherQuestion, deadline: 600 * time.Millisecond, source: envelope.SourceCanned, calls: 1,
+			outcomes: callsOf("primary", "timeout", 1)},
+		{name: "FAQAfterMasking", primary: status(500), question: "我的手机号是 13812345678，优惠券还能用吗？", deadline: 5 * time.Second, source: envelope.SourceFAQ, calls: 3,
+			outcomes: callsOf("primary", "error", 3)},
+		{name: "DeadlinePassed", primary: ok("太晚了"), question: faqQuestion, deadline: -time.Second, source: envelope.SourceFAQ, calls: 0,
+			outcomes: ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var p *scripted
@@ -263,6 +344,7 @@ func TestFailureModes(t *testing.T) {
 			}
 			cfg := fastConfig(url)
 			cfg.BreakerFailures = 100 // this test is about one request's tiers
+			cfg.Timeout = time.Hour   // only the request's deadline ends a call
 			var s *scripted
 			if tc.secondary != nil {
 				var surl string
@@ -270,7 +352,7 @@ func TestFailureModes(t *testing.T) {
 				cfg.FallbackBaseURL, cfg.FallbackModel = surl, "backup"
 			}
 			c := mustNew(t, cfg, sampleFAQ(t))
-			a, took := answer(t, c, tc.question, tc.deadline)
+			a, _ := answer(t, c, tc.question, tc.deadline)
 			if a.Source != tc.source {
 				t.Errorf("source %q (%q), want %q", a.Source, a.Text, tc.source)
 			}
@@ -280,46 +362,13 @@ func TestFailureModes(t *testing.T) {
 			if p != nil && p.Calls() != tc.calls {
 				t.Errorf("primary got %d calls, want %d", p.Calls(), tc.calls)
 			}
-			if took > tc.within {
-				t.Errorf("answered after %v, want within %v", took, tc.within)
-			}
 			if s != nil && tc.source == envelope.SourceFallbackModel && s.Body(0).Model != "backup" {
 				t.Errorf("secondary called with model %q, want backup", s.Body(0).Model)
 			}
-			if got := value(t, c, "sluice_llm_answers_total", map[string]string{"source": tc.source}); got != 1 {
-				t.Errorf("sluice_llm_answers_total{source=%q} = %v, want 1", tc.source, got)
-			}
+			wantMetric(t, c, "sluice_llm_answers_total", answersOf(tc.source))
+			wantMetric(t, c, "sluice_llm_calls_total", tc.outcomes)
 		})
 	}
-}
-
-// value returns the value of the counter or gauge name with labels (0 when
-// there is none).
-func value(t *testing.T, c *client, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := c.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue next
-				}
-			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return 0
 }
 
 func TestRetryHonoursRetryAfter(t *testing.T) {
@@ -339,12 +388,8 @@ func TestRetryHonoursRetryAfter(t *testing.T) {
 		if took < 300*time.Millisecond {
 			t.Errorf("retried after %v, before the 300ms Retry-After", took)
 		}
-		if v := value(t, c, "sluice_llm_retries_total", map[string]string{"endpoint": "primary"}); v != 1 {
-			t.Errorf("retries counter %v, want 1", v)
-		}
-		if v := value(t, c, "sluice_llm_calls_total", map[string]string{"endpoint": "primary", "outcome": "rate_limited"}); v != 1 {
-			t.Errorf("rate_limited calls %v, want 1", v)
-		}
+		wantMetric(t, c, "sluice_llm_retries_total", `sluice_llm_retries_total{endpoint="primary"} 1`+"\n")
+		wantMetric(t, c, "sluice_llm_calls_total", callsOf("primary", "rate_limited", 1)+callsOf("primary", "ok", 1))
 	})
 	t.Run("RetryAfterSeconds", func(t *testing.T) {
 		s, url := serveScript(t, func(n int, w http.ResponseWriter, r *http.Request) {
@@ -361,35 +406,56 @@ func TestRetryHonoursRetryAfter(t *testing.T) {
 		}
 	})
 	t.Run("PastDeadlineNotRetried", func(t *testing.T) {
-		s, url := serveScript(t, status(429, "Retry-After", "1"))
+		// A pause past the deadline: no retry, no pause either.
+		s, url := serveScript(t, status(429, "Retry-After", "60"))
 		c := mustNew(t, fastConfig(url))
-		a, took := answer(t, c, "hi", 800*time.Millisecond)
-		if a.Source != envelope.SourceCanned || s.Calls() != 1 || took > 500*time.Millisecond {
-			t.Fatalf("answer %+v after %d calls and %v, want canned after 1 call at once", a, s.Calls(), took)
+		a, _ := answer(t, c, "hi", 5*time.Second)
+		if a.Source != envelope.SourceCanned || s.Calls() != 1 {
+			t.Fatalf("answer %+v after %d calls, want canned after 1 call", a, s.Calls())
 		}
+		wantMetric(t, c, "sluice_llm_retries_total", "")
+		wantMetric(t, c, "sluice_llm_calls_total", callsOf("primary", "rate_limited", 1))
 	})
 }
 
 // TestRetriesNeverPassDeadline makes many attempts possible and checks the
-// deadline (less the reserve) stops them.
+// deadline (less the reserve) stops them: the attempts run out before the
+// deadline does, no call reaches the endpoint after it and the answer comes
+// before it. The reserve of a second leaves room for a slow machine.
 func TestRetriesNeverPassDeadline(t *testing.T) {
+	var mu sync.Mutex
+	var arrived []time.Time
 	s, url := serveScript(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrived = append(arrived, time.Now())
+		mu.Unlock()
 		time.Sleep(20 * time.Millisecond) // a slow failure
 		status(500)(0, w, r)
 	})
 	cfg := fastConfig(url)
-	cfg.Attempts, cfg.RetryBackoff, cfg.Reserve, cfg.BreakerFailures = 50, 30*time.Millisecond, 100*time.Millisecond, 100
+	cfg.Attempts, cfg.RetryBackoff, cfg.Reserve, cfg.BreakerFailures = 1000, 30*time.Millisecond, time.Second, 1000
 	c := mustNew(t, cfg)
-	deadline := 600 * time.Millisecond
-	a, took := answer(t, c, "hi", deadline)
+	req := request("hi", 2*time.Second)
+	a, err := c.Answer(context.Background(), req, nil)
+	answered := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if a.Source != envelope.SourceCanned {
 		t.Fatalf("answer %+v, want canned", a)
 	}
-	if took > deadline-cfg.Reserve+50*time.Millisecond {
-		t.Errorf("answered after %v: past the deadline %v less the reserve %v", took, deadline, cfg.Reserve)
+	if !answered.Before(req.Deadline) {
+		t.Errorf("answered at %v, past the deadline %v", answered, req.Deadline)
 	}
-	if n := s.Calls(); n < 2 || n >= 50 {
+	if n := s.Calls(); n < 2 || n >= cfg.Attempts {
 		t.Errorf("%d calls, want retries bounded by the deadline", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, at := range arrived {
+		if !at.Before(req.Deadline) {
+			t.Errorf("call %d arrived at %v, past the deadline %v", i+1, at, req.Deadline)
+		}
 	}
 }
 
@@ -407,11 +473,12 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 		writeCompletion(w, "恢复了")
 	})
 	cfg := fastConfig(url)
-	cfg.Attempts, cfg.BreakerFailures, cfg.BreakerOpen = 1, 3, 300*time.Millisecond
+	// Open long enough for the 20 answers below on a slow machine.
+	cfg.Attempts, cfg.BreakerFailures, cfg.BreakerOpen = 1, 3, time.Second
 	cfg.BreakerFailureRatio = 0 // consecutive failures alone: see TestBreakerFailureRatio
 	c := mustNew(t, cfg, sampleFAQ(t))
-	state := func() float64 {
-		return value(t, c, "sluice_llm_breaker_state", map[string]string{"endpoint": "primary"})
+	state := func(v int) error {
+		return metricIs(c, "sluice_llm_breaker_state", fmt.Sprintf("sluice_llm_breaker_state{endpoint=\"primary\"} %d\n", v))
 	}
 
 	for i := range 3 {
@@ -419,27 +486,24 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 			t.Fatalf("request %d: %+v, want faq", i, a)
 		}
 	}
-	if c.BreakerState("primary") != "open" || state() != 2 {
-		t.Fatalf("breaker %s (gauge %v) after 3 failures, want open (2)", c.BreakerState("primary"), state())
+	if err := state(2); c.BreakerState("primary") != "open" || err != nil {
+		t.Fatalf("breaker %s after 3 failures, want open (2); %v", c.BreakerState("primary"), err)
 	}
 	// Open: no call, straight to the fallback.
 	for range 20 {
-		a, took := answer(t, c, "优惠券还能用吗", 5*time.Second)
-		if a.Source != envelope.SourceFAQ || took > 50*time.Millisecond {
-			t.Fatalf("with the breaker open: %+v after %v, want faq at once", a, took)
+		if a, _ := answer(t, c, "优惠券还能用吗", 5*time.Second); a.Source != envelope.SourceFAQ {
+			t.Fatalf("with the breaker open: %+v, want faq", a)
 		}
 	}
 	if s.Calls() != 3 {
 		t.Fatalf("%d calls, want none after the breaker opened", s.Calls())
 	}
-	if v := value(t, c, "sluice_llm_short_circuits_total", map[string]string{"endpoint": "primary"}); v != 20 {
-		t.Errorf("short circuits %v, want 20", v)
-	}
+	wantMetric(t, c, "sluice_llm_short_circuits_total", `sluice_llm_short_circuits_total{endpoint="primary"} 20`+"\n")
 
 	// A failing probe opens it again.
 	time.Sleep(cfg.BreakerOpen) // the breaker's own clock: nothing to await
-	if c.BreakerState("primary") != "half-open" || state() != 1 {
-		t.Fatalf("breaker %s (gauge %v) after the open time, want half-open (1)", c.BreakerState("primary"), state())
+	if err := state(1); c.BreakerState("primary") != "half-open" || err != nil {
+		t.Fatalf("breaker %s after the open time, want half-open (1); %v", c.BreakerState("primary"), err)
 	}
 	answer(t, c, "hi", 5*time.Second)
 	if s.Calls() != 4 || c.BreakerState("primary") != "open" {
@@ -454,8 +518,8 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	if a, _ := answer(t, c, "hi", 5*time.Second); a.Source != envelope.SourceLLM {
 		t.Fatalf("probe answer %+v, want llm", a)
 	}
-	if c.BreakerState("primary") != "closed" || state() != 0 {
-		t.Fatalf("breaker %s (gauge %v) after a good probe, want closed (0)", c.BreakerState("primary"), state())
+	if err := state(0); c.BreakerState("primary") != "closed" || err != nil {
+		t.Fatalf("breaker %s after a good probe, want closed (0); %v", c.BreakerState("primary"), err)
 	}
 }
 
@@ -576,9 +640,7 @@ func TestConcurrencyCap(t *testing.T) {
 	<-entered
 	<-entered
 	// Two calls are under way; the other two wait for a slot.
-	if v := value(t, c, "sluice_llm_in_flight", map[string]string{"endpoint": "primary"}); v != 2 {
-		t.Errorf("in flight %v, want 2", v)
-	}
+	wantMetric(t, c, "sluice_llm_in_flight", `sluice_llm_in_flight{endpoint="primary"} 2`+"\n")
 	select {
 	case <-entered:
 		t.Fatal("a third call started while two held the slots")
@@ -593,9 +655,7 @@ func TestConcurrencyCap(t *testing.T) {
 	if s.Most() > 2 {
 		t.Errorf("%d calls at once, want at most 2", s.Most())
 	}
-	if v := value(t, c, "sluice_llm_limited_total", map[string]string{"limit": "concurrency", "outcome": "waited"}); v != 2 {
-		t.Errorf("waited for a slot %v times, want 2", v)
-	}
+	wantMetric(t, c, "sluice_llm_limited_total", `sluice_llm_limited_total{limit="concurrency",outcome="waited"} 2`+"\n")
 
 	// Slots held past a request's deadline: it falls back without a call.
 	block := make(chan struct{})
@@ -613,13 +673,10 @@ func TestConcurrencyCap(t *testing.T) {
 	c = mustNew(t, cfg)
 	go func() { _, _ = c.Answer(context.Background(), request("hi", 10*time.Second), nil) }()
 	<-holding
-	a, took := answer(t, c, "hi", 300*time.Millisecond)
-	if a.Source != envelope.SourceCanned || took > 300*time.Millisecond {
-		t.Errorf("answer %+v after %v, want canned before the deadline", a, took)
+	if a, _ := answer(t, c, "hi", 300*time.Millisecond); a.Source != envelope.SourceCanned {
+		t.Errorf("answer %+v, want canned", a)
 	}
-	if v := value(t, c, "sluice_llm_limited_total", map[string]string{"limit": "concurrency", "outcome": "fallback"}); v != 1 {
-		t.Errorf("fell back for want of a slot %v times, want 1", v)
-	}
+	wantMetric(t, c, "sluice_llm_limited_total", `sluice_llm_limited_total{limit="concurrency",outcome="fallback"} 1`+"\n")
 }
 
 func TestPIIMasked(t *testing.T) {
@@ -648,9 +705,13 @@ func TestPIIMasked(t *testing.T) {
 			if got := strings.Contains(sent.String(), phone) || strings.Contains(sent.String(), "a@b.com"); got == maskPrompt {
 				t.Errorf("prompt sent %q: raw personal data present = %v with MaskPrompt %v", sent.String(), got, maskPrompt)
 			}
-			if v := value(t, c, "sluice_pii_masked_total", map[string]string{"kind": "phone"}); v != 2 {
-				t.Errorf("phones masked %v, want 2 (question and answer)", v)
-			}
+			// The phone in the question and in the answer.
+			wantMetric(t, c, "sluice_pii_masked_total", `
+				sluice_pii_masked_total{kind="bank_card"} 0
+				sluice_pii_masked_total{kind="email"} 0
+				sluice_pii_masked_total{kind="id_card"} 0
+				sluice_pii_masked_total{kind="phone"} 2
+			`)
 			log := c.log.String()
 			if !strings.Contains(log, `"msg":"pii masked"`) || !strings.Contains(log, `"where":"question"`) || !strings.Contains(log, `"where":"answer"`) {
 				t.Errorf("no audit lines in %s", log)
@@ -788,13 +849,18 @@ func TestEstimateTokens(t *testing.T) {
 	}
 }
 
+// TestCallBoundedByDeadline: a model answering in an hour, a call timeout
+// of an hour, and a request due in 200 ms: the request's deadline ends the
+// call.
 func TestCallBoundedByDeadline(t *testing.T) {
-	_, url := mustMock(t, mockllm.Config{Latency: 5 * time.Second})
-	c := mustNew(t, fastConfig(url))
-	a, took := answer(t, c, "hi", 200*time.Millisecond)
-	if took > 2*time.Second || a.Source != envelope.SourceCanned {
-		t.Fatalf("answer %+v after %v, want canned soon after the 200ms deadline", a, took)
+	_, url := mustMock(t, mockllm.Config{Latency: time.Hour})
+	cfg := fastConfig(url)
+	cfg.Timeout = time.Hour
+	c := mustNew(t, cfg)
+	if a, _ := answer(t, c, "hi", 200*time.Millisecond); a.Source != envelope.SourceCanned {
+		t.Fatalf("answer %+v, want canned", a)
 	}
+	wantMetric(t, c, "sluice_llm_calls_total", callsOf("primary", "timeout", 1))
 }
 
 func TestCanceledContext(t *testing.T) {
