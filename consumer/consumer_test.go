@@ -324,18 +324,18 @@ func TestInFlightBudget(t *testing.T) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	deadline := time.After(waitFor)
-	for r.gauge(t, "sluice_consumer_paused") != 1 {
+	for err := r.metricIs("sluice_consumer_paused", 1); err != nil; err = r.metricIs("sluice_consumer_paused", 1) {
 		select {
 		case <-tick.C:
 		case <-deadline:
-			t.Fatal("consumer did not pause fetching with the in-flight budget spent")
+			t.Fatalf("consumer did not pause fetching with the in-flight budget spent: %v", err)
 		}
 	}
 	if cur, _ := ans.Concurrency(); cur != cfg.InFlight {
 		t.Errorf("%d calls in flight with the budget spent, want %d", cur, cfg.InFlight)
 	}
-	if n := r.gauge(t, "sluice_consumer_in_flight"); n != float64(cfg.InFlight) {
-		t.Errorf("in-flight gauge %v, want %d", n, cfg.InFlight)
+	if err := r.metricIs("sluice_consumer_in_flight", float64(cfg.InFlight)); err != nil {
+		t.Error(err)
 	}
 	g.Open()
 

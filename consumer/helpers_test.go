@@ -13,6 +13,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -139,20 +140,27 @@ func (r *running) stop(tb testing.TB) error {
 	}
 }
 
-// gauge returns the value of a gauge the consumer registered.
-func (r *running) gauge(tb testing.TB, name string) float64 {
-	tb.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		tb.Fatalf("gather: %v", err)
+// helps are the HELP texts of the metrics these tests read:
+// testutil.GatherAndCompare compares them too.
+var helps = map[string]string{
+	"sluice_consumer_paused":    "1 while fetching is paused because the in-flight budget is full.",
+	"sluice_consumer_in_flight": "Records handed to workers and not finished.",
+	"sluice_consumer_reply_partition_fallbacks_total": "Replies whose requested reply.partition the reply topic does not have, " +
+		"sent to the key's partition instead.",
+}
+
+// metricIs reports, as testutil.GatherAndCompare does, how the consumer's
+// metric name, one without labels, differs from value; nil when it does not.
+func (r *running) metricIs(name string, value float64) error {
+	typ := "gauge"
+	if strings.HasSuffix(name, "_total") {
+		typ = "counter"
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
+	want := fmt.Sprintf("# HELP %s %s\n# TYPE %s %s\n%s %v\n", name, helps[name], name, typ, name, value)
+	if err := testutil.GatherAndCompare(r.reg, strings.NewReader(want), name); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	tb.Fatalf("metric %s not registered", name)
-	return 0
+	return nil
 }
 
 var reqSeq atomic.Int64

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"sluice/shared/admin"
 )
@@ -133,14 +133,9 @@ func TestReadyz(t *testing.T) {
 
 func TestMetricsEndpoint(t *testing.T) {
 	_, base := newServer(t)
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "sluice_admin_test_total 7") {
-		t.Errorf("/metrics = %d:\n%s", resp.StatusCode, b)
+	want := "# HELP sluice_admin_test_total test\n# TYPE sluice_admin_test_total counter\nsluice_admin_test_total 7\n"
+	if err := testutil.ScrapeAndCompare(base+"/metrics", strings.NewReader(want), "sluice_admin_test_total"); err != nil {
+		t.Errorf("/metrics: %v", err)
 	}
 	resp2, err := http.Get(base + "/debug/pprof/")
 	if err != nil {

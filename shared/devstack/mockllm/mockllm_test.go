@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"sluice/shared/devstack/mockllm"
 )
@@ -101,25 +103,19 @@ func answer(tb testing.TB, base string, msgs ...msg) string {
 	return c.Choices[0].Message.Content
 }
 
-func counter(tb testing.TB, reg *prometheus.Registry, outcome string) float64 {
+// wantRequests fails the test unless sluice_mockllm_requests_total in reg
+// holds exactly the series of want, counts by outcome.
+func wantRequests(tb testing.TB, reg prometheus.Gatherer, want map[string]int) {
 	tb.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		tb.Fatal(err)
+	var b strings.Builder
+	b.WriteString("# HELP sluice_mockllm_requests_total Chat completion calls answered by the mock LLM, by outcome.\n" +
+		"# TYPE sluice_mockllm_requests_total counter\n")
+	for outcome, n := range want {
+		fmt.Fprintf(&b, "sluice_mockllm_requests_total{outcome=%q} %d\n", outcome, n)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != "sluice_mockllm_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "outcome" && l.GetValue() == outcome {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(b.String()), "sluice_mockllm_requests_total"); err != nil {
+		tb.Error(err)
 	}
-	return 0
 }
 
 func TestCompletionShape(t *testing.T) {
@@ -160,9 +156,7 @@ func TestCompletionShape(t *testing.T) {
 	if c.Usage.PromptTokens <= 0 || c.Usage.CompletionTokens <= 0 || c.Usage.TotalTokens != c.Usage.PromptTokens+c.Usage.CompletionTokens {
 		t.Errorf("usage = %+v", c.Usage)
 	}
-	if got := counter(t, reg, "ok"); got != 1 {
-		t.Errorf("ok counter = %v, want 1", got)
-	}
+	wantRequests(t, reg, map[string]int{"ok": 1})
 }
 
 func TestDefaultModel(t *testing.T) {
@@ -300,9 +294,10 @@ func TestErrorRate(t *testing.T) {
 		resp, body := chat(t, base, "", msg{"user", "hi"})
 		wantAPIError(t, resp, body, http.StatusInternalServerError, "server_error")
 	}
-	if s.Calls() != 3 || counter(t, reg, "error") != 3 || counter(t, reg, "ok") != 0 {
-		t.Errorf("calls %d, error counter %v, ok counter %v", s.Calls(), counter(t, reg, "error"), counter(t, reg, "ok"))
+	if s.Calls() != 3 {
+		t.Errorf("calls %d, want 3", s.Calls())
 	}
+	wantRequests(t, reg, map[string]int{"error": 3})
 
 	// The openai client sees an API error with the status.
 	c := openai.NewClient(option.WithBaseURL(base+"/v1/"), option.WithAPIKey("test"), option.WithMaxRetries(0))
@@ -326,9 +321,7 @@ func TestRateLimitRate(t *testing.T) {
 	if got := resp.Header.Get("Retry-After"); got != "2" {
 		t.Errorf("Retry-After = %q, want 2 (1.5 s rounded up)", got)
 	}
-	if counter(t, reg, "rate_limited") != 1 {
-		t.Errorf("rate_limited counter = %v", counter(t, reg, "rate_limited"))
-	}
+	wantRequests(t, reg, map[string]int{"rate_limited": 1})
 }
 
 func TestBadRequest(t *testing.T) {
@@ -349,9 +342,10 @@ func TestBadRequest(t *testing.T) {
 			wantAPIError(t, resp, body, http.StatusBadRequest, "invalid_request_error")
 		})
 	}
-	if s.Calls() != 5 || counter(t, reg, "bad_request") != 5 {
-		t.Errorf("calls %d, bad_request counter %v; want 5 each", s.Calls(), counter(t, reg, "bad_request"))
+	if s.Calls() != 5 {
+		t.Errorf("calls %d, want 5", s.Calls())
 	}
+	wantRequests(t, reg, map[string]int{"bad_request": 5})
 }
 
 func TestCalls(t *testing.T) {
