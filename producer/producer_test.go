@@ -306,12 +306,10 @@ func TestAdmissionWithConsumersStopped(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		start := time.Now()
+		// With no consumer, a request that waited would end in a 202: a 503
+		// naming the queue wait is the refusal at the door.
 		r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":1000}`)
 		if r.code == http.StatusServiceUnavailable {
-			if took := time.Since(start); took > 500*time.Millisecond {
-				t.Fatalf("refused after %v: not at once", took)
-			}
 			if r.header.Get("Retry-After") == "" || !strings.Contains(r.problem.Detail, "queue wait") {
 				t.Fatalf("503 without Retry-After or reason: %v %+v", r.header, r.problem)
 			}
@@ -492,13 +490,10 @@ func TestAdmissionCountsWhatItAccepted(t *testing.T) {
 			t.Fatalf("async %d: %d %s", i, r.code, r.body)
 		}
 	}
-	start := time.Now()
+	// Refused at the door: a request that waited would end in a 202.
 	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":1000}`)
 	if r.code != http.StatusServiceUnavailable || !strings.Contains(r.problem.Detail, "queue wait") {
 		t.Fatalf("wait-mode request behind 10 accepted at 10/s: %d %s, want 503 for the queue wait", r.code, r.body)
-	}
-	if took := time.Since(start); took > 500*time.Millisecond {
-		t.Fatalf("refused after %v: not at once", took)
 	}
 	// A longer wait leaves room: admitted (and, with no consumer, 202).
 	if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":1500}`); r.code != http.StatusAccepted {
