@@ -27,8 +27,9 @@ func TestConsumerNotReadyWithoutRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A Redis that never answers: the listener stays open, nothing reads.
 	dead := ln.Addr().String()
-	ln.Close() // nothing listens there now
+	t.Cleanup(func() { ln.Close() })
 
 	lcfg := llm.DefaultConfig()
 	lcfg.BaseURL = s.llmURL
