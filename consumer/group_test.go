@@ -55,4 +55,3 @@ func TestReadyAfterJoining(t *testing.T) {
 		t.Error("ready after Run returned")
 	}
 }
-

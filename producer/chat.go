@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -91,11 +92,21 @@ func (s *Server) decodeChat(c echo.Context) (ChatRequest, time.Duration, error) 
 	if err != nil {
 		var mbe *http.MaxBytesError
 		var he *echo.HTTPError
-		if errors.As(err, &mbe) || (errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge) {
+		var ne net.Error
+		switch {
+		case errors.As(err, &mbe) || (errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge):
 			return req, 0, echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", s.cfg.BodyLimit))
+		case errors.As(err, &ne) && ne.Timeout():
+			c.Response().Header().Set(echo.HeaderConnection, "close")
+			return req, 0, &apiError{status: http.StatusRequestTimeout, slug: "request-timeout",
+				detail: fmt.Sprintf("body not received within %v", s.cfg.ReadTimeout)}
 		}
 		return req, 0, badRequest("cannot read body")
 	}
+	// The body is in: the wait that follows must not be cut by its
+	// deadline. (On an error above the deadline stays, and bounds the
+	// server's discarding of what is left of the body.)
+	_ = http.NewResponseController(c.Response()).SetReadDeadline(time.Time{})
 	// The body is JSON whatever Content-Type says: `curl -d` labels JSON as
 	// a form, and refusing it would only fail clients that work elsewhere.
 	// Without a bearer token no browser form reaches here, so this opens no

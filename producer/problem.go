@@ -49,6 +49,7 @@ var echoSlugs = map[int]string{
 	http.StatusNotFound:              "not-found",
 	http.StatusMethodNotAllowed:      "method-not-allowed",
 	http.StatusRequestEntityTooLarge: "body-too-large",
+	http.StatusRequestTimeout:        "request-timeout",
 	http.StatusUnsupportedMediaType:  "unsupported-media-type",
 	http.StatusBadRequest:            "invalid-request",
 	http.StatusUnauthorized:          "unauthorized",

@@ -64,6 +64,10 @@ type Config struct {
 	MaxTextChars int
 	// BodyLimit bounds a request body in bytes. Default 16 KiB.
 	BodyLimit int64
+	// ReadTimeout bounds reading a request's headers, and its body from
+	// the moment the handler starts: a client that sends slowly loses its
+	// connection instead of holding a goroutine and a descriptor. Default 5 s.
+	ReadTimeout time.Duration
 	// StoreTimeout bounds each Redis call on the hot path (rate limits, the
 	// queued marker); past it the call fails open. Default 250 ms.
 	StoreTimeout time.Duration
@@ -135,6 +139,7 @@ func DefaultConfig() Config {
 		RequestTTL:          30 * time.Second,
 		MaxTextChars:        2000,
 		BodyLimit:           16 << 10,
+		ReadTimeout:         5 * time.Second,
 		ProduceTimeout:      3 * time.Second,
 		StoreTimeout:        250 * time.Millisecond,
 		ReplyFetchMaxWait:   100 * time.Millisecond,
@@ -159,6 +164,7 @@ func (c Config) Validate() error {
 	p.Check(c.RequestTTL > 0, "request-ttl", "must be positive")
 	p.Check(c.MaxTextChars >= 1, "max-text-chars", "must be at least 1")
 	p.Check(c.BodyLimit >= 256, "body-limit", "must be at least 256 bytes")
+	p.Check(c.ReadTimeout >= 100*time.Millisecond, "read-timeout", "must be at least 100ms")
 	p.Check(c.ProduceTimeout > 0, "produce-timeout", "must be positive")
 	p.Check(c.StoreTimeout > 0, "store-timeout", "must be positive")
 	p.Check(c.Linger >= 0, "kafka-linger", "must not be negative")
@@ -309,6 +315,7 @@ func (s *Server) routes() *echo.Echo {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.errorHandler
 	e.Use(s.observe)
+	e.Use(s.bodyDeadline)
 	if len(s.cfg.CORSOrigins) > 0 {
 		e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 			AllowOrigins:  s.cfg.CORSOrigins,
@@ -401,7 +408,10 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
 		}
 	}
-	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second}
+	// No ReadTimeout: it would also end the long waits of wait mode and
+	// polls (net/http cancels a request whose connection read times out).
+	// A body is bounded per request instead (bodyDeadline).
+	srv := &http.Server{Handler: s.echo, ReadHeaderTimeout: s.cfg.ReadTimeout, IdleTimeout: 120 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	s.ready.Store(true)
@@ -451,6 +461,21 @@ func (s *Server) awaitAssignment(ctx context.Context, r *replyRouter) {
 	}
 	if len(r.partitions()) == 0 {
 		s.log.Warn("no reply partitions assigned yet; answers arrive through store notifications until then")
+	}
+}
+
+// bodyDeadline bounds reading a request's body by the read timeout, from
+// now: the handler clears it once the body is read (readBody), and a
+// handler that refuses the request unread (a bad token) leaves it to bound
+// the server's discarding of the body. A request without a body gets no
+// deadline: its connection is watched for a close at once, and a deadline
+// would cut its wait short.
+func (s *Server) bodyDeadline(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if r := c.Request(); r.ContentLength != 0 && r.Body != http.NoBody {
+			_ = http.NewResponseController(c.Response()).SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		}
+		return next(c)
 	}
 }
 
