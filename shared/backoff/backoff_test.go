@@ -3,6 +3,7 @@ package backoff_test
 import (
 	"context"
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -23,6 +24,28 @@ func TestLinear(t *testing.T) {
 		for range 100 {
 			if d := backoff.Linear(tt.attempt, tt.base, tt.limit); d < tt.lo || d > tt.hi {
 				t.Fatalf("Linear(%d, %v, %v) = %v, want within %v..%v", tt.attempt, tt.base, tt.limit, d, tt.lo, tt.hi)
+			}
+		}
+	}
+}
+
+func TestExponential(t *testing.T) {
+	for _, tt := range []struct {
+		attempt     int
+		base, limit time.Duration
+		lo, hi      time.Duration
+	}{
+		{1, 50 * time.Millisecond, time.Second, 50 * time.Millisecond, 75 * time.Millisecond},
+		{2, 50 * time.Millisecond, time.Second, 100 * time.Millisecond, 150 * time.Millisecond},
+		{4, 50 * time.Millisecond, time.Second, 400 * time.Millisecond, 600 * time.Millisecond},
+		{6, 50 * time.Millisecond, time.Second, time.Second, 1500 * time.Millisecond},
+		{1000, 50 * time.Millisecond, time.Second, time.Second, 1500 * time.Millisecond},
+		{0, 10 * time.Millisecond, 0, 10 * time.Millisecond, 15 * time.Millisecond},
+		{100, time.Second, 0, time.Duration(math.MaxInt64 / 4), time.Duration(math.MaxInt64)},
+	} {
+		for range 100 {
+			if d := backoff.Exponential(tt.attempt, tt.base, tt.limit); d < tt.lo || d > tt.hi {
+				t.Fatalf("Exponential(%d, %v, %v) = %v, want within %v..%v", tt.attempt, tt.base, tt.limit, d, tt.lo, tt.hi)
 			}
 		}
 	}
