@@ -1,0 +1,363 @@
+// Package loadgen generates load against Sluice and measures it: how many
+// requests were answered, how fast, and what failed. `sluice loadgen` is its
+// command; docs/benchmarks.md holds the figures measured with it.
+//
+// Two targets:
+//
+//   - http: closed-loop users against POST /v1/chat. Each user asks, waits
+//     for the answer, asks again, and starts a new dialog every Turns
+//     questions. Its bearer token is minted with Secret.
+//   - kafka: Count v1 requests produced straight to the requests topic, as a
+//     bot would, then the replies topic read until every one is answered:
+//     the consumers alone are measured.
+//
+// A run does not hammer a target that fails, and stops by itself when there
+// is nothing to measure:
+//
+//   - a user whose request failed (a transport error such as connection
+//     refused, or an HTTP error status) pauses before its next request,
+//     Backoff doubling per consecutive failure up to BackoffMax, with jitter;
+//   - a 429 or 503 counts as refused, not as an error; with a Retry-After the
+//     user waits that long, at most RetryAfterMax, before asking again;
+//   - when requests kept failing for GiveUp with none succeeding in between,
+//     the run stops with ErrGaveUp;
+//   - a run that ends without a single answer returns ErrNothingAnswered.
+//
+// Either way Run returns the figures measured so far, with the first
+// distinct failures (HTTP status and problem title and detail, or the
+// transport error) and how often each occurred.
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"sluice/shared/bus"
+	"sluice/shared/envelope"
+)
+
+// Targets of a run.
+const (
+	TargetHTTP  = "http"
+	TargetKafka = "kafka"
+)
+
+// DefaultKafkaCount is the number of requests a kafka run produces when
+// Config.Count is 0.
+const DefaultKafkaCount = 5000
+
+// maxFailures is how many distinct failures a Result keeps.
+const maxFailures = 5
+
+// ErrNothingAnswered is returned by Run when the run ended without a single
+// answer: no 200 or 202 from the API, no reply on the replies topic.
+var ErrNothingAnswered = errors.New("nothing was answered")
+
+// ErrGaveUp is returned by Run when requests kept failing for Config.GiveUp
+// with none succeeding in between: the target is down or refuses everything.
+var ErrGaveUp = errors.New("gave up: every request failed")
+
+// Config configures a run. DefaultConfig gives the defaults.
+type Config struct {
+	// Target is TargetHTTP or TargetKafka.
+	Target string
+
+	// URL is the API's base URL (target http).
+	URL string
+	// Users ask concurrently, each one request at a time (target http).
+	Users int
+	// Duration bounds the run (target http).
+	Duration time.Duration
+	// Count stops the run after this many requests; 0 runs for Duration
+	// (target http). Target kafka produces Count requests, or
+	// DefaultKafkaCount when 0.
+	Count int
+	// Mode of the requests: "wait" or "async" (target http).
+	Mode string
+	// WaitMS is the wait_ms of wait-mode requests (target http).
+	WaitMS int
+	// Secret is the HS256 secret the users' tokens are minted with (target
+	// http).
+	Secret string
+	// Tenant of the users (and of the kafka target's requests).
+	Tenant string
+	// Text is the question asked.
+	Text string
+	// Turns is how many questions a user asks in one dialog before it
+	// starts a new one (target http).
+	Turns int
+	// Timeout bounds one HTTP request on top of its wait_ms. Default 10 s.
+	Timeout time.Duration
+
+	// Backoff is a user's pause after a failed request; it doubles with
+	// each consecutive failure up to BackoffMax, plus up to half of it at
+	// random. Defaults 50 ms and 1 s.
+	Backoff, BackoffMax time.Duration
+	// RetryAfterMax bounds the Retry-After a refused user (429, 503)
+	// honours. 0 makes refused users ask again at once, as the admission
+	// measurements in docs/operations.md did. Default 5 s.
+	RetryAfterMax time.Duration
+	// GiveUp stops the run with ErrGaveUp when requests kept failing this
+	// long with none succeeding in between; 0 never gives up. Default 5 s.
+	GiveUp time.Duration
+
+	// Kafka names the cluster and topics (target kafka). The client is built
+	// by bus.NewClient, so it has the settings every Sluice client has.
+	Kafka bus.Config
+	// Dialogs the kafka target's requests are spread over.
+	Dialogs int
+	// ReplyTimeout ends a kafka run when no reply came for this long; it
+	// also bounds the delivery of each request record. Default 30 s.
+	ReplyTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults: 200 users for 20 s against
+// 127.0.0.1:8080 in wait mode. Secret is empty; the command fills in the
+// development secret of `sluice dev`.
+func DefaultConfig() Config {
+	return Config{
+		Target:        TargetHTTP,
+		URL:           "http://127.0.0.1:8080",
+		Users:         200,
+		Duration:      20 * time.Second,
+		Mode:          "wait",
+		WaitMS:        5000,
+		Tenant:        "loadtest",
+		Text:          "优惠券还能用吗？",
+		Turns:         4,
+		Timeout:       10 * time.Second,
+		Backoff:       50 * time.Millisecond,
+		BackoffMax:    time.Second,
+		RetryAfterMax: 5 * time.Second,
+		GiveUp:        5 * time.Second,
+		Kafka:         bus.DefaultConfig(),
+		Dialogs:       1000,
+		ReplyTimeout:  30 * time.Second,
+	}
+}
+
+// Validate reports the first setting of c that is missing or out of range
+// for its target.
+func (c Config) Validate() error {
+	switch {
+	case c.Tenant == "" || !envelope.ValidID(c.Tenant):
+		return fmt.Errorf("tenant %q must be 1-%d of [A-Za-z0-9._@|+-]", c.Tenant, envelope.MaxIDLen)
+	case c.Text == "":
+		return errors.New("the question text must not be empty")
+	case c.Count < 0:
+		return fmt.Errorf("count must not be negative, got %d", c.Count)
+	case c.Backoff <= 0 || c.BackoffMax < c.Backoff:
+		return fmt.Errorf("backoff must be positive and at most its cap, got %v capped at %v", c.Backoff, c.BackoffMax)
+	case c.RetryAfterMax < 0:
+		return fmt.Errorf("retry-after bound must not be negative, got %v", c.RetryAfterMax)
+	case c.GiveUp < 0:
+		return fmt.Errorf("give-up time must not be negative, got %v", c.GiveUp)
+	}
+	switch c.Target {
+	case TargetHTTP:
+		return c.validateHTTP()
+	case TargetKafka:
+		if err := c.Kafka.Validate(); err != nil {
+			return err
+		}
+		switch {
+		case c.Dialogs < 1:
+			return fmt.Errorf("dialogs must be at least 1, got %d", c.Dialogs)
+		case c.ReplyTimeout <= 0:
+			return fmt.Errorf("reply timeout must be positive, got %v", c.ReplyTimeout)
+		}
+		return nil
+	default:
+		return fmt.Errorf("unknown target %q (want %s or %s)", c.Target, TargetHTTP, TargetKafka)
+	}
+}
+
+func (c Config) validateHTTP() error {
+	u, err := url.Parse(c.URL)
+	switch {
+	case err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("API URL %q must be http:// or https:// and name a host", c.URL)
+	case c.Users < 1:
+		return fmt.Errorf("users must be at least 1, got %d", c.Users)
+	case c.Duration <= 0:
+		return fmt.Errorf("duration must be positive, got %v", c.Duration)
+	case c.Mode != "wait" && c.Mode != "async":
+		return fmt.Errorf("mode %q must be wait or async", c.Mode)
+	case c.WaitMS < 0:
+		return fmt.Errorf("wait_ms must not be negative, got %d", c.WaitMS)
+	case c.Turns < 1:
+		return fmt.Errorf("turns must be at least 1, got %d", c.Turns)
+	case c.Secret == "":
+		return errors.New("a JWT secret is required to mint the users' tokens")
+	case c.Timeout <= 0:
+		return fmt.Errorf("request timeout must be positive, got %v", c.Timeout)
+	}
+	return nil
+}
+
+// Run runs the load c describes until its duration or count is reached, ctx
+// ends, or it gives up, and returns what it measured. The error is
+// ErrGaveUp or ErrNothingAnswered (wrapped, naming the most frequent
+// failure), an invalid configuration, or a Kafka set-up error; the Result
+// holds the figures measured so far in every case. log receives the Kafka
+// client's warnings.
+func Run(ctx context.Context, c Config, log *slog.Logger) (Result, error) {
+	if err := c.Validate(); err != nil {
+		return Result{Target: c.Target}, err
+	}
+	if c.Target == TargetKafka {
+		return runKafka(ctx, c, log)
+	}
+	return runHTTP(ctx, c)
+}
+
+// Result is what a run measured. Its JSON is the line `sluice loadgen
+// --json` prints.
+type Result struct {
+	Target  string  `json:"target"`
+	Mode    string  `json:"mode,omitempty"`
+	Users   int     `json:"users,omitempty"`
+	Seconds float64 `json:"seconds"`
+	// Sent counts the requests that finished: answered, queued, refused
+	// or failed (target kafka: every request, produced or not).
+	Sent int64 `json:"sent"`
+	// Answered counts 200s (target kafka: replies).
+	Answered int64 `json:"answered"`
+	// Queued counts 202s: accepted, answer to poll.
+	Queued int64 `json:"queued"`
+	// Refused counts 429s and 503s: the API shed the load.
+	Refused int64 `json:"refused"`
+	// Errors counts every other failure: transport errors, other HTTP
+	// statuses (target kafka: records that could not be produced).
+	Errors     int64   `json:"errors"`
+	PerSecond  float64 `json:"answered_per_second"`
+	AcceptedPS float64 `json:"accepted_per_second,omitempty"`
+	// Latency of answered and queued requests (target kafka: from produce
+	// to reply).
+	P50MS float64 `json:"p50_ms"`
+	P90MS float64 `json:"p90_ms"`
+	P99MS float64 `json:"p99_ms"`
+	MaxMS float64 `json:"max_ms"`
+	// ErrorKinds counts refusals and errors by kind: "transport",
+	// "http_<status>", "produce".
+	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
+	// Failures are the first distinct failures, in the order met, with
+	// how often each occurred; at most five.
+	Failures []Failure `json:"failures,omitempty"`
+}
+
+// Failure is one distinct failure of a run.
+type Failure struct {
+	// Kind is the key it is counted under in Result.ErrorKinds.
+	Kind string `json:"kind"`
+	// Text is the HTTP status with the problem's title and detail, or the
+	// transport or produce error.
+	Text  string `json:"text"`
+	Count int64  `json:"count"`
+}
+
+func (f Failure) String() string { return fmt.Sprintf("%s (%d×)", f.Text, f.Count) }
+
+// failures counts failures by kind and keeps the first distinct ones.
+type failures struct {
+	mu     sync.Mutex
+	kinds  map[string]int64
+	first  []Failure
+	streak time.Time // first failure since the last success; zero after one
+}
+
+func newFailures() *failures { return &failures{kinds: map[string]int64{}} }
+
+// add counts a failure and returns for how long requests have been failing
+// with none succeeding in between.
+func (f *failures) add(kind, text string, now time.Time) time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.kinds[kind]++
+	if i := slices.IndexFunc(f.first, func(x Failure) bool { return x.Kind == kind && x.Text == text }); i >= 0 {
+		f.first[i].Count++
+	} else if len(f.first) < maxFailures {
+		f.first = append(f.first, Failure{Kind: kind, Text: text, Count: 1})
+	}
+	if f.streak.IsZero() {
+		f.streak = now
+	}
+	return now.Sub(f.streak)
+}
+
+// succeeded ends the current streak of failures.
+func (f *failures) succeeded() {
+	f.mu.Lock()
+	f.streak = time.Time{}
+	f.mu.Unlock()
+}
+
+func (f *failures) fill(r *Result) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.kinds) > 0 {
+		r.ErrorKinds = maps.Clone(f.kinds)
+	}
+	r.Failures = slices.Clone(f.first)
+}
+
+// why names the most frequent of r's distinct failures for an error
+// message, "" when nothing failed.
+func (r Result) why() string {
+	if len(r.Failures) == 0 {
+		return ""
+	}
+	top := r.Failures[0]
+	for _, f := range r.Failures[1:] {
+		if f.Count > top.Count {
+			top = f
+		}
+	}
+	return "; most frequent: " + top.String()
+}
+
+// latencies collects the latencies of successful requests.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+func (l *latencies) fill(r *Result) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	slices.Sort(l.d)
+	pct := func(p float64) float64 {
+		if len(l.d) == 0 {
+			return 0
+		}
+		i := min(int(p*float64(len(l.d))), len(l.d)-1)
+		return ms(l.d[i])
+	}
+	r.P50MS, r.P90MS, r.P99MS = pct(0.50), pct(0.90), pct(0.99)
+	if len(l.d) > 0 {
+		r.MaxMS = ms(l.d[len(l.d)-1])
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// perSecond is n over secs, 0 for an empty run.
+func perSecond(n int64, secs float64) float64 {
+	if secs <= 0 {
+		return 0
+	}
+	return float64(n) / secs
+}

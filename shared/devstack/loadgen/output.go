@@ -1,0 +1,59 @@
+package loadgen
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+)
+
+// WriteJSON writes r as one line of JSON.
+func (r Result) WriteJSON(w io.Writer) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// WriteText writes r for a person: the counts, the rates and latencies,
+// the failures by kind and the first distinct ones.
+func (r Result) WriteText(w io.Writer) error {
+	var b strings.Builder
+	if r.Target == TargetHTTP {
+		fmt.Fprintf(&b, "target http, mode %s, %d users: %.1f s, sent %d, answered %d (200), queued %d (202), refused %d (429/503), errors %d\n",
+			r.Mode, r.Users, r.Seconds, r.Sent, r.Answered, r.Queued, r.Refused, r.Errors)
+	} else {
+		fmt.Fprintf(&b, "target %s: %.1f s, sent %d, answered %d, errors %d\n", r.Target, r.Seconds, r.Sent, r.Answered, r.Errors)
+	}
+	fmt.Fprintf(&b, "answered/s %.0f", r.PerSecond)
+	if r.AcceptedPS > 0 {
+		fmt.Fprintf(&b, "  accepted/s %.0f", r.AcceptedPS)
+	}
+	fmt.Fprintf(&b, "  latency ms p50 %.1f p90 %.1f p99 %.1f max %.1f\n", r.P50MS, r.P90MS, r.P99MS, r.MaxMS)
+	if len(r.ErrorKinds) > 0 {
+		kinds := make([]string, 0, len(r.ErrorKinds))
+		for k := range r.ErrorKinds {
+			kinds = append(kinds, k)
+		}
+		slices.Sort(kinds)
+		for i, k := range kinds {
+			kinds[i] = fmt.Sprintf("%s %d", k, r.ErrorKinds[k])
+		}
+		fmt.Fprintf(&b, "failures by kind: %s\n", strings.Join(kinds, ", "))
+	}
+	if len(r.Failures) > 0 {
+		if len(r.Failures) == maxFailures {
+			b.WriteString("first distinct failures:\n")
+		} else {
+			b.WriteString("failures:\n")
+		}
+		for _, f := range r.Failures {
+			fmt.Fprintf(&b, "  %6d × %s\n", f.Count, f.Text)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
