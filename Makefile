@@ -5,6 +5,8 @@ BIN       := bin/sluice
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 TESTFLAGS ?= -race -count=1 -timeout 15m
+# Flags of `make loadgen`, e.g. LOADGEN_ARGS='--users 200 --duration 20s --mode async'.
+LOADGEN_ARGS ?= --users 50 --duration 10s
 
 .PHONY: all build run test test-short vet fmt bench loadgen clean
 
@@ -31,6 +33,13 @@ fmt:
 
 bench: ## Go benchmarks (see docs/benchmarks.md for the load generator)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# Against `make run` in another terminal: the API on 127.0.0.1:8080 and the
+# dev token secret are loadgen's defaults. `make run`'s per-user rate limit
+# refuses most of this load (counted as refused); start it as
+# `SLUICE_USER_RATE=0 make run` to measure throughput (docs/benchmarks.md).
+loadgen: build ## sluice loadgen against `make run`; flags in LOADGEN_ARGS
+	./$(BIN) loadgen $(LOADGEN_ARGS)
 
 clean:
 	rm -rf bin
