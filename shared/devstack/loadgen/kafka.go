@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -68,8 +67,7 @@ func runKafka(ctx context.Context, c Config, log *slog.Logger) (Result, error) {
 	}
 	fails := newFailures()
 	var (
-		mu               sync.Mutex
-		sentAt           = make(map[string]time.Time, count)
+		sentAt           = make(map[string]time.Time, count) // read and written on this goroutine only
 		failed, settled  atomic.Int64
 		replyTopic       = c.Kafka.RepliesTopic
 		start            = time.Now()
@@ -82,9 +80,7 @@ func runKafka(ctx context.Context, c Config, log *slog.Logger) (Result, error) {
 			DialogID: dialogs[i%len(dialogs)], Text: c.Text, CreatedAt: time.Now().UTC(), Deadline: deadline,
 			Reply: envelope.ReplyTo{Topic: replyTopic, Partition: envelope.AnyPartition}}
 		v, _ := json.Marshal(&req)
-		mu.Lock()
 		sentAt[req.RequestID] = time.Now()
-		mu.Unlock()
 		cl.Produce(ctx, &kgo.Record{Key: []byte(req.Key()), Value: v}, func(_ *kgo.Record, err error) {
 			if err != nil {
 				failed.Add(1)
@@ -125,9 +121,7 @@ func runKafka(ctx context.Context, c Config, log *slog.Logger) (Result, error) {
 			}
 			seen[id] = true
 			last = time.Now()
-			mu.Lock()
 			lat.add(last.Sub(sentAt[id]))
-			mu.Unlock()
 		})
 	}
 	secs := time.Since(start).Seconds()

@@ -11,8 +11,8 @@
 //     bot would, then the replies topic read until every one is answered:
 //     the consumers alone are measured.
 //
-// A run does not hammer a target that fails, and stops by itself when there
-// is nothing to measure:
+// An http run does not hammer a target that fails, and stops by itself when
+// there is nothing to measure:
 //
 //   - a user whose request failed (a transport error such as connection
 //     refused, or an HTTP error status) pauses before its next request,
@@ -22,6 +22,9 @@
 //   - when requests kept failing for GiveUp with none succeeding in between,
 //     the run stops with ErrGaveUp;
 //   - a run that ends without a single answer returns ErrNothingAnswered.
+//
+// A kafka run stops when no reply came for ReplyTimeout, and returns
+// ErrNothingAnswered when none came at all.
 //
 // Either way Run returns the figures measured so far, with the first
 // distinct failures (HTTP status and problem title and detail, or the
