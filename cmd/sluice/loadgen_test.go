@@ -85,9 +85,10 @@ func TestLoadgenSettingErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--users", "0"}, "users must be at least 1"},
-		{[]string{"--target", "smtp"}, `unknown target "smtp"`},
-		{[]string{"--mode", "callback"}, `mode "callback" must be wait or async`},
+		{[]string{"--users", "0"}, "SLUICE_USERS (--users): must be at least 1"},
+		{[]string{"--target", "smtp"}, `SLUICE_TARGET (--target): unknown target "smtp"`},
+		{[]string{"--mode", "callback"}, `SLUICE_MODE (--mode): "callback" must be wait or async`},
+		{[]string{"--target", "kafka", "--kafka-brokers", "localhost", "--dialogs", "0"}, "2 problems"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), append([]string{"loadgen"}, tt.args...), &out, &errb); code != 2 || !strings.Contains(errb.String(), tt.want) {

@@ -34,6 +34,7 @@ package loadgen
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -44,6 +45,7 @@ import (
 
 	"sluice/shared/bus"
 	"sluice/shared/envelope"
+	"sluice/shared/settings"
 )
 
 // Targets of a run.
@@ -122,8 +124,8 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults: 200 users for 20 s against
-// 127.0.0.1:8080 in wait mode. Secret is empty; the command fills in the
-// development secret of `sluice dev`.
+// 127.0.0.1:8080 in wait mode; target kafka on 127.0.0.1:9092. Secret is
+// empty; the command fills in the development secret of `sluice dev`.
 func DefaultConfig() Config {
 	return Config{
 		Target:        TargetHTTP,
@@ -146,63 +148,61 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first setting of c that is missing or out of range
-// for its target.
+// Validate reports every setting of c that is missing or out of range for
+// its target, each named by its flag (see RegisterFlags).
 func (c Config) Validate() error {
-	switch {
-	case c.Tenant == "" || !envelope.ValidID(c.Tenant):
-		return fmt.Errorf("tenant %q must be 1-%d of [A-Za-z0-9._@|+-]", c.Tenant, envelope.MaxIDLen)
-	case c.Text == "":
-		return errors.New("the question text must not be empty")
-	case c.Count < 0:
-		return fmt.Errorf("count must not be negative, got %d", c.Count)
-	case c.Backoff <= 0 || c.BackoffMax < c.Backoff:
-		return fmt.Errorf("backoff must be positive and at most its cap, got %v capped at %v", c.Backoff, c.BackoffMax)
-	case c.RetryAfterMax < 0:
-		return fmt.Errorf("retry-after bound must not be negative, got %v", c.RetryAfterMax)
-	case c.GiveUp < 0:
-		return fmt.Errorf("give-up time must not be negative, got %v", c.GiveUp)
+	var p settings.Problems
+	p.Check(envelope.ValidID(c.Tenant), "tenant", "%q must be 1-%d of [A-Za-z0-9._@|+-]", c.Tenant, envelope.MaxIDLen)
+	p.Check(c.Text != "", "text", "must not be empty")
+	p.Check(c.Count >= 0, "count", "must not be negative, got %d", c.Count)
+	p.Check(c.RetryAfterMax >= 0, "retry-after-max", "must not be negative, got %v", c.RetryAfterMax)
+	p.Check(c.GiveUp >= 0, "give-up-after", "must not be negative, got %v", c.GiveUp)
+	if c.Backoff <= 0 || c.BackoffMax < c.Backoff {
+		p.Add(fmt.Errorf("backoff must be positive and at most its cap, got %v capped at %v", c.Backoff, c.BackoffMax))
 	}
 	switch c.Target {
 	case TargetHTTP:
-		return c.validateHTTP()
+		u, err := url.Parse(c.URL)
+		p.Check(err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "", "url",
+			"%q must be http:// or https:// and name a host", c.URL)
+		p.Check(c.Users >= 1, "users", "must be at least 1, got %d", c.Users)
+		p.Check(c.Duration > 0, "duration", "must be positive, got %v", c.Duration)
+		p.Check(c.Mode == "wait" || c.Mode == "async", "mode", "%q must be wait or async", c.Mode)
+		p.Check(c.WaitMS >= 0, "wait-ms", "must not be negative, got %d", c.WaitMS)
+		p.Check(c.Turns >= 1, "turns", "must be at least 1, got %d", c.Turns)
+		p.Check(c.Secret != "", "jwt-secret", "is required to mint the users' tokens")
+		if c.Timeout <= 0 {
+			p.Add(fmt.Errorf("request timeout must be positive, got %v", c.Timeout))
+		}
 	case TargetKafka:
-		if err := c.Kafka.Validate(); err != nil {
-			return err
-		}
-		switch {
-		case c.Dialogs < 1:
-			return fmt.Errorf("dialogs must be at least 1, got %d", c.Dialogs)
-		case c.ReplyTimeout <= 0:
-			return fmt.Errorf("reply timeout must be positive, got %v", c.ReplyTimeout)
-		}
-		return nil
+		p.Add(c.Kafka.Validate())
+		p.Check(c.Dialogs >= 1, "dialogs", "must be at least 1, got %d", c.Dialogs)
+		p.Check(c.ReplyTimeout > 0, "reply-timeout", "must be positive, got %v", c.ReplyTimeout)
 	default:
-		return fmt.Errorf("unknown target %q (want %s or %s)", c.Target, TargetHTTP, TargetKafka)
+		p.Check(false, "target", "unknown target %q (want %s or %s)", c.Target, TargetHTTP, TargetKafka)
 	}
+	return p.Err()
 }
 
-func (c Config) validateHTTP() error {
-	u, err := url.Parse(c.URL)
-	switch {
-	case err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
-		return fmt.Errorf("API URL %q must be http:// or https:// and name a host", c.URL)
-	case c.Users < 1:
-		return fmt.Errorf("users must be at least 1, got %d", c.Users)
-	case c.Duration <= 0:
-		return fmt.Errorf("duration must be positive, got %v", c.Duration)
-	case c.Mode != "wait" && c.Mode != "async":
-		return fmt.Errorf("mode %q must be wait or async", c.Mode)
-	case c.WaitMS < 0:
-		return fmt.Errorf("wait_ms must not be negative, got %d", c.WaitMS)
-	case c.Turns < 1:
-		return fmt.Errorf("turns must be at least 1, got %d", c.Turns)
-	case c.Secret == "":
-		return errors.New("a JWT secret is required to mint the users' tokens")
-	case c.Timeout <= 0:
-		return fmt.Errorf("request timeout must be positive, got %v", c.Timeout)
-	}
-	return nil
+// RegisterFlags registers c's settings on fs, with c's values as defaults,
+// and the Kafka settings of c.Kafka.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Target, "target", c.Target, "http: closed-loop users against the API; kafka: requests produced straight to Kafka, replies counted")
+	fs.StringVar(&c.URL, "url", c.URL, "API base URL (target http)")
+	fs.IntVar(&c.Users, "users", c.Users, "concurrent users, each asking, waiting for the answer, asking again (target http)")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long to run (target http)")
+	fs.IntVar(&c.Count, "count", c.Count, fmt.Sprintf("stop after this many requests (0: duration only; target kafka: requests to produce, default %d)", DefaultKafkaCount))
+	fs.StringVar(&c.Mode, "mode", c.Mode, "request mode: wait or async (target http)")
+	fs.IntVar(&c.WaitMS, "wait-ms", c.WaitMS, "wait_ms of wait-mode requests")
+	fs.StringVar(&c.Secret, "jwt-secret", c.Secret, "HS256 secret to mint the users' tokens with")
+	fs.StringVar(&c.Tenant, "tenant", c.Tenant, "tenant of the users")
+	fs.StringVar(&c.Text, "text", c.Text, "question to ask")
+	fs.IntVar(&c.Turns, "turns", c.Turns, "questions a user asks in one dialog before starting a new one (target http)")
+	fs.DurationVar(&c.RetryAfterMax, "retry-after-max", c.RetryAfterMax, "longest Retry-After of a 429 or 503 a user waits before asking again; 0 asks again at once (target http)")
+	fs.DurationVar(&c.GiveUp, "give-up-after", c.GiveUp, "stop with an error when requests kept failing this long with none answered in between; 0 never (target http)")
+	fs.IntVar(&c.Dialogs, "dialogs", c.Dialogs, "distinct dialogs (target kafka)")
+	fs.DurationVar(&c.ReplyTimeout, "reply-timeout", c.ReplyTimeout, "stop when no reply came for this long (target kafka)")
+	c.Kafka.RegisterFlags(fs)
 }
 
 // Run runs the load c describes until its duration or count is reached, ctx

@@ -302,28 +302,33 @@ func TestValidate(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		edit func(*loadgen.Config)
-		want string
+		want []string // each a problem the error names
 	}{
-		{"Target", func(c *loadgen.Config) { c.Target = "smtp" }, `unknown target "smtp"`},
-		{"Users", func(c *loadgen.Config) { c.Users = 0 }, "users must be at least 1"},
-		{"Mode", func(c *loadgen.Config) { c.Mode = "callback" }, `mode "callback"`},
-		{"URL", func(c *loadgen.Config) { c.URL = "127.0.0.1:8080" }, "must be http:// or https://"},
-		{"Secret", func(c *loadgen.Config) { c.Secret = "" }, "JWT secret is required"},
-		{"Tenant", func(c *loadgen.Config) { c.Tenant = "a/b" }, `tenant "a/b"`},
-		{"Backoff", func(c *loadgen.Config) { c.BackoffMax = c.Backoff / 2 }, "backoff must be positive"},
-		{"GiveUp", func(c *loadgen.Config) { c.GiveUp = -time.Second }, "give-up time"},
-		{"KafkaBrokers", func(c *loadgen.Config) { c.Target = "kafka"; c.Kafka.Brokers = []string{"localhost"} }, `"localhost" is not host:port`},
-		{"KafkaDialogs", func(c *loadgen.Config) { c.Target = "kafka"; c.Dialogs = 0 }, "dialogs must be at least 1"},
+		{"Target", func(c *loadgen.Config) { c.Target = "smtp" }, []string{`SLUICE_TARGET (--target): unknown target "smtp"`}},
+		{"Users", func(c *loadgen.Config) { c.Users = 0 }, []string{"SLUICE_USERS (--users): must be at least 1"}},
+		{"Mode", func(c *loadgen.Config) { c.Mode = "callback" }, []string{`SLUICE_MODE (--mode): "callback"`}},
+		{"URL", func(c *loadgen.Config) { c.URL = "127.0.0.1:8080" }, []string{"SLUICE_URL (--url)"}},
+		{"Secret", func(c *loadgen.Config) { c.Secret = "" }, []string{"SLUICE_JWT_SECRET (--jwt-secret): is required"}},
+		{"Tenant", func(c *loadgen.Config) { c.Tenant = "a/b" }, []string{`SLUICE_TENANT (--tenant): "a/b"`}},
+		{"Backoff", func(c *loadgen.Config) { c.BackoffMax = c.Backoff / 2 }, []string{"backoff must be positive"}},
+		{"Every", func(c *loadgen.Config) { c.GiveUp = -time.Second; c.Turns = 0 }, []string{"--give-up-after", "--turns"}},
+		{"Kafka", func(c *loadgen.Config) { c.Target = "kafka"; c.Kafka.Brokers = []string{"localhost"}; c.Dialogs = 0 },
+			[]string{`SLUICE_KAFKA_BROKERS (--kafka-brokers): "localhost"`, "SLUICE_DIALOGS (--dialogs)"}},
 		// Settings of the other target do not matter.
-		{"KafkaIgnoresUsers", func(c *loadgen.Config) { c.Target = "kafka"; c.Users = 0 }, ""},
+		{"KafkaIgnoresUsers", func(c *loadgen.Config) { c.Target = "kafka"; c.Users = 0 }, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := loadgen.DefaultConfig()
 			c.Secret = "s"
 			tt.edit(&c)
 			err := c.Validate()
-			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			if (err == nil) != (len(tt.want) == 0) {
 				t.Fatalf("Validate() = %v, want %q", err, tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Validate() = %v, want it to name %q", err, w)
+				}
 			}
 		})
 	}
