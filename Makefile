@@ -35,9 +35,7 @@ bench: ## Go benchmarks (see docs/benchmarks.md for the load generator)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # Against `make run` in another terminal: the API on 127.0.0.1:8080 and the
-# dev token secret are loadgen's defaults. `make run`'s per-user rate limit
-# refuses most of this load (counted as refused); start it as
-# `SLUICE_USER_RATE=0 make run` to measure throughput (docs/benchmarks.md).
+# dev token secret are loadgen's defaults (docs/benchmarks.md).
 loadgen: build ## sluice loadgen against `make run`; flags in LOADGEN_ARGS
 	./$(BIN) loadgen $(LOADGEN_ARGS)
 
