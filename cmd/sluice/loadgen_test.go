@@ -7,29 +7,39 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"sluice/shared/devstack/loadgen"
 )
 
-// deadAddr returns a loopback address nothing listens on.
-func deadAddr(t *testing.T) string {
+// refusingAddr returns a loopback address that refuses connections. A
+// socket bound there without listening holds the port, so that no other
+// test can take it while this one runs, as it could a closed listener's.
+func refusingAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	t.Cleanup(func() { _ = syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 }
 
 // TestLoadgenDeadAddress: against an address nothing listens on, sluice
 // loadgen stops by itself, exits 1 and says why; with --json its stdout is
 // still the one result line.
 func TestLoadgenDeadAddress(t *testing.T) {
-	url := "http://" + deadAddr(t)
+	url := "http://" + refusingAddr(t)
 	for _, tt := range []struct {
 		name string
 		args []string
