@@ -10,16 +10,8 @@
 // idempotent on the request id: a re-delivered request republishes the stored
 // reply without calling the LLM or touching the history again.
 //
-// Metrics (on the registerer given to New):
-//
-//	sluice_consumer_records_total{outcome}          done, expired, duplicate, dead_letter, abandoned
-//	sluice_consumer_in_flight                        records handed to workers and not finished
-//	sluice_consumer_paused                           1 while fetching is paused because the budget is full
-//	sluice_consumer_process_duration_seconds        from poll to reply produced
-//	sluice_consumer_end_to_end_seconds               from the request's created_at to reply produced
-//	sluice_consumer_retries_total{step}             transient Redis/Kafka failures retried
-//	sluice_consumer_commit_errors_total              failed offset commits
-//	sluice_kafka_consumer_*                          franz-go client metrics (kprom)
+// Metrics (on the registerer given to New): see docs/metrics.md, generated
+// from the registries by tests/metrics_doc_test.go.
 package consumer
 
 import (

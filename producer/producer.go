@@ -6,23 +6,8 @@
 //
 // The ingress stays thin: no LLM call and no history read on the hot path.
 //
-// Metrics (on the registerer given to New):
-//
-//	sluice_http_requests_total{route,method,code}          requests served
-//	sluice_http_request_duration_seconds{route,method}     latency
-//	sluice_producer_accepted_total{mode}                   requests accepted: wait, async, callback (on Kafka), cache (hot answers)
-//	sluice_producer_answered_total{how}                    wait-mode outcomes: answered, timed_out
-//	sluice_producer_waiters                                handlers waiting for an answer
-//	sluice_producer_replies_total{outcome}                 reply records read: woke, no_waiter, invalid
-//	sluice_producer_reply_partitions                       partitions of the replies topic this replica reads
-//	sluice_producer_store_errors_total{op}                 Redis failures tolerated on the hot path
-//	sluice_producer_rejected_total{reason}                 refused at the door: rate_user, rate_tenant, rate_global, queue_wait, backlog, draining, kafka
-//	sluice_producer_hot_answers_total{result}              first-turn cache lookups: hit, miss
-//	sluice_producer_ratelimit_errors_total                 shared rate-limit checks that failed open (Redis unreachable)
-//	sluice_producer_queue_lag                              consumer group lag on the requests topic
-//	sluice_producer_completion_rate                        requests/s the consumers complete
-//	sluice_producer_estimated_wait_seconds                 queue wait estimate used for admission
-//	sluice_kafka_producer_*, sluice_kafka_replies_*        franz-go client metrics (kprom)
+// Metrics (on the registerer given to New): see docs/metrics.md, generated
+// from the registries by tests/metrics_doc_test.go.
 package producer
 
 import (

@@ -45,20 +45,8 @@
 // the question and history sent to the model too, unless MaskPrompt is off.
 // Hits are counted and audit-logged without their values.
 //
-// Metrics (on the registerer given to New):
-//
-//	sluice_llm_calls_total{endpoint,outcome}           calls: ok, error, timeout, rate_limited, malformed, bad_request, canceled
-//	sluice_llm_call_duration_seconds{endpoint,outcome} latency of one call
-//	sluice_llm_retries_total{endpoint}                 calls that were retries
-//	sluice_llm_short_circuits_total{endpoint}          requests that skipped the endpoint because its breaker was open
-//	sluice_llm_breaker_state{endpoint}                 0 closed, 1 half-open, 2 open
-//	sluice_llm_in_flight{endpoint}                     calls under way in this process
-//	sluice_llm_limited_total{limit,outcome}            a slot or quota was not free: limit concurrency, rpm, tpm; outcome waited, fallback
-//	sluice_llm_quota_errors_total                      quota checks that failed (Redis) and let the call through
-//	sluice_llm_answers_total{source}                   answers by source: llm, fallback_model, faq, canned
-//	sluice_pii_masked_total{kind}                      personal data masked in questions and answers
-//
-// endpoint is "primary" or "secondary".
+// Metrics (on the registerer given to New): see docs/metrics.md, generated
+// from the registries by tests/metrics_doc_test.go.
 package llm
 
 import (

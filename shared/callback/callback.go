@@ -11,10 +11,8 @@
 // A receiver recomputes the HMAC with the shared secret, compares it in
 // constant time and rejects timestamps older than a few minutes.
 //
-// Metrics (on the registerer given to NewDeliverer):
-//
-//	sluice_callback_deliveries_total{outcome}   delivered, gave_up, refused
-//	sluice_callback_attempts_total{result}      ok, http_error, network_error
+// Metrics (on the registerer given to NewDeliverer): see docs/metrics.md,
+// generated from the registries by tests/metrics_doc_test.go.
 package callback
 
 import (

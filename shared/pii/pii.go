@@ -27,9 +27,8 @@
 // Mask and Scan are pure functions; Auditor adds the metric and the audit
 // log line, and Handler masks every log record.
 //
-// Metrics (on the registerer given to NewAuditor):
-//
-//	sluice_pii_masked_total{kind}   values masked, by kind (phone, id_card, bank_card, email)
+// Metrics (on the registerer given to NewAuditor): see docs/metrics.md,
+// generated from the registries by tests/metrics_doc_test.go.
 package pii
 
 import "strings"

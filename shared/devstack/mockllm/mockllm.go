@@ -7,9 +7,8 @@
 //
 // Routes: POST /v1/chat/completions (also /chat/completions), GET /v1/models.
 //
-// Metrics (on the registerer given to New):
-//
-//	sluice_mockllm_requests_total{outcome}   ok, slow, error, rate_limited, malformed, bad_request
+// Metrics (on the registerer given to New): see docs/metrics.md, generated
+// from the registries by tests/metrics_doc_test.go.
 package mockllm
 
 import (

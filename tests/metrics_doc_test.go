@@ -1,0 +1,627 @@
+package tests
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"sluice/consumer"
+	"sluice/consumer/llm"
+	"sluice/producer"
+	"sluice/shared/auth"
+	"sluice/shared/bus"
+	"sluice/shared/callback"
+	"sluice/shared/devstack"
+	"sluice/shared/devstack/mockllm"
+	"sluice/shared/store"
+)
+
+var update = flag.Bool("update", false, "rewrite docs/metrics.md from the metric registries")
+
+const metricsDoc = "../docs/metrics.md"
+
+// TestMetricsDoc builds a producer, a consumer (with its LLM client and
+// callback deliverer) and the mock LLM on registries of their own, lists
+// every metric they register, and compares the list with docs/metrics.md:
+// the one list of Sluice's metrics, which cannot drift from the code. Run
+// with -update to rewrite the file.
+func TestMetricsDoc(t *testing.T) {
+	sections := []docSection{
+		producerMetrics(t),
+		consumerMetrics(t),
+		mockMetrics(t),
+	}
+	checkLabelValues(t, sections)
+	got := renderMetricsDoc(sections)
+	if *update {
+		if err := os.WriteFile(metricsDoc, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(metricsDoc)
+	if err != nil {
+		t.Fatalf("read %s (run go test ./tests -run TestMetricsDoc -update to create it): %v", metricsDoc, err)
+	}
+	if string(want) != got {
+		t.Errorf("docs/metrics.md does not match the registered metrics; run go test ./tests -run TestMetricsDoc -update\n%s",
+			firstDifference(string(want), got))
+	}
+}
+
+// family is one registered metric.
+type family struct {
+	name, typ, help string
+	labels          []string
+	// zeroed: its labelled series are exported before their first event.
+	zeroed bool
+	// only says when the metric is registered at all, if not always.
+	only string
+}
+
+// docSection is the metrics of one component.
+type docSection struct {
+	title, intro string
+	families     []family
+}
+
+// recorder registers on a fresh registry and remembers the description of
+// every collector, so that vectors without a series yet are listed too
+// (Gather omits them).
+type recorder struct {
+	reg *prometheus.Registry
+
+	mu    sync.Mutex
+	descs []recorded
+}
+
+type recorded struct {
+	desc *prometheus.Desc
+	col  prometheus.Collector
+}
+
+var _ prometheus.Registerer = (*recorder)(nil)
+
+func newRecorder() *recorder { return &recorder{reg: prometheus.NewRegistry()} }
+
+func (r *recorder) Register(c prometheus.Collector) error {
+	if err := r.reg.Register(c); err != nil {
+		return err
+	}
+	ch := make(chan *prometheus.Desc)
+	go func() { c.Describe(ch); close(ch) }()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for d := range ch {
+		r.descs = append(r.descs, recorded{d, c})
+	}
+	return nil
+}
+
+func (r *recorder) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (r *recorder) Unregister(c prometheus.Collector) bool { return r.reg.Unregister(c) }
+
+// mark returns how many descriptions are recorded so far.
+func (r *recorder) mark() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.descs)
+}
+
+// present returns the names of the families Gather exports now, with
+// their types.
+func (r *recorder) present(t *testing.T) map[string]string {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]string{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = strings.ToLower(mf.GetType().String())
+	}
+	return out
+}
+
+// families returns the families of the descriptions recorded from index
+// from on. zero lists the families exported before any event.
+func (r *recorder) families(t *testing.T, from int, zero map[string]string) []family {
+	t.Helper()
+	now := r.present(t)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []family
+	for _, rd := range r.descs[from:] {
+		if err := rd.desc.Err(); err != nil {
+			t.Fatalf("metric description %s: %v", rd.desc, err)
+		}
+		name, help, labels, err := parseDesc(rd.desc.String())
+		if err != nil {
+			t.Fatalf("%v (has client_golang's Desc.String changed?)", err)
+		}
+		typ := now[name]
+		if typ == "" {
+			typ = vecType(rd.col)
+		}
+		if typ == "" {
+			t.Fatalf("metric %s: cannot tell its type (a collector that exports nothing yet?)", name)
+		}
+		_, z := zero[name]
+		out = append(out, family{name: name, typ: typ, help: help, labels: labels, zeroed: z && len(labels) > 0})
+	}
+	return out
+}
+
+// vecType is the type of a vector, which Gather does not report before its
+// first series.
+func vecType(c prometheus.Collector) string {
+	switch c.(type) {
+	case *prometheus.CounterVec:
+		return "counter"
+	case *prometheus.GaugeVec:
+		return "gauge"
+	case *prometheus.HistogramVec:
+		return "histogram"
+	case *prometheus.SummaryVec:
+		return "summary"
+	}
+	return ""
+}
+
+// parseDesc reads the name, help and label names out of Desc.String, the
+// only way client_golang exposes them:
+// Desc{fqName: "…", help: "…", unit: "…", constLabels: {…}, variableLabels: {…}}.
+func parseDesc(s string) (name, help string, labels []string, err error) {
+	bad := fmt.Errorf("unexpected metric description %s", s)
+	quoted := func(rest, prefix string) (string, string, bool) {
+		rest, ok := strings.CutPrefix(rest, prefix)
+		if !ok {
+			return "", "", false
+		}
+		q, err := strconv.QuotedPrefix(rest)
+		if err != nil {
+			return "", "", false
+		}
+		v, err := strconv.Unquote(q)
+		return v, rest[len(q):], err == nil
+	}
+	rest, ok := s, true
+	if name, rest, ok = quoted(rest, "Desc{fqName: "); !ok {
+		return "", "", nil, bad
+	}
+	if help, rest, ok = quoted(rest, ", help: "); !ok {
+		return "", "", nil, bad
+	}
+	if _, rest, ok = quoted(rest, ", unit: "); !ok {
+		return "", "", nil, bad
+	}
+	consts, vars, ok := strings.Cut(strings.TrimPrefix(rest, ", constLabels: {"), "}, variableLabels: {")
+	if !ok || consts != "" {
+		// No Sluice metric has constant labels; a value could hold "}".
+		return "", "", nil, bad
+	}
+	vars, ok = strings.CutSuffix(vars, "}}")
+	if !ok {
+		return "", "", nil, bad
+	}
+	for l := range strings.SplitSeq(vars, ",") {
+		if l = strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")"); l != "" {
+			labels = append(labels, l)
+		}
+	}
+	return name, help, labels, nil
+}
+
+// metricsBackend is what a producer needs to run: an embedded broker and a
+// miniredis (the doc needs no real Redis, and miniredis leaves the shared
+// one alone).
+func metricsBackend(t *testing.T) (bus.Config, *store.Redis) {
+	t.Helper()
+	cfg := bus.DefaultConfig()
+	cfg.Partitions = 2
+	b, err := devstack.StartBroker(devstack.BrokerConfig{
+		Addr: "127.0.0.1:0", Partitions: cfg.Partitions,
+		Topics: []string{cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic, cfg.CallbacksTopic},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("start kfake: %v", err)
+	}
+	t.Cleanup(b.Close)
+	cfg.Brokers = []string{b.Addr()}
+	m := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	st, err := store.New(rdb, store.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, st
+}
+
+func producerMetrics(t *testing.T) docSection {
+	t.Helper()
+	busCfg, st := metricsBackend(t)
+	v, err := auth.NewVerifier(auth.Config{Secret: testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+
+	// What the producer registers without hot answers, to tell which
+	// metrics depend on them.
+	cold := producer.DefaultConfig()
+	cold.HotTTL = 0
+	recCold := newRecorder()
+	pc, err := producer.New(cold, busCfg, v, st, log, recCold)
+	if err != nil {
+		t.Fatal(err)
+	}
+	always := map[string]bool{}
+	for _, f := range recCold.families(t, 0, nil) {
+		always[f.name] = true
+	}
+	pc.Close() // unregisters its Kafka client's metrics
+
+	cfg := producer.DefaultConfig()
+	cfg.ReplyPartitions = []int32{0} // no reply group to join: ready at once
+	cfg.ShutdownTimeout = 5 * time.Second
+	rec := newRecorder()
+	p, err := producer.New(cfg, busCfg, v, st, log, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := rec.present(t)
+	// The reply reader's client is made by Run.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("producer run: %v", err)
+		}
+		p.Close()
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !p.Ready() {
+		select {
+		case err := <-done:
+			t.Fatalf("producer stopped at start: %v", err)
+		case <-time.After(10 * time.Millisecond): // readiness has no event to await
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("producer not ready after 30s")
+		}
+	}
+	fs := rec.families(t, 0, zero)
+	for i := range fs {
+		if !always[fs[i].name] {
+			fs[i].only = "`SLUICE_HOT_TTL` > 0 (default)"
+		}
+	}
+	return docSection{
+		title:    "Producer",
+		intro:    "`sluice producer`, the HTTP ingress.",
+		families: fs,
+	}
+}
+
+func consumerMetrics(t *testing.T) docSection {
+	t.Helper()
+	busCfg, st := metricsBackend(t)
+	log := slog.New(slog.DiscardHandler)
+	rec := newRecorder()
+	lcfg := llm.DefaultConfig()
+	lcfg.BaseURL = "http://127.0.0.1:1/v1" // never called
+	model, err := llm.New(lcfg, log, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := consumer.New(consumer.DefaultConfig(), busCfg, st, model, log, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	withoutCallbacks := rec.mark()
+	ccfg := callback.DefaultConfig()
+	ccfg.Policy.AllowedHosts = []string{"example.com"}
+	ccfg.Secret = "sluice-test-callback-secret"
+	d, err := callback.NewDeliverer(ccfg, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetCallbacks(d); err != nil {
+		t.Fatal(err)
+	}
+	zero := rec.present(t)
+	fs := rec.families(t, 0, zero)
+	for i := range fs[withoutCallbacks:] {
+		fs[withoutCallbacks+i].only = "`SLUICE_CALLBACK_HOSTS` set (callbacks delivered)"
+	}
+	return docSection{
+		title:    "Consumer",
+		intro:    "`sluice consumer`, the worker: request processing, the LLM client with its fallbacks, personal-data masking and callback delivery.",
+		families: fs,
+	}
+}
+
+func mockMetrics(t *testing.T) docSection {
+	t.Helper()
+	rec := newRecorder()
+	if _, err := mockllm.New(mockllm.DefaultConfig(), slog.New(slog.DiscardHandler), rec); err != nil {
+		t.Fatal(err)
+	}
+	return docSection{
+		title:    "Mock LLM",
+		intro:    "The mock LLM when `sluice dev` runs it (`sluice mockllm` on its own has no metrics endpoint).",
+		families: rec.families(t, 0, rec.present(t)),
+	}
+}
+
+// kafkaRoles says what each Kafka client, sluice_kafka_<role>_*, does.
+var kafkaRoles = map[string]string{
+	"producer":  "the producer's: puts requests on `chat.requests`",
+	"replies":   "the producer's: reads its share of `chat.replies`",
+	"consumer":  "the consumer's: reads `chat.requests`, produces replies, dead letters and callback jobs",
+	"callbacks": "the consumer's callback deliverer: reads `chat.callbacks`",
+}
+
+// labelValues says what the values of a metric's labels are, where its help
+// text does not. Checked: the metric and the label must be registered.
+var labelValues = map[string]map[string]string{
+	"sluice_http_requests_total": {
+		"route": "the route pattern, e.g. `/v1/chat/:dialog_id/:request_id`, or `unmatched`",
+		"code":  "the HTTP status",
+	},
+	"sluice_http_request_duration_seconds": {"route": "as in `sluice_http_requests_total`"},
+	"sluice_producer_answered_total":       {"how": "`answered`, `timed_out`"},
+	"sluice_producer_replies_total":        {"outcome": "`woke` a waiter, `no_waiter`, `invalid`"},
+	"sluice_producer_store_errors_total":   {"op": "`mark_queued`, `poll`, `history`, `delete`, `hot_answer`"},
+	"sluice_producer_rejected_total": {
+		"reason": "`rate_user`, `rate_tenant`, `rate_global` (429); `queue_wait`, `backlog`, `draining`, `kafka` (503)",
+	},
+	"sluice_consumer_records_total": {
+		"outcome": "`done`, `expired`, `duplicate` (a redelivery answered from the store), `dead_letter`, `abandoned` (left uncommitted at drain or revoke)",
+	},
+	"sluice_consumer_retries_total": {"step": "`redis_load`, `redis_complete`, `kafka_reply`, `kafka_dlq`, `kafka_callback`"},
+	"sluice_consumer_callbacks_total": {
+		"outcome": "`handed_over` (by the answering path), `delivered`, `failed`, `invalid` (an undecodable record; by the callback group)",
+	},
+	"sluice_llm_calls_total": {
+		"endpoint": "`primary`, `secondary`",
+		"outcome":  "`ok`, `error` (5xx and other HTTP errors, connection errors), `timeout`, `rate_limited` (429), `malformed` (undecodable or empty), `bad_request` (400, 413, 422), `canceled` (the consumer stopped)",
+	},
+	"sluice_llm_call_duration_seconds": {"outcome": "as in `sluice_llm_calls_total`"},
+	"sluice_llm_limited_total": {
+		"limit":   "`concurrency`, `rpm`, `tpm`",
+		"outcome": "`waited`, `fallback` (the next tier answered without a call)",
+	},
+	"sluice_llm_answers_total":         {"source": "`llm`, `fallback_model`, `faq`, `canned`"},
+	"sluice_pii_masked_total":          {"kind": "`phone`, `id_card`, `bank_card`, `email`"},
+	"sluice_callback_deliveries_total": {"outcome": "`delivered`, `gave_up`, `refused` (URL not allowed, or its host does not resolve, at delivery time)"},
+	"sluice_callback_attempts_total":   {"result": "`ok` (2xx), `http_error`, `network_error`"},
+	"sluice_mockllm_requests_total":    {"outcome": "`ok`, `slow`, `error`, `rate_limited`, `malformed`, `bad_request`"},
+}
+
+// checkLabelValues fails for a label description of a metric or label that
+// is not registered, and for a Kafka client role nobody describes.
+func checkLabelValues(t *testing.T, sections []docSection) {
+	t.Helper()
+	labels := map[string][]string{}
+	roles := map[string]bool{}
+	for _, s := range sections {
+		for _, f := range s.families {
+			labels[f.name] = f.labels
+			if role, _, ok := kafkaFamily(f.name); ok {
+				roles[role] = true
+			}
+		}
+	}
+	for name, ls := range labelValues {
+		have, ok := labels[name]
+		if !ok {
+			t.Errorf("labelValues describes %s, which is not registered", name)
+		}
+		for l := range ls {
+			if ok && !slices.Contains(have, l) {
+				t.Errorf("labelValues describes label %s of %s, which has labels %v", l, name, have)
+			}
+		}
+	}
+	for r := range roles {
+		if kafkaRoles[r] == "" {
+			t.Errorf("Kafka client role %q is not described in kafkaRoles", r)
+		}
+	}
+	for r := range kafkaRoles {
+		if !roles[r] {
+			t.Errorf("kafkaRoles describes %q, which no client registers", r)
+		}
+	}
+}
+
+var kafkaName = regexp.MustCompile(`^sluice_kafka_([a-z]+)_(.+)$`)
+
+// kafkaFamily splits sluice_kafka_<role>_<metric>.
+func kafkaFamily(name string) (role, metric string, ok bool) {
+	m := kafkaName.FindStringSubmatch(name)
+	if m == nil {
+		return "", "", false
+	}
+	return m[1], m[2], true
+}
+
+func renderMetricsDoc(sections []docSection) string {
+	var b strings.Builder
+	b.WriteString(`# Metrics
+
+<!-- Generated by tests/metrics_doc_test.go from the metrics the code
+registers; do not edit. Regenerate: go test ./tests -run TestMetricsDoc -update -->
+
+Every metric Sluice registers, as Prometheus serves them on the admin
+listener's ` + "`/metrics`" + ` (` + "`SLUICE_ADMIN_ADDR`" + `). Every process also exports the
+Go runtime (` + "`go_*`" + `) and process (` + "`process_*`" + `) collectors; ` + "`sluice dev`" + `
+exports the union of the parts it runs. A histogram ` + "`x`" + ` is served as
+` + "`x_bucket`" + `, ` + "`x_sum`" + ` and ` + "`x_count`" + `. A metric with labels has no series
+until its first event, unless marked *from start* (every label value is
+exported from the start, counters at 0). What to alert on, and what the values mean in an
+incident: [operations.md](operations.md#metrics).
+`)
+	kafka := map[string]*kafkaRow{}
+	for _, s := range sections {
+		fmt.Fprintf(&b, "\n## %s\n\n%s\n\n", s.title, s.intro)
+		b.WriteString("| Metric | Type | Labels | Meaning |\n|---|---|---|---|\n")
+		var roles []string
+		fs := slices.Clone(s.families)
+		sort.Slice(fs, func(i, j int) bool { return fs[i].name < fs[j].name })
+		for _, f := range fs {
+			if role, metric, ok := kafkaFamily(f.name); ok {
+				if !slices.Contains(roles, role) {
+					roles = append(roles, role)
+				}
+				row := kafka[metric]
+				if row == nil {
+					row = &kafkaRow{family: f}
+					kafka[metric] = row
+				}
+				if !slices.Contains(row.roles, role) {
+					row.roles = append(row.roles, role)
+				}
+				continue
+			}
+			fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", f.name, f.typ, labelCell(f), meaningCell(f))
+		}
+		if len(roles) > 0 {
+			b.WriteString("\nKafka clients (see [below](#kafka-clients)): ")
+			for i, r := range roles {
+				if i > 0 {
+					b.WriteString("; ")
+				}
+				fmt.Fprintf(&b, "`sluice_kafka_%s_*`, %s", r, kafkaRoles[r])
+			}
+			b.WriteString(".\n")
+		}
+	}
+	if len(kafka) > 0 {
+		b.WriteString(`
+## Kafka clients
+
+franz-go's kprom plugin, one set per client: ` + "`sluice_kafka_<role>_<metric>`" + `.
+Series by ` + "`node_id`" + ` (broker) and ` + "`topic`" + ` appear as the client connects,
+writes and reads; error and disconnect counters once such an event occurs.
+
+`)
+		metrics := make([]string, 0, len(kafka))
+		roles := map[string]bool{}
+		for m, row := range kafka {
+			metrics = append(metrics, m)
+			for _, r := range row.roles {
+				roles[r] = true
+			}
+		}
+		sort.Strings(metrics)
+		// A Roles column only when some client lacks some metric.
+		uniform := true
+		for _, row := range kafka {
+			uniform = uniform && len(row.roles) == len(roles)
+		}
+		if uniform {
+			b.WriteString("Every client has each of these.\n\n| Metric | Type | Labels | Meaning |\n|---|---|---|---|\n")
+		} else {
+			b.WriteString("\n| Metric | Type | Labels | Meaning | Roles |\n|---|---|---|---|---|\n")
+		}
+		for _, m := range metrics {
+			row := kafka[m]
+			f := row.family
+			fmt.Fprintf(&b, "| `sluice_kafka_<role>_%s` | %s | %s | %s |", m, f.typ, labelCell(f), cell(f.help))
+			if !uniform {
+				sort.Strings(row.roles)
+				fmt.Fprintf(&b, " %s |", strings.Join(row.roles, ", "))
+			}
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+type kafkaRow struct {
+	family family
+	roles  []string
+}
+
+func labelCell(f family) string {
+	if len(f.labels) == 0 {
+		return ""
+	}
+	ls := make([]string, len(f.labels))
+	for i, l := range f.labels {
+		ls[i] = "`" + l + "`"
+	}
+	s := strings.Join(ls, ", ")
+	if f.zeroed {
+		s += " (*from start*)"
+	}
+	return s
+}
+
+func meaningCell(f family) string {
+	s := f.help
+	if vs := labelValues[f.name]; len(vs) > 0 {
+		for _, l := range f.labels {
+			if v, ok := vs[l]; ok {
+				s += " `" + l + "`: " + v + "."
+			}
+		}
+	}
+	if f.only != "" {
+		s += " Only with " + f.only + "."
+	}
+	return cell(s)
+}
+
+// cell escapes what would break a table cell.
+func cell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+// firstDifference shows the first line where want and got differ.
+func firstDifference(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	for i := 0; i < max(len(w), len(g)); i++ {
+		var wl, gl string
+		if i < len(w) {
+			wl = w[i]
+		}
+		if i < len(g) {
+			gl = g[i]
+		}
+		if wl != gl {
+			return fmt.Sprintf("line %d:\n  file: %s\n  code: %s", i+1, wl, gl)
+		}
+	}
+	return ""
+}
