@@ -490,8 +490,8 @@ Go runtime (` + "`go_*`" + `) and process (` + "`process_*`" + `) collectors; ` 
 exports the union of the parts it runs. A histogram ` + "`x`" + ` is served as
 ` + "`x_bucket`" + `, ` + "`x_sum`" + ` and ` + "`x_count`" + `. A metric with labels has no series
 until its first event, unless marked *from start* (every label value is
-exported from the start, counters at 0). What to alert on, and what the values mean in an
-incident: [operations.md](operations.md#metrics).
+exported from the start, counters at 0). What to alert on:
+[operations.md](operations.md#metrics).
 `)
 	kafka := map[string]*kafkaRow{}
 	for _, s := range sections {
