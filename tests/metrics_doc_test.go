@@ -31,7 +31,7 @@ import (
 	"sluice/shared/store"
 )
 
-var update = flag.Bool("update", false, "rewrite docs/metrics.md from the metric registries")
+var updateDocs = flag.Bool("update", false, "rewrite docs/metrics.md from the metric registries")
 
 const metricsDoc = "../docs/metrics.md"
 
@@ -41,14 +41,14 @@ const metricsDoc = "../docs/metrics.md"
 // the one list of Sluice's metrics, which cannot drift from the code. Run
 // with -update to rewrite the file.
 func TestMetricsDoc(t *testing.T) {
-	sections := []docSection{
+	sections := []metricsSection{
 		producerMetrics(t),
 		consumerMetrics(t),
 		mockMetrics(t),
 	}
 	checkLabelValues(t, sections)
 	got := renderMetricsDoc(sections)
-	if *update {
+	if *updateDocs {
 		if err := os.WriteFile(metricsDoc, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -64,8 +64,8 @@ func TestMetricsDoc(t *testing.T) {
 	}
 }
 
-// family is one registered metric.
-type family struct {
+// metricFamily is one registered metric.
+type metricFamily struct {
 	name, typ, help string
 	labels          []string
 	// zeroed: its labelled series are exported before their first event.
@@ -74,32 +74,32 @@ type family struct {
 	only string
 }
 
-// docSection is the metrics of one component.
-type docSection struct {
+// metricsSection is the metrics of one component.
+type metricsSection struct {
 	title, intro string
-	families     []family
+	families     []metricFamily
 }
 
-// recorder registers on a fresh registry and remembers the description of
-// every collector, so that vectors without a series yet are listed too
+// descRecorder registers on a fresh registry and remembers the description
+// of every collector, so that vectors without a series yet are listed too
 // (Gather omits them).
-type recorder struct {
+type descRecorder struct {
 	reg *prometheus.Registry
 
 	mu    sync.Mutex
-	descs []recorded
+	descs []recordedDesc
 }
 
-type recorded struct {
+type recordedDesc struct {
 	desc *prometheus.Desc
 	col  prometheus.Collector
 }
 
-var _ prometheus.Registerer = (*recorder)(nil)
+var _ prometheus.Registerer = (*descRecorder)(nil)
 
-func newRecorder() *recorder { return &recorder{reg: prometheus.NewRegistry()} }
+func newDescRecorder() *descRecorder { return &descRecorder{reg: prometheus.NewRegistry()} }
 
-func (r *recorder) Register(c prometheus.Collector) error {
+func (r *descRecorder) Register(c prometheus.Collector) error {
 	if err := r.reg.Register(c); err != nil {
 		return err
 	}
@@ -108,12 +108,12 @@ func (r *recorder) Register(c prometheus.Collector) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for d := range ch {
-		r.descs = append(r.descs, recorded{d, c})
+		r.descs = append(r.descs, recordedDesc{d, c})
 	}
 	return nil
 }
 
-func (r *recorder) MustRegister(cs ...prometheus.Collector) {
+func (r *descRecorder) MustRegister(cs ...prometheus.Collector) {
 	for _, c := range cs {
 		if err := r.Register(c); err != nil {
 			panic(err)
@@ -121,10 +121,10 @@ func (r *recorder) MustRegister(cs ...prometheus.Collector) {
 	}
 }
 
-func (r *recorder) Unregister(c prometheus.Collector) bool { return r.reg.Unregister(c) }
+func (r *descRecorder) Unregister(c prometheus.Collector) bool { return r.reg.Unregister(c) }
 
 // mark returns how many descriptions are recorded so far.
-func (r *recorder) mark() int {
+func (r *descRecorder) mark() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.descs)
@@ -132,7 +132,7 @@ func (r *recorder) mark() int {
 
 // present returns the names of the families Gather exports now, with
 // their types.
-func (r *recorder) present(t *testing.T) map[string]string {
+func (r *descRecorder) present(t *testing.T) map[string]string {
 	t.Helper()
 	mfs, err := r.reg.Gather()
 	if err != nil {
@@ -147,12 +147,12 @@ func (r *recorder) present(t *testing.T) map[string]string {
 
 // families returns the families of the descriptions recorded from index
 // from on. zero lists the families exported before any event.
-func (r *recorder) families(t *testing.T, from int, zero map[string]string) []family {
+func (r *descRecorder) families(t *testing.T, from int, zero map[string]string) []metricFamily {
 	t.Helper()
 	now := r.present(t)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []family
+	var out []metricFamily
 	for _, rd := range r.descs[from:] {
 		if err := rd.desc.Err(); err != nil {
 			t.Fatalf("metric description %s: %v", rd.desc, err)
@@ -169,7 +169,7 @@ func (r *recorder) families(t *testing.T, from int, zero map[string]string) []fa
 			t.Fatalf("metric %s: cannot tell its type (a collector that exports nothing yet?)", name)
 		}
 		_, z := zero[name]
-		out = append(out, family{name: name, typ: typ, help: help, labels: labels, zeroed: z && len(labels) > 0})
+		out = append(out, metricFamily{name: name, typ: typ, help: help, labels: labels, zeroed: z && len(labels) > 0})
 	}
 	return out
 }
@@ -260,10 +260,10 @@ func metricsBackend(t *testing.T) (bus.Config, *store.Redis) {
 	return cfg, st
 }
 
-func producerMetrics(t *testing.T) docSection {
+func producerMetrics(t *testing.T) metricsSection {
 	t.Helper()
 	busCfg, st := metricsBackend(t)
-	v, err := auth.NewVerifier(auth.Config{Secret: testSecret})
+	v, err := auth.NewVerifier(auth.Config{Secret: "sluice-metrics-doc-secret"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func producerMetrics(t *testing.T) docSection {
 	// metrics depend on them.
 	cold := producer.DefaultConfig()
 	cold.HotTTL = 0
-	recCold := newRecorder()
+	recCold := newDescRecorder()
 	pc, err := producer.New(cold, busCfg, v, st, log, recCold)
 	if err != nil {
 		t.Fatal(err)
@@ -287,12 +287,13 @@ func producerMetrics(t *testing.T) docSection {
 	cfg := producer.DefaultConfig()
 	cfg.ReplyPartitions = []int32{0} // no reply group to join: ready at once
 	cfg.ShutdownTimeout = 5 * time.Second
-	rec := newRecorder()
+	rec := newDescRecorder()
 	p, err := producer.New(cfg, busCfg, v, st, log, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	zero := rec.present(t)
+	atNew := rec.mark()
 	// The reply reader's client is made by Run.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -308,35 +309,32 @@ func producerMetrics(t *testing.T) docSection {
 		}
 		p.Close()
 	}()
-	deadline := time.Now().Add(30 * time.Second)
 	for !p.Ready() {
 		select {
 		case err := <-done:
+			done <- err // for the deferred stop
 			t.Fatalf("producer stopped at start: %v", err)
 		case <-time.After(10 * time.Millisecond): // readiness has no event to await
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("producer not ready after 30s")
-		}
 	}
 	fs := rec.families(t, 0, zero)
-	for i := range fs {
+	for i := range fs[:atNew] {
 		if !always[fs[i].name] {
-			fs[i].only = "`SLUICE_HOT_TTL` > 0 (default)"
+			fs[i].only = "`SLUICE_HOT_TTL` > 0, the default"
 		}
 	}
-	return docSection{
+	return metricsSection{
 		title:    "Producer",
 		intro:    "`sluice producer`, the HTTP ingress.",
 		families: fs,
 	}
 }
 
-func consumerMetrics(t *testing.T) docSection {
+func consumerMetrics(t *testing.T) metricsSection {
 	t.Helper()
 	busCfg, st := metricsBackend(t)
 	log := slog.New(slog.DiscardHandler)
-	rec := newRecorder()
+	rec := newDescRecorder()
 	lcfg := llm.DefaultConfig()
 	lcfg.BaseURL = "http://127.0.0.1:1/v1" // never called
 	model, err := llm.New(lcfg, log, rec)
@@ -362,22 +360,22 @@ func consumerMetrics(t *testing.T) docSection {
 	zero := rec.present(t)
 	fs := rec.families(t, 0, zero)
 	for i := range fs[withoutCallbacks:] {
-		fs[withoutCallbacks+i].only = "`SLUICE_CALLBACK_HOSTS` set (callbacks delivered)"
+		fs[withoutCallbacks+i].only = "`SLUICE_CALLBACK_HOSTS` set, when callbacks are delivered"
 	}
-	return docSection{
+	return metricsSection{
 		title:    "Consumer",
 		intro:    "`sluice consumer`, the worker: request processing, the LLM client with its fallbacks, personal-data masking and callback delivery.",
 		families: fs,
 	}
 }
 
-func mockMetrics(t *testing.T) docSection {
+func mockMetrics(t *testing.T) metricsSection {
 	t.Helper()
-	rec := newRecorder()
+	rec := newDescRecorder()
 	if _, err := mockllm.New(mockllm.DefaultConfig(), slog.New(slog.DiscardHandler), rec); err != nil {
 		t.Fatal(err)
 	}
-	return docSection{
+	return metricsSection{
 		title:    "Mock LLM",
 		intro:    "The mock LLM when `sluice dev` runs it (`sluice mockllm` on its own has no metrics endpoint).",
 		families: rec.families(t, 0, rec.present(t)),
@@ -431,7 +429,7 @@ var labelValues = map[string]map[string]string{
 
 // checkLabelValues fails for a label description of a metric or label that
 // is not registered, and for a Kafka client role nobody describes.
-func checkLabelValues(t *testing.T, sections []docSection) {
+func checkLabelValues(t *testing.T, sections []metricsSection) {
 	t.Helper()
 	labels := map[string][]string{}
 	roles := map[string]bool{}
@@ -477,7 +475,7 @@ func kafkaFamily(name string) (role, metric string, ok bool) {
 	return m[1], m[2], true
 }
 
-func renderMetricsDoc(sections []docSection) string {
+func renderMetricsDoc(sections []metricsSection) string {
 	var b strings.Builder
 	b.WriteString(`# Metrics
 
@@ -493,11 +491,12 @@ until its first event, unless marked *from start* (every label value is
 exported from the start, counters at 0). What to alert on:
 [operations.md](operations.md#metrics).
 `)
-	kafka := map[string]*kafkaRow{}
+	kafka := map[string]*kafkaMetricRow{}
 	for _, s := range sections {
 		fmt.Fprintf(&b, "\n## %s\n\n%s\n\n", s.title, s.intro)
 		b.WriteString("| Metric | Type | Labels | Meaning |\n|---|---|---|---|\n")
 		var roles []string
+		roleOnly := map[string]string{}
 		fs := slices.Clone(s.families)
 		sort.Slice(fs, func(i, j int) bool { return fs[i].name < fs[j].name })
 		for _, f := range fs {
@@ -505,9 +504,10 @@ exported from the start, counters at 0). What to alert on:
 				if !slices.Contains(roles, role) {
 					roles = append(roles, role)
 				}
+				roleOnly[role] = f.only
 				row := kafka[metric]
 				if row == nil {
-					row = &kafkaRow{family: f}
+					row = &kafkaMetricRow{metricFamily: f}
 					kafka[metric] = row
 				}
 				if !slices.Contains(row.roles, role) {
@@ -524,6 +524,9 @@ exported from the start, counters at 0). What to alert on:
 					b.WriteString("; ")
 				}
 				fmt.Fprintf(&b, "`sluice_kafka_%s_*`, %s", r, kafkaRoles[r])
+				if roleOnly[r] != "" {
+					fmt.Fprintf(&b, " (only with %s)", roleOnly[r])
+				}
 			}
 			b.WriteString(".\n")
 		}
@@ -558,8 +561,8 @@ writes and reads; error and disconnect counters once such an event occurs.
 		}
 		for _, m := range metrics {
 			row := kafka[m]
-			f := row.family
-			fmt.Fprintf(&b, "| `sluice_kafka_<role>_%s` | %s | %s | %s |", m, f.typ, labelCell(f), cell(f.help))
+			f := row.metricFamily
+			fmt.Fprintf(&b, "| `sluice_kafka_<role>_%s` | %s | %s | %s |", m, f.typ, labelCell(f), mdCell(f.help))
 			if !uniform {
 				sort.Strings(row.roles)
 				fmt.Fprintf(&b, " %s |", strings.Join(row.roles, ", "))
@@ -570,12 +573,12 @@ writes and reads; error and disconnect counters once such an event occurs.
 	return b.String()
 }
 
-type kafkaRow struct {
-	family family
-	roles  []string
+type kafkaMetricRow struct {
+	metricFamily metricFamily
+	roles        []string
 }
 
-func labelCell(f family) string {
+func labelCell(f metricFamily) string {
 	if len(f.labels) == 0 {
 		return ""
 	}
@@ -590,7 +593,7 @@ func labelCell(f family) string {
 	return s
 }
 
-func meaningCell(f family) string {
+func meaningCell(f metricFamily) string {
 	s := f.help
 	if vs := labelValues[f.name]; len(vs) > 0 {
 		for _, l := range f.labels {
@@ -602,11 +605,11 @@ func meaningCell(f family) string {
 	if f.only != "" {
 		s += " Only with " + f.only + "."
 	}
-	return cell(s)
+	return mdCell(s)
 }
 
-// cell escapes what would break a table cell.
-func cell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+// mdCell escapes what would break a table mdCell.
+func mdCell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
 
 // firstDifference shows the first line where want and got differ.
 func firstDifference(want, got string) string {
