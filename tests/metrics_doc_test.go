@@ -16,18 +16,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"sluice/consumer"
 	"sluice/consumer/llm"
 	"sluice/producer"
+	"sluice/shared/admin"
 	"sluice/shared/auth"
 	"sluice/shared/bus"
 	"sluice/shared/callback"
-	"sluice/shared/devstack"
 	"sluice/shared/devstack/mockllm"
+	"sluice/shared/devstack/stacktest"
 	"sluice/shared/store"
 )
 
@@ -234,66 +233,64 @@ func parseDesc(s string) (name, help string, labels []string, err error) {
 	return name, help, labels, nil
 }
 
-// metricsBackend is what a producer needs to run: an embedded broker and a
-// miniredis (the doc needs no real Redis, and miniredis leaves the shared
-// one alone).
-func metricsBackend(t *testing.T) (bus.Config, *store.Redis) {
+// metricsBackend is what the services need to start: an embedded broker
+// and a miniredis (the doc needs no real Redis, and miniredis leaves the
+// shared one alone). It returns the Kafka settings and the Redis address.
+func metricsBackend(t *testing.T) (bus.Config, string) {
 	t.Helper()
 	cfg := bus.DefaultConfig()
 	cfg.Partitions = 2
-	b, err := devstack.StartBroker(devstack.BrokerConfig{
-		Addr: "127.0.0.1:0", Partitions: cfg.Partitions,
-		Topics: []string{cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic, cfg.CallbacksTopic},
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatalf("start kfake: %v", err)
+	cfg.Brokers = []string{stacktest.Broker(t, cfg, false).Addr()}
+	m, _ := stacktest.Miniredis(t)
+	return cfg, m.Addr()
+}
+
+// names returns the names of fs.
+func names(fs []metricFamily) map[string]bool {
+	out := map[string]bool{}
+	for _, f := range fs {
+		out[f.name] = true
 	}
-	t.Cleanup(b.Close)
-	cfg.Brokers = []string{b.Addr()}
-	m := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
-	t.Cleanup(func() { _ = rdb.Close() })
-	st, err := store.New(rdb, store.DefaultConfig())
+	return out
+}
+
+// openProducer builds a producer with producer.Open, as the binary does,
+// registering on rec; it is closed when the test ends.
+func openProducer(t *testing.T, cfg producer.Config, busCfg bus.Config, redisAddr string, rec *descRecorder) *producer.Server {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // ends the readiness checks
+	p, err := producer.Open(ctx, producer.Settings{
+		Producer: cfg, Bus: busCfg, Redis: store.ClientConfig{Addrs: []string{redisAddr}},
+		Store: store.DefaultConfig(), Auth: auth.Config{Secret: "sluice-metrics-doc-secret"},
+	}, log, rec, admin.New(rec.reg, log))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cfg, st
+	return p
 }
 
 func producerMetrics(t *testing.T) metricsSection {
 	t.Helper()
-	busCfg, st := metricsBackend(t)
-	v, err := auth.NewVerifier(auth.Config{Secret: "sluice-metrics-doc-secret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.DiscardHandler)
+	busCfg, redisAddr := metricsBackend(t)
 
 	// What the producer registers without hot answers, to tell which
 	// metrics depend on them.
 	cold := producer.DefaultConfig()
 	cold.HotTTL = 0
 	recCold := newDescRecorder()
-	pc, err := producer.New(cold, busCfg, v, st, log, recCold)
-	if err != nil {
-		t.Fatal(err)
-	}
-	always := map[string]bool{}
-	for _, f := range recCold.families(t, 0, nil) {
-		always[f.name] = true
-	}
+	pc := openProducer(t, cold, busCfg, redisAddr, recCold)
+	always := names(recCold.families(t, 0, nil))
 	pc.Close() // unregisters its Kafka client's metrics
 
 	cfg := producer.DefaultConfig()
 	cfg.ReplyPartitions = []int32{0} // no reply group to join: ready at once
 	cfg.ShutdownTimeout = 5 * time.Second
 	rec := newDescRecorder()
-	p, err := producer.New(cfg, busCfg, v, st, log, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := openProducer(t, cfg, busCfg, redisAddr, rec)
 	zero := rec.present(t)
-	atNew := rec.mark()
+	atOpen := rec.mark()
 	// The reply reader's client is made by Run.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -318,7 +315,7 @@ func producerMetrics(t *testing.T) metricsSection {
 		}
 	}
 	fs := rec.families(t, 0, zero)
-	for i := range fs[:atNew] {
+	for i := range fs[:atOpen] {
 		if !always[fs[i].name] {
 			fs[i].only = "`SLUICE_HOT_TTL` > 0, the default"
 		}
@@ -330,37 +327,39 @@ func producerMetrics(t *testing.T) metricsSection {
 	}
 }
 
-func consumerMetrics(t *testing.T) metricsSection {
+// openConsumer builds a consumer with consumer.Open, as the binary does,
+// registering on rec, and returns the families it registered. It does not
+// run it.
+func openConsumer(t *testing.T, busCfg bus.Config, redisAddr string, cb callback.Config, rec *descRecorder) []metricFamily {
 	t.Helper()
-	busCfg, st := metricsBackend(t)
 	log := slog.New(slog.DiscardHandler)
-	rec := newDescRecorder()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel() // ends the readiness checks
 	lcfg := llm.DefaultConfig()
 	lcfg.BaseURL = "http://127.0.0.1:1/v1" // never called
-	model, err := llm.New(lcfg, log, rec)
+	c, err := consumer.Open(ctx, consumer.Settings{
+		Consumer: consumer.DefaultConfig(), Bus: busCfg, Redis: store.ClientConfig{Addrs: []string{redisAddr}},
+		Store: store.DefaultConfig(), LLM: lcfg, Callbacks: cb,
+	}, log, rec, admin.New(rec.reg, log))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := consumer.New(consumer.DefaultConfig(), busCfg, st, model, log, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	withoutCallbacks := rec.mark()
-	ccfg := callback.DefaultConfig()
-	ccfg.Policy.AllowedHosts = []string{"example.com"}
-	ccfg.Secret = "sluice-test-callback-secret"
-	d, err := callback.NewDeliverer(ccfg, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetCallbacks(d); err != nil {
-		t.Fatal(err)
-	}
-	zero := rec.present(t)
-	fs := rec.families(t, 0, zero)
-	for i := range fs[withoutCallbacks:] {
-		fs[withoutCallbacks+i].only = "`SLUICE_CALLBACK_HOSTS` set, when callbacks are delivered"
+	defer c.Close() // unregisters its Kafka clients' metrics
+	return rec.families(t, 0, rec.present(t))
+}
+
+func consumerMetrics(t *testing.T) metricsSection {
+	t.Helper()
+	busCfg, redisAddr := metricsBackend(t)
+	without := names(openConsumer(t, busCfg, redisAddr, callback.DefaultConfig(), newDescRecorder()))
+	cb := callback.DefaultConfig()
+	cb.Policy.AllowedHosts = []string{"example.com"}
+	cb.Secret = "sluice-metrics-doc-callback-secret"
+	fs := openConsumer(t, busCfg, redisAddr, cb, newDescRecorder())
+	for i := range fs {
+		if !without[fs[i].name] {
+			fs[i].only = "`SLUICE_CALLBACK_HOSTS` set, when callbacks are delivered"
+		}
 	}
 	return metricsSection{
 		title:    "Consumer",
