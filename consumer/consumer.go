@@ -21,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -501,8 +502,18 @@ func (c *Consumer) handle(w *work) {
 		return // revoked while queued: its new owner processes it
 	}
 	outcome, err := c.process(c.work, w.rec)
-	if errors.Is(err, errDeadLettered) {
+	if err != nil && c.work.Err() == nil && permanent(err) && !errors.Is(err, errDeadLettered) && !errors.Is(err, errDeadLetterLost) {
+		// Retrying cannot help: the record goes to the DLQ rather than
+		// stopping its partition's commits for ever.
+		if err = c.deadLetter(c.work, w.rec, err); err == nil {
+			err = errDeadLettered
+		}
+	}
+	switch {
+	case errors.Is(err, errDeadLettered):
 		outcome, err = "dead_letter", nil
+	case errors.Is(err, errDeadLetterLost):
+		outcome, err = "dead_letter_lost", nil
 	}
 	if err != nil {
 		c.m.records.WithLabelValues("abandoned").Inc()
@@ -525,7 +536,10 @@ func (c *Consumer) handle(w *work) {
 func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 	req, err := envelope.DecodeRequest(r.Value)
 	if err != nil {
-		return "dead_letter", c.deadLetter(ctx, r, err)
+		if err := c.deadLetter(ctx, r, err); err != nil {
+			return "", err
+		}
+		return "dead_letter", nil
 	}
 	d := store.DialogOf(&req)
 
@@ -641,26 +655,69 @@ func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.R
 }
 
 // deadLetter sends a record that cannot be processed to the DLQ topic with
-// the reason in a header.
+// the reason in a header and where it came from. A copy that cannot be
+// produced whole (over the client's or the topic's record size, once the
+// headers are added) is produced truncated, with the reason and the
+// original's size, so that it can be fetched from its source. It returns
+// nil when a copy was produced, errDeadLetterLost when none could be (the
+// record is finished all the same: a partition never stops for one record),
+// or the error that ended the retries (ctx ended).
 func (c *Consumer) deadLetter(ctx context.Context, r *kgo.Record, cause error) error {
 	c.log.Warn("dead-lettering request record", "partition", r.Partition, "offset", r.Offset, "err", cause)
-	rec := &kgo.Record{
+	source := kgo.RecordHeader{Key: HeaderSource, Value: fmt.Appendf(nil, "%s/%d/%d", r.Topic, r.Partition, r.Offset)}
+	whole := &kgo.Record{
 		Topic:     c.bus.DLQTopic,
 		Partition: envelope.AnyPartition,
 		Key:       r.Key,
 		Value:     r.Value,
 		Headers: append(append([]kgo.RecordHeader(nil), r.Headers...),
-			kgo.RecordHeader{Key: envelope.HeaderError, Value: []byte(cause.Error())},
-			kgo.RecordHeader{Key: "sluice-source", Value: fmt.Appendf(nil, "%s/%d/%d", r.Topic, r.Partition, r.Offset)},
-		),
+			kgo.RecordHeader{Key: envelope.HeaderError, Value: []byte(cause.Error())}, source),
 	}
+	err := c.produceDLQ(ctx, whole)
+	if err == nil || ctx.Err() != nil || !permanent(err) {
+		return err
+	}
+	size := len(r.Value)
+	for _, h := range r.Headers {
+		size += len(h.Key) + len(h.Value)
+	}
+	c.log.Warn("dead-letter copy refused whole, producing it truncated", "partition", r.Partition, "offset", r.Offset, "bytes", size, "err", err)
+	cut := &kgo.Record{
+		Topic:     c.bus.DLQTopic,
+		Partition: envelope.AnyPartition,
+		Key:       r.Key[:min(len(r.Key), dlqKeep)],
+		Value:     r.Value[:min(len(r.Value), dlqKeep)],
+		Headers: []kgo.RecordHeader{
+			{Key: envelope.HeaderError, Value: fmt.Appendf(nil, "%v (dead-letter copy truncated to %d bytes of value, headers dropped: the whole copy was refused: %v; the original is at %s)", cause, dlqKeep, err, source.Value)},
+			source,
+			{Key: HeaderTruncated, Value: strconv.AppendInt(nil, int64(size), 10)},
+		},
+	}
+	if err := c.produceDLQ(ctx, cut); err == nil || ctx.Err() != nil || !permanent(err) {
+		return err
+	}
+	c.log.Error("no dead-letter copy could be produced; the record is skipped", "partition", r.Partition, "offset", r.Offset, "err", err)
+	return errDeadLetterLost
+}
+
+func (c *Consumer) produceDLQ(ctx context.Context, rec *kgo.Record) error {
 	return c.retry(ctx, "kafka_dlq", func(ctx context.Context) error {
 		return c.cl.ProduceSync(ctx, rec).FirstErr()
 	})
 }
 
-// retry runs fn until it succeeds or ctx ends, pausing after each failure
-// for a linearly growing, jittered backoff capped at 2 s.
+// Headers of dead-letter records besides envelope.HeaderError.
+const (
+	// HeaderSource is topic/partition/offset of the original record.
+	HeaderSource = "sluice-source"
+	// HeaderTruncated, on a copy cut to fit, is the original's size in
+	// bytes (value and headers).
+	HeaderTruncated = "sluice-truncated"
+)
+
+// dlqKeep is how much of a key and value a truncated dead-letter copy keeps.
+const dlqKeep = 64 << 10
+
 func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Context) error) error {
 	for attempt := 1; ; attempt++ {
 		err := fn(ctx)
@@ -686,6 +743,10 @@ func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Conte
 // errDeadLettered reports that a record went to the DLQ instead of being
 // answered on its reply topic; the record is finished.
 var errDeadLettered = errors.New("dead-lettered")
+
+// errDeadLetterLost reports that a record could not be processed and no
+// dead-letter copy of it could be produced; the record is finished.
+var errDeadLetterLost = errors.New("dead-letter copy lost")
 
 // permanent reports whether retrying err cannot help: a Kafka error the
 // protocol marks as not retriable (illegal topic name, record too large,
