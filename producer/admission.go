@@ -46,12 +46,22 @@ type admission struct {
 	observed atomic.Int64  // when latency was last updated, unix ns
 	probed   atomic.Int64  // when a probe was last let in, unix ns
 	rate     atomic.Uint64 // float64 bits, records/s
-	lastSum  int64
+	stalled  atomic.Int64  // partitions left out of the lag as stalled
+	parts    map[int32]*partitionProgress
 	lastTime time.Time
+	lastLag  int64 // lag of the live partitions at the last refresh
 
-	mLag  prometheus.GaugeFunc
-	mRate prometheus.GaugeFunc
-	mWait prometheus.GaugeFunc
+	mLag     prometheus.GaugeFunc
+	mRate    prometheus.GaugeFunc
+	mWait    prometheus.GaugeFunc
+	mStalled prometheus.GaugeFunc
+}
+
+// partitionProgress is what admission remembers of a partition of the
+// requests topic.
+type partitionProgress struct {
+	committed int64
+	progress  time.Time // when its commit last moved, or it had no lag
 }
 
 func newAdmission(cl *kgo.Client, topic, group string, interval time.Duration, minRate float64) *admission {
@@ -65,11 +75,93 @@ func newAdmission(cl *kgo.Client, topic, group string, interval time.Duration, m
 	a.mWait = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_estimated_wait_seconds", Help: "Estimated queue wait of a new request.",
 	}, func() float64 { return a.estimate().Seconds() })
+	a.mStalled = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_producer_stalled_partitions",
+		Help: "Partitions of the requests topic whose commit has not moved for a while although others did (their consumer died or hangs), left out of the queue wait estimate.",
+	}, func() float64 { return float64(a.stalled.Load()) })
 	return a
 }
 
 func (a *admission) collectors() []prometheus.Collector {
-	return []prometheus.Collector{a.mLag, a.mRate, a.mWait}
+	return []prometheus.Collector{a.mLag, a.mRate, a.mWait, a.mStalled}
+}
+
+// stallAfter is how long a partition with lag may go without a commit
+// while others commit before it is counted as stalled.
+func (a *admission) stallAfter() time.Duration { return max(3*a.interval, 3*time.Second) }
+
+// update takes a measure of the requests topic, committed and end offset by
+// partition, taken at now, and sets the lag and the completion rate of the
+// live partitions.
+//
+// A partition is stalled when it has lag and its commit has not moved for
+// stallAfter while another partition's did: its consumer died and the group
+// has not yet given it to another (up to the session timeout and a
+// rebalance), or its oldest record hangs. A new request hashes to it only
+// once in as many partitions, so its lag would make the door refuse
+// everything that live consumers could answer; it is left out, and shown in
+// sluice_producer_stalled_partitions. When no partition commits, none is
+// left out: nothing is being answered.
+//
+// The completion rate is how fast the live partitions' commits advance,
+// smoothed. A window that ends with no lag only raises it: the consumers
+// finished all they had, so what completed is what was let in, not what they
+// can do; while the door refuses, taking it would starve the estimate for
+// ever.
+func (a *admission) update(now time.Time, offsets map[int32][2]int64) {
+	if a.parts == nil {
+		a.parts = map[int32]*partitionProgress{}
+	}
+	anyMoved := false
+	for p, o := range offsets {
+		st := a.parts[p]
+		if st == nil {
+			st = &partitionProgress{committed: o[0], progress: now}
+			a.parts[p] = st
+		}
+		if o[0] > st.committed || o[0] >= o[1] {
+			st.progress = now
+		}
+		if o[0] > st.committed {
+			anyMoved = true
+		}
+	}
+	recent := false
+	for _, st := range a.parts {
+		recent = recent || now.Sub(st.progress) < a.stallAfter()
+	}
+	var lag, done int64
+	var stalled int64
+	for p, o := range offsets {
+		st := a.parts[p]
+		if recent && o[0] < o[1] && now.Sub(st.progress) >= a.stallAfter() {
+			stalled++
+		} else {
+			lag += o[1] - o[0]
+			done += max(o[0]-st.committed, 0)
+		}
+		st.committed = max(st.committed, o[0])
+	}
+	if !a.lastTime.IsZero() && (a.lastLag > 0 || anyMoved) {
+		inst := float64(done) / now.Sub(a.lastTime).Seconds()
+		prev := math.Float64frombits(a.rate.Load())
+		next := inst
+		switch {
+		case lag == 0:
+			// The consumers finished all they had: what completed is what
+			// arrived, a lower bound of what they can do.
+			next = max(prev, inst)
+		case prev != 0:
+			// Smooth over about three refreshes; a window without
+			// progress while there is lag halves the rate, so stopped
+			// consumers show.
+			next = 0.5*prev + 0.5*inst
+		}
+		a.rate.Store(math.Float64bits(next))
+	}
+	a.lastTime, a.lastLag = now, lag
+	a.stalled.Store(stalled)
+	a.lag.Store(lag)
 }
 
 // observe records how long a wait-mode request accepted by this replica
@@ -192,7 +284,7 @@ func (a *admission) refresh(ctx context.Context) {
 			return
 		}
 	}
-	var lag, sum int64
+	offsets := map[int32][2]int64{} // partition: committed, end
 	ends.Each(func(e kadm.ListedOffset) {
 		var c int64
 		if st, ok := starts.Lookup(a.topic, e.Partition); ok {
@@ -201,23 +293,8 @@ func (a *admission) refresh(ctx context.Context) {
 		if o, ok := committed.Lookup(a.topic, e.Partition); ok && o.Err == nil && o.At >= 0 {
 			c = o.At
 		}
-		sum += c
-		lag += max(e.Offset-c, 0)
+		offsets[e.Partition] = [2]int64{c, e.Offset}
 	})
-	now := time.Now()
-	if !a.lastTime.IsZero() {
-		secs := now.Sub(a.lastTime).Seconds()
-		inst := max(float64(sum-a.lastSum), 0) / secs
-		prev := math.Float64frombits(a.rate.Load())
-		// Smooth over about three refreshes; a window without progress
-		// while there is lag halves the rate, so stopped consumers show.
-		next := 0.5*prev + 0.5*inst
-		if prev == 0 {
-			next = inst
-		}
-		a.rate.Store(math.Float64bits(next))
-	}
-	a.lastSum, a.lastTime = sum, now
-	a.lag.Store(lag)
+	a.update(time.Now(), offsets)
 	a.base.Store(accepted)
 }
