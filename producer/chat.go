@@ -499,7 +499,9 @@ func (s *Server) pollChat(c echo.Context) error {
 	ctx := c.Request().Context()
 	wake, done := s.waiters.add(requestID, viaStore, d, time.Time{}) // before the look, so no wake is missed
 	defer done()
-	res, err := s.store.Result(ctx, d, requestID)
+	sctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+	res, err := s.store.Result(sctx, d, requestID)
+	cancel()
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return notFound("no such request")
@@ -533,7 +535,9 @@ func (s *Server) getDialog(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	turns, err := s.store.History(c.Request().Context(), d)
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)
+	defer cancel()
+	turns, err := s.store.History(ctx, d)
 	if err != nil {
 		s.m.storeErrors.WithLabelValues("history").Inc()
 		return unavailable("history store unavailable, retry shortly", 1)
@@ -547,7 +551,9 @@ func (s *Server) deleteDialog(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.store.DeleteHistory(c.Request().Context(), d); err != nil {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)
+	defer cancel()
+	if err := s.store.DeleteHistory(ctx, d); err != nil {
 		s.m.storeErrors.WithLabelValues("delete").Inc()
 		return unavailable("history store unavailable, retry shortly", 1)
 	}

@@ -19,7 +19,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxTextChars, "max-text-chars", c.MaxTextChars, "longest question, in characters")
 	fs.Int64Var(&c.BodyLimit, "body-limit", c.BodyLimit, "largest request body, in bytes")
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", c.ReadTimeout, "bound of reading a request's headers, and its body once the handler starts; a slower client gets 408 or loses the connection")
-	fs.DurationVar(&c.StoreTimeout, "store-timeout", c.StoreTimeout, "bound of each Redis call on the ingress hot path (rate limits, queued marker); past it they fail open")
+	fs.DurationVar(&c.StoreTimeout, "store-timeout", c.StoreTimeout, "bound of each Redis call of the ingress: rate limits and the queued marker fail open past it, polls and dialog reads answer 503")
 	fs.DurationVar(&c.ProduceTimeout, "produce-timeout", c.ProduceTimeout, "how long putting a request on Kafka may take before 503")
 	fs.DurationVar(&c.Linger, "kafka-linger", c.Linger, "Kafka producer linger")
 	fs.Var(partitions{&c.ReplyPartitions}, "reply-partitions", "pin the reply partitions this replica reads, comma-separated (default: shared through the reply group)")
