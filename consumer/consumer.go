@@ -535,6 +535,9 @@ func (c *Consumer) handle(w *work) {
 // returns an error only when ctx ended before the record was finished.
 func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 	req, err := envelope.DecodeRequest(r.Value)
+	if err == nil {
+		err = c.checkReplyTopic(&req)
+	}
 	if err != nil {
 		if err := c.deadLetter(ctx, r, err); err != nil {
 			return "", err
@@ -603,6 +606,17 @@ func (c *Consumer) complete(ctx context.Context, d store.Dialog, req *envelope.R
 		return err
 	})
 	return stored, fresh, err
+}
+
+// checkReplyTopic refuses a reply topic that is one of Sluice's own input
+// topics: a reply there would come back as a request (or a callback) and
+// be dead-lettered after the LLM was paid for.
+func (c *Consumer) checkReplyTopic(req *envelope.Request) error {
+	switch req.Reply.Topic {
+	case c.bus.RequestsTopic, c.bus.DLQTopic, c.bus.CallbacksTopic:
+		return fmt.Errorf("reply.topic %q is one of Sluice's own topics (requests, dead letters or callbacks): the reply would loop back", req.Reply.Topic)
+	}
+	return nil
 }
 
 // storeAttemptTimeout bounds one attempt of a store step, so that a Redis

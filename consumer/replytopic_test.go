@@ -62,3 +62,30 @@ func TestReplyPartitionBeyondTopic(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestReplyTopicLoopDeadLettered: a request whose reply.topic is the
+// requests topic goes to the DLQ with the reason before any LLM call,
+// instead of its reply coming back as a request.
+func TestReplyTopicLoopDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	dlq := e.reader(t, dlqTopic)
+	ans := &fakeAnswerer{}
+	e.start(t, testConfig(), ans)
+	loop := newRequest(1, "where is my parcel?")
+	loop.Reply.Topic = requestsTopic
+	e.produceRequests(t, loop)
+	recs := dlq.wait(t, 1)
+	var reason string
+	for _, h := range recs[0].Headers {
+		if h.Key == envelope.HeaderError {
+			reason = string(h.Value)
+		}
+	}
+	if !strings.Contains(reason, "loop") {
+		t.Fatalf("DLQ reason %q, want the loop named", reason)
+	}
+	e.waitCommittedToEnd(t)
+	if calls := ans.Calls(); len(calls) != 0 {
+		t.Errorf("LLM called %d times for a request whose reply would loop", len(calls))
+	}
+}
