@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,6 +15,8 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
+
+	"sluice/shared/backoff"
 )
 
 // minCallTime is the least time worth starting a call (or a retry, or a
@@ -134,14 +135,12 @@ func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []message
 		if attempt >= e.cfg.Attempts || !retryable(err) {
 			return "", err
 		}
-		step := time.Duration(attempt) * e.cfg.RetryBackoff
-		pause := step + rand.N(step/2+1)
-		pause = max(pause, retryAfter)
+		pause := max(backoff.Linear(attempt, e.cfg.RetryBackoff, 0), retryAfter)
 		if time.Until(until) < pause+minCallTime {
 			return "", fmt.Errorf("%w (next attempt would start after it): %w", errNoTime, err)
 		}
-		if !sleep(ctx, pause) {
-			return "", ctx.Err()
+		if err := backoff.Sleep(ctx, pause); err != nil {
+			return "", err
 		}
 		e.m.retries.WithLabelValues(e.name).Inc()
 	}
@@ -297,8 +296,8 @@ func (e *endpoint) admit(ctx context.Context, until time.Time, tokens int) error
 			return fmt.Errorf("%w (%s)", errNoQuota, limit)
 		}
 		waited = limit
-		if !sleep(ctx, wait) {
-			return ctx.Err()
+		if err := backoff.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 }
@@ -346,7 +345,9 @@ func classify(parent context.Context, err error, cut bool) outcome {
 		switch {
 		case status == http.StatusTooManyRequests:
 			o.outcome, o.err = "rate_limited", retryableError{err}
-			o.retryAfter = retryAfter(apiErr.Response)
+			if apiErr.Response != nil {
+				o.retryAfter = backoff.RetryAfter(apiErr.Response.Header, time.Now())
+			}
 		case status == http.StatusRequestTimeout || status == http.StatusConflict || status >= 500:
 			o.err = retryableError{err}
 		case status == http.StatusBadRequest || status == http.StatusRequestEntityTooLarge || status == http.StatusUnprocessableEntity:
@@ -361,48 +362,6 @@ func classify(parent context.Context, err error, cut bool) outcome {
 	}
 	// Connection refused or reset, EOF, TLS ...: worth another try.
 	return outcome{outcome: "error", err: retryableError{err}, breakerErr: err}
-}
-
-// retryAfter reads the pause a 429 asks for: retry-after-ms (OpenAI's), or
-// Retry-After in seconds or as an HTTP date. 0 when there is none.
-func retryAfter(resp *http.Response) time.Duration {
-	if resp == nil {
-		return 0
-	}
-	if v := resp.Header.Get("Retry-After-Ms"); v != "" {
-		if ms, err := strconv.ParseFloat(v, 64); err == nil && ms > 0 {
-			return time.Duration(ms * float64(time.Millisecond))
-		}
-	}
-	v := resp.Header.Get("Retry-After")
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.ParseFloat(v, 64); err == nil {
-		if s > 0 {
-			return time.Duration(s * float64(time.Second))
-		}
-		return 0
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(time.Until(t), 0)
-	}
-	return 0
-}
-
-// sleep waits d and reports false when ctx ends first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // metrics are the client's Prometheus metrics.
