@@ -3,8 +3,6 @@ package producer
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -185,12 +183,6 @@ func jsonProblem(err error) string {
 	return "malformed JSON: " + err.Error()
 }
 
-func newDialogID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 func pollURL(dialogID, requestID string) string {
 	return "/v1/chat/" + dialogID + "/" + requestID
 }
@@ -214,7 +206,7 @@ func (s *Server) postChat(c echo.Context) error {
 	}
 	newDialog := body.DialogID == ""
 	if newDialog {
-		body.DialogID = newDialogID()
+		body.DialogID = envelope.NewDialogID()
 	}
 	// A question holding personal data is one person's, not a frequent
 	// one: it is never answered from, nor kept in, the hot-answer cache.

@@ -7,6 +7,8 @@
 package envelope
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,6 +63,14 @@ var (
 	ErrVersion      = errors.New("unsupported version")
 	ErrInvalidField = errors.New("invalid field")
 )
+
+// NewDialogID returns a new random dialog id: 32 lowercase hex characters
+// (128 bits from crypto/rand), which ValidDialogID accepts.
+func NewDialogID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (it crashes the program instead)
+	return hex.EncodeToString(b[:])
+}
 
 // ValidDialogID reports whether id is 32 lowercase hex characters
 // (^[0-9a-f]{32}$).

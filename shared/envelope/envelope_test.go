@@ -543,6 +543,20 @@ func TestKey(t *testing.T) {
 	}
 }
 
+func TestNewDialogID(t *testing.T) {
+	seen := map[string]bool{}
+	for range 100 {
+		id := envelope.NewDialogID()
+		if !envelope.ValidDialogID(id) {
+			t.Fatalf("NewDialogID() = %q, not a valid dialog id", id)
+		}
+		if seen[id] {
+			t.Fatalf("NewDialogID() returned %q twice", id)
+		}
+		seen[id] = true
+	}
+}
+
 func TestValidDialogID(t *testing.T) {
 	tests := []struct {
 		id   string

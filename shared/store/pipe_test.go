@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"sluice/shared/envelope"
 	"sluice/shared/store"
 )
 
@@ -58,7 +59,7 @@ func TestHungRedisCostsTheContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := store.Dialog{"t1", "u1", newDialogID(t)}
+	d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 	calls := map[string]func(context.Context) error{
 		"Load":   func(ctx context.Context) error { _, _, err := s.Load(ctx, d, "r1"); return err },
 		"Result": func(ctx context.Context) error { _, err := s.Result(ctx, d, "r1"); return err },

@@ -88,12 +88,6 @@ func reqKey(s *store.Redis, d store.Dialog, id string) string {
 	return prefixOf(s) + ":{" + d.Tenant + ":" + d.User + ":" + d.ID + "}:req:" + id
 }
 
-func newDialogID(tb testing.TB) string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func doneReply(d store.Dialog, id, answer string) envelope.Reply {
@@ -163,7 +157,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("LoadInOneRoundTrip", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{Tenant: "t1", User: "u1", ID: newDialogID(t)}
+		d := store.Dialog{Tenant: "t1", User: "u1", ID: envelope.NewDialogID()}
 		res, turns, err := s.Load(ctx, d, "r1")
 		if err != nil || res.State != "" || res.Final() || len(turns) != 0 {
 			t.Fatalf("Load of nothing: %+v %v %v", res, turns, err)
@@ -181,7 +175,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("MarkQueuedThenResult", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		created := time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
 		marked, err := s.MarkQueued(ctx, d, "r1", created)
 		if err != nil || marked.State != store.StateQueued {
@@ -211,7 +205,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("ResultUnknownIsErrNotFound", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		_, err := s.Result(ctx, d, "never-seen")
 		if !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Result(unknown) error = %v, want ErrNotFound", err)
@@ -220,7 +214,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("CompleteStoresReplyAndTurns", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		queuedAt := t0.Add(-time.Second)
 		if _, err := s.MarkQueued(ctx, d, "r1", queuedAt); err != nil {
 			t.Fatal(err)
@@ -251,7 +245,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("CompleteWithoutMarkQueued", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		want := doneReply(d, "r1", "a")
 		if _, fresh := mustComplete(t, s, d, want); !fresh {
 			t.Fatal("first Complete not fresh")
@@ -267,7 +261,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("CompleteTwiceKeepsFirst", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		first := doneReply(d, "r1", "first answer")
 		mustComplete(t, s, d, first, turnsOf("r1", "q", "first answer")...)
 
@@ -290,7 +284,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("LateDoneAfterExpiredKeepsExpired", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		expired := doneReply(d, "r1", "")
 		expired.Status = envelope.StatusExpired
 		mustComplete(t, s, d, expired)
@@ -308,7 +302,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("MarkQueuedDoesNotOverwriteResult", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		want := doneReply(d, "r1", "a")
 		mustComplete(t, s, d, want)
 		// It returns the final result, so that a waiter marking late learns it.
@@ -324,7 +318,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("DuplicateTurnsGuard", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		turns := turnsOf("r1", "q", "a")
 		mustComplete(t, s, d, doneReply(d, "r1", "a"), turns...)
 
@@ -350,7 +344,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("DuplicateGuardMatchesWholeID", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		// r1's turns must not hide r10's (prefix), nor does a question that
 		// merely quotes r3's id in its text hide r3's turns.
 		mustComplete(t, s, d, doneReply(d, "r10", "a10"), turnsOf("r10", "q10", "a10")...)
@@ -364,7 +358,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("HistoryKeepsOrderAcrossRequests", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		for i := 1; i <= 3; i++ {
 			id := fmt.Sprintf("r%d", i)
 			mustComplete(t, s, d, doneReply(d, id, "a"+id), turnsOf(id, "q"+id, "a"+id)...)
@@ -377,7 +371,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("HistoryTrimmedToHistoryTurns", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		limit := store.DefaultConfig().HistoryTurns
 		n := limit/2 + 3 // 6 turns over the limit
 		for i := 1; i <= n; i++ {
@@ -398,7 +392,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("TTLs", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		mustComplete(t, s, d, doneReply(d, "r1", "a"), turnsOf("r1", "q", "a")...)
 		cfg := store.DefaultConfig()
 		for key, max := range map[string]time.Duration{
@@ -417,7 +411,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("CompleteWithoutTurnsLeavesHistory", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		expired := doneReply(d, "r1", "")
 		expired.Status = envelope.StatusExpired
 		if _, fresh := mustComplete(t, s, d, expired); !fresh {
@@ -448,8 +442,8 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("DeleteHistory", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
-		other := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
+		other := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		mustComplete(t, s, d, doneReply(d, "r1", "a"), turnsOf("r1", "q", "a")...)
 		mustComplete(t, s, other, doneReply(other, "r2", "a"), turnsOf("r2", "q", "a")...)
 		if err := s.DeleteHistory(ctx, d); err != nil {
@@ -474,13 +468,13 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("DialogsIsolated", func(t *testing.T) {
 		s := newStore(t)
-		id := newDialogID(t)
+		id := envelope.NewDialogID()
 		d := store.Dialog{"t1", "u1", id}
 		mustComplete(t, s, d, doneReply(d, "r1", "a"), turnsOf("r1", "q", "a")...)
 		for _, o := range []store.Dialog{
-			{"t1", "u2", id},             // other user, same dialog id
-			{"t2", "u1", id},             // same user id in another tenant
-			{"t1", "u1", newDialogID(t)}, // other dialog of the same user
+			{"t1", "u2", id},                     // other user, same dialog id
+			{"t2", "u1", id},                     // same user id in another tenant
+			{"t1", "u1", envelope.NewDialogID()}, // other dialog of the same user
 		} {
 			if h := mustHistory(t, s, o); len(h) != 0 {
 				t.Errorf("%+v sees history %v", o, contents(h))
@@ -503,7 +497,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("CompleteAnnouncesMarked", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		sub := s.Client().Subscribe(ctx, s.ResultsChannel())
 		t.Cleanup(func() { _ = sub.Close() })
 		// Receive returns once the server confirmed the subscription.
@@ -556,7 +550,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("ConcurrentCompleteOnce", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"t1", "u1", newDialogID(t)}
+		d := store.Dialog{"t1", "u1", envelope.NewDialogID()}
 		const n = 8
 		type outcome struct {
 			stored envelope.Reply
@@ -607,7 +601,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) *store.Redis) {
 
 	t.Run("DialogKeysShareOneClusterSlot", func(t *testing.T) {
 		s := newStore(t)
-		d := store.Dialog{"acme", "user-42", newDialogID(t)}
+		d := store.Dialog{"acme", "user-42", envelope.NewDialogID()}
 		if _, err := s.MarkQueued(ctx, d, "r1", t0); err != nil {
 			t.Fatal(err)
 		}
