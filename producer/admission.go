@@ -41,7 +41,6 @@ type admission struct {
 	lag      atomic.Int64
 	accepted atomic.Int64  // requests this replica accepted, in all
 	base     atomic.Int64  // accepted when the current lag was measured
-	measured atomic.Int64  // when the current lag was measured, unix ns
 	latency  atomic.Uint64 // float64 bits: recent time to answer, ns (smoothed)
 	observed atomic.Int64  // when latency was last updated, unix ns
 	probed   atomic.Int64  // when a probe was last let in, unix ns

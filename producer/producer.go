@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -187,9 +186,8 @@ type Server struct {
 
 	waiters  *waiters
 	ready    atomic.Bool
-	draining atomic.Bool    // readiness false
-	closing  atomic.Bool    // new questions refused
-	inflight sync.WaitGroup // handlers between accept and answer
+	draining atomic.Bool // readiness false
+	closing  atomic.Bool // new questions refused
 
 	m metrics
 }

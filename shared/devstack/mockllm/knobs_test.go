@@ -41,7 +41,7 @@ func TestMalformedRate(t *testing.T) {
 func TestSlowFirstByte(t *testing.T) {
 	cfg := instant()
 	cfg.SlowRate, cfg.SlowFirstByte = 1, time.Hour
-	_, reg, base := mustServe(t, cfg)
+	_, _, base := mustServe(t, cfg)
 
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
 	if err != nil {
@@ -74,7 +74,7 @@ func TestSlowFirstByte(t *testing.T) {
 
 	// With a short stall the answer arrives, counted as slow.
 	cfg.SlowFirstByte = 10 * time.Millisecond
-	_, reg, base = mustServe(t, cfg)
+	_, reg, base := mustServe(t, cfg)
 	if c, err := complete(context.Background(), base); err != nil || len(c.Choices) != 1 {
 		t.Fatalf("slow answer: %v", err)
 	}
