@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/time/rate"
 
 	"sluice/consumer/llm"
 	"sluice/shared/backoff"
@@ -171,12 +172,12 @@ type Consumer struct {
 	mu   sync.Mutex
 	keys map[string][]*work // records waiting behind the running one, by key
 
-	inflight         atomic.Int64
-	lastFallbackWarn atomic.Int64 // unix seconds
-	freed            chan struct{}
-	idle             chan *work     // unbuffered: a send succeeds when a worker waits
-	wg               sync.WaitGroup // key runs under way
-	ready            atomic.Bool
+	inflight       atomic.Int64
+	fallbackWarned rate.Sometimes // the reply partition fallback warning, at most every 10 s
+	freed          chan struct{}
+	idle           chan *work     // unbuffered: a send succeeds when a worker waits
+	wg             sync.WaitGroup // key runs under way
+	ready          atomic.Bool
 
 	release func() error // closes what Open made for the consumer; nil after New
 
@@ -222,6 +223,8 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		keys:    map[string][]*work{},
 		freed:   make(chan struct{}, 1),
 		idle:    make(chan *work),
+
+		fallbackWarned: rate.Sometimes{Interval: 10 * time.Second},
 	}
 	c.work, c.stopWork = context.WithCancel(context.Background())
 	c.m = metrics{
@@ -298,11 +301,10 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 // of its own topic, say) may be waiting on a partition that never gets it.
 func (c *Consumer) partitionFallback(topic string, partition int32, partitions int) {
 	c.m.partitionFallbacks.Inc()
-	if now := time.Now().Unix(); now-c.lastFallbackWarn.Load() >= 10 {
-		c.lastFallbackWarn.Store(now)
+	c.fallbackWarned.Do(func() {
 		c.log.Warn("reply.partition beyond the reply topic: reply sent to the key's partition",
 			"topic", topic, "partition", partition, "partitions", partitions)
-	}
+	})
 }
 
 // SetCallbacks makes the consumer deliver callbacks through cb: a request

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -97,18 +96,19 @@ func (r Rate) limit() redis_rate.Limit {
 // logged at most every 10 s. A flash sale is the worst moment to turn a
 // Redis blip into refusals; the local cap still bounds each replica.
 type limiter struct {
-	shared   *redis_rate.Limiter
-	prefix   string
-	user     Rate
-	tenant   Rate
-	global   *rate.Limiter
-	errors   prometheus.Counter
-	lastWarn atomic.Int64
-	warn     func(msg string, args ...any)
+	shared *redis_rate.Limiter
+	prefix string
+	user   Rate
+	tenant Rate
+	global *rate.Limiter
+	errors prometheus.Counter
+	warned rate.Sometimes // the fail-open warning, at most every 10 s
+	warn   func(msg string, args ...any)
 }
 
 func newLimiter(rdb *store.Pipe, prefix string, user, tenant, global Rate, warn func(string, ...any)) *limiter {
 	l := &limiter{prefix: prefix, user: user, tenant: tenant, warn: warn,
+		warned: rate.Sometimes{Interval: 10 * time.Second},
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_producer_ratelimit_errors_total",
 			Help: "Shared rate-limit checks that failed open because Redis did not answer.",
@@ -149,10 +149,7 @@ func (l *limiter) allow(ctx context.Context, id auth.Identity) error {
 		res, err := l.shared.Allow(ctx, c.key, c.rate.limit())
 		if err != nil {
 			l.errors.Inc()
-			if now := time.Now().Unix(); now-l.lastWarn.Load() >= 10 {
-				l.lastWarn.Store(now)
-				l.warn("rate limit check failed, letting requests through", "err", err)
-			}
+			l.warned.Do(func() { l.warn("rate limit check failed, letting requests through", "err", err) })
 			return nil
 		}
 		if res.Allowed == 0 {

@@ -8,13 +8,13 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
+	"golang.org/x/time/rate"
 
 	"sluice/shared/backoff"
 )
@@ -57,7 +57,7 @@ type endpoint struct {
 	m       *metrics
 	client  *Client
 
-	quotaWarned atomic.Int64 // unix seconds of the last quota warning
+	quotaWarned rate.Sometimes // the quota-unavailable warning, at most every 10 s
 }
 
 // transport is Go's default transport (proxy from HTTPS_PROXY and NO_PROXY,
@@ -84,6 +84,8 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 		quota:  q,
 		m:      c.m,
 		client: c,
+
+		quotaWarned: rate.Sometimes{Interval: 10 * time.Second},
 	}
 	e.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        ec.name,
@@ -277,10 +279,7 @@ func (e *endpoint) admit(ctx context.Context, until time.Time, tokens int) error
 			e.m.quotaErrors.Inc()
 			// Counted every time, logged at most every 10 s: while Redis is
 			// down this would otherwise be a line per call.
-			if now := time.Now().Unix(); now-e.quotaWarned.Load() >= 10 {
-				e.quotaWarned.Store(now)
-				e.client.log.Warn("llm quota unavailable, calling without it", "err", err)
-			}
+			e.quotaWarned.Do(func() { e.client.log.Warn("llm quota unavailable, calling without it", "err", err) })
 			return nil
 		case wait <= 0:
 			if waited != "" {
