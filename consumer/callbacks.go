@@ -13,6 +13,7 @@ import (
 
 	"sluice/shared/bus"
 	"sluice/shared/envelope"
+	"sluice/shared/metric"
 )
 
 // callbackJob is a callback handed over on the callbacks topic: the done
@@ -43,11 +44,11 @@ type callbackWorker struct {
 	cb    Callbacks
 	log   *slog.Logger
 	drain time.Duration
-	jobs  *prometheus.CounterVec
+	jobs  metric.Children[prometheus.Counter]
 	done  chan struct{}
 }
 
-func newCallbackWorker(cfg Config, cfgBus bus.Config, cb Callbacks, log *slog.Logger, reg prometheus.Registerer, jobs *prometheus.CounterVec) (*callbackWorker, error) {
+func newCallbackWorker(cfg Config, cfgBus bus.Config, cb Callbacks, log *slog.Logger, reg prometheus.Registerer, jobs metric.Children[prometheus.Counter]) (*callbackWorker, error) {
 	cl, err := bus.NewClient(cfgBus, "callbacks", log, reg,
 		kgo.ConsumerGroup(cfgBus.CallbackGroup),
 		kgo.ConsumeTopics(cfgBus.CallbacksTopic),
@@ -105,18 +106,18 @@ func (w *callbackWorker) run(ctx context.Context) {
 func (w *callbackWorker) deliver(ctx context.Context, r *kgo.Record) {
 	var job callbackJob
 	if err := json.Unmarshal(r.Value, &job); err != nil || job.V != 1 || job.URL == "" || job.RequestID == "" {
-		w.jobs.WithLabelValues("invalid").Inc()
+		w.jobs.With("invalid").Inc()
 		w.log.Warn("undecodable callback record, skipped", "partition", r.Partition, "offset", r.Offset, "err", err)
 		return
 	}
 	if err := w.cb.Deliver(ctx, job.URL, job.RequestID, job.Body); err != nil {
 		if ctx.Err() == nil {
-			w.jobs.WithLabelValues("failed").Inc()
+			w.jobs.With("failed").Inc()
 			w.log.Warn("callback not delivered", "request_id", job.RequestID, "err", err)
 		}
 		return
 	}
-	w.jobs.WithLabelValues("delivered").Inc()
+	w.jobs.With("delivered").Inc()
 }
 
 // handOver puts the callback of req, answered by reply, on the callbacks
@@ -136,6 +137,6 @@ func (c *Consumer) handOver(ctx context.Context, req *envelope.Request, reply en
 	}); err != nil {
 		return err
 	}
-	c.m.callbacks.WithLabelValues("handed_over").Inc()
+	c.m.callbacks.With("handed_over").Inc()
 	return nil
 }

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/time/rate"
@@ -35,6 +36,7 @@ import (
 	"sluice/shared/backoff"
 	"sluice/shared/bus"
 	"sluice/shared/envelope"
+	"sluice/shared/metric"
 	"sluice/shared/pii"
 	"sluice/shared/settings"
 	"sluice/shared/store"
@@ -194,17 +196,54 @@ type work struct {
 	got  time.Time
 }
 
+// metrics are the consumer's metrics (see the package doc).
 type metrics struct {
-	records  *prometheus.CounterVec
-	inflight prometheus.GaugeFunc
-	paused   prometheus.Gauge
-	process  prometheus.Histogram
-	e2e      prometheus.Histogram
-	retries  *prometheus.CounterVec
-	commits  prometheus.Counter
-
+	records            metric.Children[prometheus.Counter] // by outcome
+	paused             prometheus.Gauge
+	process            prometheus.Histogram
+	e2e                prometheus.Histogram
+	retries            metric.Children[prometheus.Counter] // by step
+	commits            prometheus.Counter
 	partitionFallbacks prometheus.Counter
-	callbacks          *prometheus.CounterVec
+	callbacks          metric.Children[prometheus.Counter] // by outcome
+}
+
+// newMetrics makes the consumer's metrics with f; inflight reads the
+// records in flight.
+func newMetrics(f promauto.Factory, inflight func() float64) metrics {
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_consumer_in_flight", Help: "Records handed to workers and not finished.",
+	}, inflight)
+	return metrics{
+		records: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_consumer_records_total", Help: "Request records finished, by outcome.",
+		}, []string{"outcome"}), "done", "expired", "duplicate", "dead_letter", "abandoned"),
+		paused: f.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_consumer_paused", Help: "1 while fetching is paused because the in-flight budget is full.",
+		}),
+		process: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "sluice_consumer_process_duration_seconds", Help: "From poll to reply produced.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+		e2e: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "sluice_consumer_end_to_end_seconds", Help: "From the request's created_at to its reply produced.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+		retries: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_consumer_retries_total", Help: "Transient Redis or Kafka failures retried, by step.",
+		}, []string{"step"}), "redis_load", "redis_complete", "kafka_reply", "kafka_dlq", "kafka_callback"),
+		commits: f.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_consumer_commit_errors_total", Help: "Failed offset commits.",
+		}),
+		callbacks: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_consumer_callbacks_total",
+			Help: "Callbacks handed over on the callbacks topic, and delivered, failed (after the deliverer's retries) or invalid there.",
+		}, []string{"outcome"}), "handed_over", "delivered", "failed", "invalid"),
+		partitionFallbacks: f.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_consumer_reply_partition_fallbacks_total",
+			Help: "Replies whose requested reply.partition the reply topic does not have, sent to the key's partition instead.",
+		}),
+	}
 }
 
 // New returns a consumer of cfgBus's requests topic in its group. It creates
@@ -227,45 +266,10 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		fallbackWarned: rate.Sometimes{Interval: 10 * time.Second},
 	}
 	c.work, c.stopWork = context.WithCancel(context.Background())
-	c.m = metrics{
-		records: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_consumer_records_total", Help: "Request records finished, by outcome.",
-		}, []string{"outcome"}),
-		inflight: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sluice_consumer_in_flight", Help: "Records handed to workers and not finished.",
-		}, func() float64 { return float64(c.inflight.Load()) }),
-		paused: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sluice_consumer_paused", Help: "1 while fetching is paused because the in-flight budget is full.",
-		}),
-		process: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sluice_consumer_process_duration_seconds", Help: "From poll to reply produced.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
-		}),
-		e2e: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sluice_consumer_end_to_end_seconds", Help: "From the request's created_at to its reply produced.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
-		}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_consumer_retries_total", Help: "Transient Redis or Kafka failures retried, by step.",
-		}, []string{"step"}),
-		commits: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sluice_consumer_commit_errors_total", Help: "Failed offset commits.",
-		}),
-		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_consumer_callbacks_total",
-			Help: "Callbacks handed over on the callbacks topic, and delivered, failed (after the deliverer's retries) or invalid there.",
-		}, []string{"outcome"}),
-		partitionFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sluice_consumer_reply_partition_fallbacks_total",
-			Help: "Replies whose requested reply.partition the reply topic does not have, sent to the key's partition instead.",
-		}),
-	}
-	if reg != nil {
-		for _, col := range []prometheus.Collector{c.m.records, c.m.inflight, c.m.paused, c.m.process, c.m.e2e, c.m.retries, c.m.commits, c.m.partitionFallbacks, c.m.callbacks} {
-			if err := reg.Register(col); err != nil {
-				return nil, fmt.Errorf("register consumer metrics: %w", err)
-			}
-		}
+	r := metric.NewRegisterer(reg)
+	c.m = newMetrics(promauto.With(r), func() float64 { return float64(c.inflight.Load()) })
+	if err := r.Err(); err != nil {
+		return nil, fmt.Errorf("register consumer metrics: %w", err)
 	}
 	cl, err := bus.NewClient(cfgBus, "consumer", log, reg,
 		kgo.ConsumerGroup(cfgBus.Group),
@@ -500,7 +504,7 @@ func (c *Consumer) handle(w *work) {
 		}
 	}()
 	if !c.tracker.alive(w.part) {
-		c.m.records.WithLabelValues("abandoned").Inc()
+		c.m.records.With("abandoned").Inc()
 		return // revoked while queued: its new owner processes it
 	}
 	outcome, err := c.process(c.work, w.rec)
@@ -518,11 +522,11 @@ func (c *Consumer) handle(w *work) {
 		outcome, err = "dead_letter_lost", nil
 	}
 	if err != nil {
-		c.m.records.WithLabelValues("abandoned").Inc()
+		c.m.records.With("abandoned").Inc()
 		c.log.Warn("record abandoned uncommitted", "partition", w.rec.Partition, "offset", w.rec.Offset, "err", err)
 		return
 	}
-	c.m.records.WithLabelValues(outcome).Inc()
+	c.m.records.With(outcome).Inc()
 	c.m.process.Observe(time.Since(w.got).Seconds())
 	if eo, ok := c.tracker.finish(w.part, w.rec.Offset); ok {
 		c.markMu.Lock()
@@ -746,7 +750,7 @@ func (c *Consumer) retry(ctx context.Context, step string, fn func(context.Conte
 		if permanent(err) {
 			return err
 		}
-		c.m.retries.WithLabelValues(step).Inc()
+		c.m.retries.With(step).Inc()
 		if attempt == 1 || attempt%10 == 0 {
 			c.log.Warn("transient failure, retrying", "step", step, "attempt", attempt, "err", err)
 		}

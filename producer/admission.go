@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -49,11 +50,6 @@ type admission struct {
 	parts    map[int32]*partitionProgress
 	lastTime time.Time
 	lastLag  int64 // lag of the live partitions at the last refresh
-
-	mLag     prometheus.GaugeFunc
-	mRate    prometheus.GaugeFunc
-	mWait    prometheus.GaugeFunc
-	mStalled prometheus.GaugeFunc
 }
 
 // partitionProgress is what admission remembers of a partition of the
@@ -63,26 +59,22 @@ type partitionProgress struct {
 	progress  time.Time // when its commit last moved, or it had no lag
 }
 
-func newAdmission(cl *kgo.Client, topic, group string, interval time.Duration, minRate float64) *admission {
+func newAdmission(f promauto.Factory, cl *kgo.Client, topic, group string, interval time.Duration, minRate float64) *admission {
 	a := &admission{adm: kadm.NewClient(cl), topic: topic, group: group, interval: interval, minRate: minRate}
-	a.mLag = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_queue_lag", Help: "Requests on Kafka not yet committed by the consumers (as last measured, plus those this replica accepted since).",
 	}, func() float64 { return float64(a.backlog()) })
-	a.mRate = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_completion_rate", Help: "Requests/s the consumers complete (smoothed, as last measured).",
 	}, func() float64 { return math.Float64frombits(a.rate.Load()) })
-	a.mWait = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_estimated_wait_seconds", Help: "Estimated queue wait of a new request.",
 	}, func() float64 { return a.estimate().Seconds() })
-	a.mStalled = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_stalled_partitions",
 		Help: "Partitions of the requests topic whose commit has not moved for a while although others did (their consumer died or hangs), left out of the queue wait estimate.",
 	}, func() float64 { return float64(a.stalled.Load()) })
 	return a
-}
-
-func (a *admission) collectors() []prometheus.Collector {
-	return []prometheus.Collector{a.mLag, a.mRate, a.mWait, a.mStalled}
 }
 
 // stallAfter is how long a partition with lag may go without a commit

@@ -190,7 +190,7 @@ func pollURL(dialogID, requestID string) string {
 // postChat accepts a question: it is on Kafka before the client hears 200 or 202.
 func (s *Server) postChat(c echo.Context) error {
 	if s.closing.Load() {
-		s.m.rejected.WithLabelValues("draining").Inc()
+		s.m.rejected.With("draining").Inc()
 		return unavailable("server is shutting down", 1)
 	}
 	id := identity(c)
@@ -255,10 +255,10 @@ func (s *Server) postChat(c echo.Context) error {
 	}
 	if err := s.produce(ctx, rec); err != nil {
 		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
-		s.m.rejected.WithLabelValues("kafka").Inc()
+		s.m.rejected.With("kafka").Inc()
 		return unavailable("the request queue is unavailable, retry shortly", 1)
 	}
-	s.m.accepted.WithLabelValues(body.Mode).Inc()
+	s.m.accepted.With(body.Mode).Inc()
 
 	if wake != nil {
 		// When the wait runs out, the marker goes on before the client
@@ -267,7 +267,7 @@ func (s *Server) postChat(c echo.Context) error {
 		// returns the result if it was stored meanwhile.
 		last := func() (envelope.Reply, bool) { return s.markQueued(ctx, d, req.RequestID, now) }
 		if res, ok := s.await(ctx, wake, wait, last); ok {
-			s.m.answered.WithLabelValues("answered").Inc()
+			s.m.answered.With("answered").Inc()
 			s.admit.observe(s.now().Sub(now))
 			if cacheable && newDialog && res.Status == envelope.StatusDone &&
 				(res.Source == envelope.SourceLLM || res.Source == envelope.SourceFAQ) {
@@ -275,7 +275,7 @@ func (s *Server) postChat(c echo.Context) error {
 			}
 			return c.JSON(http.StatusOK, doneBody(res, now))
 		}
-		s.m.answered.WithLabelValues("timed_out").Inc()
+		s.m.answered.With("timed_out").Inc()
 		// How long it will take is unknown: count it as the longest a
 		// request may take, so that answers look slow for a while.
 		s.admit.observe(s.cfg.RequestTTL)
@@ -354,7 +354,7 @@ func (s *Server) fromHot(c echo.Context, id auth.Identity, body ChatRequest, new
 		s.m.storeErrors.WithLabelValues("hot_answer").Inc()
 		return DoneBody{}, false // the pipeline answers instead
 	}
-	s.m.accepted.WithLabelValues("cache").Inc()
+	s.m.accepted.With("cache").Inc()
 	return doneBody(reply, now), true
 }
 
@@ -362,7 +362,7 @@ func (s *Server) fromHot(c echo.Context, id auth.Identity, body ChatRequest, new
 func (s *Server) count(err error) error {
 	var ae *apiError
 	if errors.As(err, &ae) && ae.reason != "" {
-		s.m.rejected.WithLabelValues(ae.reason).Inc()
+		s.m.rejected.With(ae.reason).Inc()
 	}
 	return err
 }
@@ -408,13 +408,13 @@ func (s *Server) admitRequest(mode string, wait time.Duration) error {
 	retry := func(over time.Duration) int { return int(min(max(math.Ceil(over.Seconds()), 1), 60)) }
 	switch {
 	case est > s.cfg.RequestTTL:
-		s.m.rejected.WithLabelValues("queue_wait").Inc()
+		s.m.rejected.With("queue_wait").Inc()
 		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds the request's deadline", est.Round(time.Second)), retry(est-s.cfg.RequestTTL))
 	case mode == ModeWait && wait > 0 && est > wait*admissionHeadroom/100 && !s.admit.answersFast(wait) && !s.admit.probe():
-		s.m.rejected.WithLabelValues("queue_wait").Inc()
+		s.m.rejected.With("queue_wait").Inc()
 		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds wait_ms; retry later or use mode async", est.Round(100*time.Millisecond)), retry(est-wait))
 	case mode != ModeWait && s.admit.backlog() > s.cfg.MaxLag:
-		s.m.rejected.WithLabelValues("backlog").Inc()
+		s.m.rejected.With("backlog").Inc()
 		return unavailable(fmt.Sprintf("overloaded: %d requests queued, the bound is %d", s.admit.backlog(), s.cfg.MaxLag), retry(est/4))
 	}
 	s.admit.admitted()

@@ -11,8 +11,11 @@ import (
 
 	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/text/unicode/norm"
+
+	"sluice/shared/metric"
 )
 
 // hotAnswers answers frequent first-turn questions without a Kafka round
@@ -31,7 +34,7 @@ type hotAnswers struct {
 	rdb    redis.UniversalClient
 	prefix string
 	ttl    time.Duration
-	result *prometheus.CounterVec
+	result metric.Children[prometheus.Counter] // by result: hit, miss
 }
 
 type hotEntry struct {
@@ -40,16 +43,16 @@ type hotEntry struct {
 	Handoff bool   `json:"handoff"`
 }
 
-func newHotAnswers(rdb redis.UniversalClient, prefix string, size int, ttl time.Duration) *hotAnswers {
+func newHotAnswers(f promauto.Factory, rdb redis.UniversalClient, prefix string, size int, ttl time.Duration) *hotAnswers {
 	return &hotAnswers{
 		local:  expirable.NewLRU[string, hotEntry](size, nil, ttl),
 		rdb:    rdb,
 		prefix: prefix,
 		ttl:    ttl,
-		result: prometheus.NewCounterVec(prometheus.CounterOpts{
+		result: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_hot_answers_total",
 			Help: "First-turn questions looked up in the hot-answer cache, by result (hit, miss): the hit ratio.",
-		}, []string{"result"}),
+		}, []string{"result"}), "hit", "miss"),
 	}
 }
 
@@ -78,21 +81,21 @@ func (h *hotAnswers) key(tenant, question string) string {
 func (h *hotAnswers) get(ctx context.Context, tenant, question string, shared bool) (hotEntry, bool) {
 	k := h.key(tenant, question)
 	if e, ok := h.local.Get(k); ok {
-		h.result.WithLabelValues("hit").Inc()
+		h.result.With("hit").Inc()
 		return e, true
 	}
 	if !shared {
-		h.result.WithLabelValues("miss").Inc()
+		h.result.With("miss").Inc()
 		return hotEntry{}, false
 	}
 	raw, err := h.rdb.Get(ctx, k).Bytes()
 	var e hotEntry
 	if err != nil || json.Unmarshal(raw, &e) != nil || e.Answer == "" {
-		h.result.WithLabelValues("miss").Inc()
+		h.result.With("miss").Inc()
 		return hotEntry{}, false
 	}
 	h.local.Add(k, e)
-	h.result.WithLabelValues("hit").Inc()
+	h.result.With("hit").Inc()
 	return e, true
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/docs"
@@ -30,6 +31,7 @@ import (
 	"sluice/shared/bus"
 	"sluice/shared/callback"
 	"sluice/shared/envelope"
+	"sluice/shared/metric"
 	"sluice/shared/settings"
 	"sluice/shared/store"
 )
@@ -192,17 +194,52 @@ type Server struct {
 	m metrics
 }
 
+// metrics are the ingress's metrics (see the package doc) but for those of
+// admission, the limiter and the hot-answer cache.
 type metrics struct {
-	requests    *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	accepted    *prometheus.CounterVec
-	answered    *prometheus.CounterVec
-	replies     *prometheus.CounterVec
-	storeErrors *prometheus.CounterVec
-	waiters     prometheus.GaugeFunc
-
+	requests        *prometheus.CounterVec
+	duration        *prometheus.HistogramVec
+	accepted        metric.Children[prometheus.Counter] // by mode
+	answered        metric.Children[prometheus.Counter] // by how
+	replies         metric.Children[prometheus.Counter] // by outcome
+	storeErrors     *prometheus.CounterVec
 	replyPartitions prometheus.Gauge
-	rejected        *prometheus.CounterVec
+	rejected        metric.Children[prometheus.Counter] // by reason
+}
+
+// newMetrics makes the ingress's metrics with f; waiters reads the number
+// of handlers waiting for an answer.
+func newMetrics(f promauto.Factory, waiters func() float64) metrics {
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_producer_waiters", Help: "Handlers waiting for an answer.",
+	}, waiters)
+	return metrics{
+		requests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_http_requests_total", Help: "HTTP requests served.",
+		}, []string{"route", "method", "code"}),
+		duration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sluice_http_request_duration_seconds", Help: "HTTP request latency.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route", "method"}),
+		accepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback (put on Kafka) or cache (answered from the hot-answer cache).",
+		}, []string{"mode"}), ModeWait, ModeAsync, ModeCallback, "cache"),
+		answered: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_answered_total", Help: "Wait-mode outcomes: answered within the wait, or timed out to 202.",
+		}, []string{"how"}), "answered", "timed_out"),
+		replies: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_replies_total", Help: "Reply records read, by outcome.",
+		}, []string{"outcome"}), "woke", "no_waiter", "invalid"),
+		storeErrors: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_store_errors_total", Help: "Redis failures tolerated on the hot path, by operation.",
+		}, []string{"op"}),
+		replyPartitions: f.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_producer_reply_partitions", Help: "Partitions of the replies topic this replica reads.",
+		}),
+		rejected: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_rejected_total", Help: "Requests refused at the door, by reason.",
+		}, []string{"reason"}), "rate_user", "rate_tenant", "rate_global", "queue_wait", "backlog", "draining", "kafka"),
+	}
 }
 
 // New returns an ingress. It creates its Kafka client but contacts neither
@@ -216,36 +253,9 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 		return nil, err
 	}
 	s := &Server{cfg: cfg, bus: cfgBus, log: log, reg: reg, auth: v, store: st, now: time.Now, waiters: newWaiters()}
-	s.m = metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_http_requests_total", Help: "HTTP requests served.",
-		}, []string{"route", "method", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "sluice_http_request_duration_seconds", Help: "HTTP request latency.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"route", "method"}),
-		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback (put on Kafka) or cache (answered from the hot-answer cache).",
-		}, []string{"mode"}),
-		answered: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_answered_total", Help: "Wait-mode outcomes: answered within the wait, or timed out to 202.",
-		}, []string{"how"}),
-		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_replies_total", Help: "Reply records read, by outcome.",
-		}, []string{"outcome"}),
-		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_store_errors_total", Help: "Redis failures tolerated on the hot path, by operation.",
-		}, []string{"op"}),
-		waiters: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sluice_producer_waiters", Help: "Handlers waiting for an answer.",
-		}, func() float64 { return float64(s.waiters.len()) }),
-		replyPartitions: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sluice_producer_reply_partitions", Help: "Partitions of the replies topic this replica reads.",
-		}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_rejected_total", Help: "Requests refused at the door, by reason.",
-		}, []string{"reason"}),
-	}
+	r := metric.NewRegisterer(reg)
+	f := promauto.With(r)
+	s.m = newMetrics(f, func() float64 { return float64(s.waiters.len()) })
 	cl, err := bus.NewClient(cfgBus, "producer", log, reg,
 		kgo.DefaultProduceTopic(cfgBus.RequestsTopic),
 		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
@@ -257,19 +267,14 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 		return nil, err
 	}
 	s.cl = cl
-	s.admit = newAdmission(cl, cfgBus.RequestsTopic, cfgBus.Group, cfg.AdmissionInterval, cfg.AdmissionMinRate)
-	s.limit = newLimiter(st.Pipe(), st.Prefix()+":rl", cfg.UserRate, cfg.TenantRate, cfg.GlobalRate, log.Warn)
-	cols := []prometheus.Collector{s.m.requests, s.m.duration, s.m.accepted, s.m.answered, s.m.replies, s.m.storeErrors, s.m.waiters, s.m.replyPartitions, s.m.rejected, s.limit.errors}
+	s.admit = newAdmission(f, cl, cfgBus.RequestsTopic, cfgBus.Group, cfg.AdmissionInterval, cfg.AdmissionMinRate)
+	s.limit = newLimiter(f, st.Pipe(), st.Prefix()+":rl", cfg.UserRate, cfg.TenantRate, cfg.GlobalRate, log.Warn)
 	if cfg.HotTTL > 0 {
-		s.hot = newHotAnswers(st.Client(), st.Prefix(), cfg.HotSize, cfg.HotTTL)
-		cols = append(cols, s.hot.result)
+		s.hot = newHotAnswers(f, st.Client(), st.Prefix(), cfg.HotSize, cfg.HotTTL)
 	}
-	if reg != nil {
-		for _, c := range append(cols, s.admit.collectors()...) {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("register producer metrics: %w", err)
-			}
-		}
+	if err := r.Err(); err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("register producer metrics: %w", err)
 	}
 	s.echo = s.routes()
 	return s, nil

@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"golang.org/x/time/rate"
 
 	"sluice/shared/auth"
@@ -106,10 +107,10 @@ type limiter struct {
 	warn   func(msg string, args ...any)
 }
 
-func newLimiter(rdb *store.Pipe, prefix string, user, tenant, global Rate, warn func(string, ...any)) *limiter {
+func newLimiter(f promauto.Factory, rdb *store.Pipe, prefix string, user, tenant, global Rate, warn func(string, ...any)) *limiter {
 	l := &limiter{prefix: prefix, user: user, tenant: tenant, warn: warn,
 		warned: rate.Sometimes{Interval: 10 * time.Second},
-		errors: prometheus.NewCounter(prometheus.CounterOpts{
+		errors: f.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_producer_ratelimit_errors_total",
 			Help: "Shared rate-limit checks that failed open because Redis did not answer.",
 		})}

@@ -173,19 +173,19 @@ func (r *replyRouter) run(ctx context.Context) {
 			// more (its wait ran out, or the store's announcement was
 			// faster) is not decoded.
 			if !r.s.waiters.has(string(rec.Key)) {
-				r.s.m.replies.WithLabelValues("no_waiter").Inc()
+				r.s.m.replies.With("no_waiter").Inc()
 				return
 			}
 			reply, err := envelope.DecodeReply(rec.Value)
 			if err != nil {
-				r.s.m.replies.WithLabelValues("invalid").Inc()
+				r.s.m.replies.With("invalid").Inc()
 				r.s.log.Warn("undecodable reply record", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 				return
 			}
 			if r.s.waiters.wake(reply.RequestID, &reply) {
-				r.s.m.replies.WithLabelValues("woke").Inc()
+				r.s.m.replies.With("woke").Inc()
 			} else {
-				r.s.m.replies.WithLabelValues("no_waiter").Inc()
+				r.s.m.replies.With("no_waiter").Inc()
 			}
 		})
 	}

@@ -13,10 +13,13 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/sony/gobreaker/v2"
 	"golang.org/x/time/rate"
 
 	"sluice/shared/backoff"
+	"sluice/shared/envelope"
+	"sluice/shared/metric"
 )
 
 // minCallTime is the least time worth starting a call (or a retry, or a
@@ -55,6 +58,7 @@ type endpoint struct {
 	slots   chan struct{}
 	quota   quota // nil: no limit
 	m       *metrics
+	em      endpointMetrics
 	client  *Client
 
 	quotaWarned rate.Sometimes // the quota-unavailable warning, at most every 10 s
@@ -83,6 +87,7 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 		slots:  make(chan struct{}, cfg.MaxConcurrent),
 		quota:  q,
 		m:      c.m,
+		em:     c.m.endpoint(ec.name),
 		client: c,
 
 		quotaWarned: rate.Sometimes{Interval: 10 * time.Second},
@@ -144,7 +149,7 @@ func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []message
 		if err := backoff.Sleep(ctx, pause); err != nil {
 			return "", err
 		}
-		e.m.retries.WithLabelValues(e.name).Inc()
+		e.m.retries.With(e.name).Inc()
 	}
 }
 
@@ -152,7 +157,7 @@ func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []message
 // endpoint asked for before the next call (429 Retry-After).
 func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, tokens int) (string, time.Duration, error) {
 	if e.breaker.State() == gobreaker.StateOpen {
-		e.m.shortCircuits.WithLabelValues(e.name).Inc()
+		e.m.shortCircuits.With(e.name).Inc()
 		return "", 0, errBreakerOpen
 	}
 	if time.Until(until) < minCallTime {
@@ -167,7 +172,7 @@ func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, to
 	}
 	done, err := e.breaker.Allow()
 	if err != nil { // opened meanwhile, or half-open with its probes under way
-		e.m.shortCircuits.WithLabelValues(e.name).Inc()
+		e.m.shortCircuits.With(e.name).Inc()
 		return "", 0, errBreakerOpen
 	}
 	timeout := e.cfg.Timeout
@@ -194,8 +199,8 @@ func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, to
 		}
 	}
 	o := classify(ctx, err, cut)
-	e.m.calls.WithLabelValues(e.name, o.outcome).Inc()
-	e.m.duration.WithLabelValues(e.name, o.outcome).Observe(time.Since(start).Seconds())
+	e.em.calls.With(o.outcome).Inc()
+	e.em.duration.With(o.outcome).Observe(time.Since(start).Seconds())
 	done(o.breakerErr)
 	if err != nil {
 		return "", o.retryAfter, o.err
@@ -363,54 +368,69 @@ func classify(parent context.Context, err error, cut bool) outcome {
 	return outcome{outcome: "error", err: retryableError{err}, breakerErr: err}
 }
 
-// metrics are the client's Prometheus metrics.
+// metrics are the client's metrics (see the package doc).
 type metrics struct {
 	calls         *prometheus.CounterVec
 	duration      *prometheus.HistogramVec
-	retries       *prometheus.CounterVec
-	shortCircuits *prometheus.CounterVec
+	retries       metric.Children[prometheus.Counter] // by endpoint
+	shortCircuits metric.Children[prometheus.Counter] // by endpoint
 	limited       *prometheus.CounterVec
 	quotaErrors   prometheus.Counter
-	answers       *prometheus.CounterVec
+	answers       metric.Children[prometheus.Counter] // by source
 }
 
-func newMetrics() *metrics {
-	return &metrics{
-		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+// outcomes are the values of a call's outcome label (see classify).
+var outcomes = []string{"ok", "error", "timeout", "rate_limited", "malformed", "bad_request", "canceled"}
+
+// endpoints are the values of the endpoint label.
+var endpoints = []string{"primary", "secondary"}
+
+func newMetrics(f promauto.Factory) *metrics {
+	m := &metrics{
+		calls: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_llm_calls_total", Help: "LLM calls by endpoint and outcome.",
 		}, []string{"endpoint", "outcome"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		duration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sluice_llm_call_duration_seconds", Help: "Latency of one LLM call.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"endpoint", "outcome"}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		retries: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_llm_retries_total", Help: "LLM calls that were retries.",
-		}, []string{"endpoint"}),
-		shortCircuits: prometheus.NewCounterVec(prometheus.CounterOpts{
+		}, []string{"endpoint"}), endpoints...),
+		shortCircuits: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_llm_short_circuits_total", Help: "Requests that skipped an endpoint because its circuit breaker was open.",
-		}, []string{"endpoint"}),
-		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+		}, []string{"endpoint"}), endpoints...),
+		limited: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_llm_limited_total", Help: "Calls that found no free slot or quota, by limit and what the request did.",
 		}, []string{"limit", "outcome"}),
-		quotaErrors: prometheus.NewCounter(prometheus.CounterOpts{
+		quotaErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_llm_quota_errors_total", Help: "Quota checks that failed and let the call through.",
 		}),
-		answers: prometheus.NewCounterVec(prometheus.CounterOpts{
+		answers: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_llm_answers_total", Help: "Answers by source.",
-		}, []string{"source"}),
+		}, []string{"source"}), sources...),
 	}
+	for _, s := range sources {
+		m.answers.With(s) // exported at zero: each source's share from the start
+	}
+	return m
 }
 
-func (m *metrics) register(reg prometheus.Registerer, eps []*endpoint) error {
-	for _, col := range []prometheus.Collector{m.calls, m.duration, m.retries, m.shortCircuits, m.limited, m.quotaErrors, m.answers, &endpointCollector{eps}} {
-		if err := reg.Register(col); err != nil {
-			return err
-		}
+// sources are the values of the answers' source label.
+var sources = []string{envelope.SourceLLM, envelope.SourceFallbackModel, envelope.SourceFAQ, envelope.SourceCanned}
+
+// endpointMetrics are the call metrics of one endpoint.
+type endpointMetrics struct {
+	calls    metric.Children[prometheus.Counter]  // by outcome
+	duration metric.Children[prometheus.Observer] // by outcome
+}
+
+func (m *metrics) endpoint(name string) endpointMetrics {
+	l := prometheus.Labels{"endpoint": name}
+	return endpointMetrics{
+		calls:    metric.Resolve(m.calls.MustCurryWith(l), outcomes...),
+		duration: metric.Resolve(m.duration.MustCurryWith(l), outcomes...),
 	}
-	for _, s := range []string{"llm", "fallback_model", "faq", "canned"} {
-		m.answers.WithLabelValues(s)
-	}
-	return nil
 }
 
 var (

@@ -58,10 +58,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
 
 	"sluice/consumer/llm/faq"
 	"sluice/shared/envelope"
+	"sluice/shared/metric"
 	"sluice/shared/pii"
 	"sluice/shared/settings"
 )
@@ -270,7 +272,6 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option
 		}
 		c.faqs = lib
 	}
-	c.m = newMetrics()
 	auditor, err := pii.NewAuditor(log, reg)
 	if err != nil {
 		return nil, err
@@ -285,6 +286,8 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option
 			q = newLocalQuota(cfg.RPM, cfg.TPM)
 		}
 	}
+	r := metric.NewRegisterer(reg)
+	c.m = newMetrics(promauto.With(r))
 	c.endpoints = append(c.endpoints, newEndpoint(endpointConfig{
 		name: "primary", source: envelope.SourceLLM,
 		baseURL: cfg.BaseURL, apiKey: cfg.APIKey, model: cfg.Model,
@@ -305,10 +308,9 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option
 		}
 		c.endpoints = append(c.endpoints, newEndpoint(sec, cfg, nil, c))
 	}
-	if reg != nil {
-		if err := c.m.register(reg, c.endpoints); err != nil {
-			return nil, fmt.Errorf("register llm metrics: %w", err)
-		}
+	r.MustRegister(&endpointCollector{c.endpoints})
+	if err := r.Err(); err != nil {
+		return nil, fmt.Errorf("register llm metrics: %w", err)
 	}
 	return c, nil
 }
@@ -368,7 +370,7 @@ func (c *Client) Answer(ctx context.Context, req *envelope.Request, history []en
 }
 
 func (c *Client) answer(ctx context.Context, text, source string, handoff bool, took time.Duration, ids []slog.Attr) Answer {
-	c.m.answers.WithLabelValues(source).Inc()
+	c.m.answers.With(source).Inc()
 	return Answer{Text: c.pii.Mask(ctx, text, "answer", ids...), Source: source, Handoff: handoff, LLMTime: took}
 }
 

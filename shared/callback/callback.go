@@ -34,9 +34,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"sluice/shared/backoff"
-
+	"sluice/shared/metric"
 	"sluice/shared/settings"
 )
 
@@ -210,8 +211,8 @@ func DefaultConfig() Config {
 type Deliverer struct {
 	cfg        Config
 	hc         *http.Client
-	deliveries *prometheus.CounterVec
-	attempts   *prometheus.CounterVec
+	deliveries metric.Children[prometheus.Counter] // by outcome
+	attempts   metric.Children[prometheus.Counter] // by result
 }
 
 // NewDeliverer returns a deliverer. It returns an error when callbacks are
@@ -220,13 +221,18 @@ func NewDeliverer(cfg Config, reg prometheus.Registerer) (*Deliverer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	r := metric.NewRegisterer(reg)
+	f := promauto.With(r)
 	d := &Deliverer{cfg: cfg,
-		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		deliveries: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_callback_deliveries_total", Help: "Callback deliveries by outcome.",
-		}, []string{"outcome"}),
-		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+		}, []string{"outcome"}), "delivered", "gave_up", "refused"),
+		attempts: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_callback_attempts_total", Help: "Callback attempts by result.",
-		}, []string{"result"}),
+		}, []string{"result"}), "ok", "http_error", "network_error"),
+	}
+	if err := r.Err(); err != nil {
+		return nil, fmt.Errorf("register callback metrics: %w", err)
 	}
 	dialer := &net.Dialer{Timeout: cfg.Timeout, Control: func(_, address string, _ syscall.RawConn) error {
 		// Checked again at connect time: the name may resolve elsewhere now.
@@ -244,13 +250,6 @@ func NewDeliverer(cfg Config, reg prometheus.Registerer) (*Deliverer, error) {
 		Transport:     &http.Transport{DialContext: dialer.DialContext, MaxIdleConnsPerHost: 16, Proxy: nil},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{d.deliveries, d.attempts} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("register callback metrics: %w", err)
-			}
-		}
-	}
 	return d, nil
 }
 
@@ -260,14 +259,14 @@ func NewDeliverer(cfg Config, reg prometheus.Registerer) (*Deliverer, error) {
 func (d *Deliverer) Deliver(ctx context.Context, raw, requestID string, body []byte) error {
 	u, err := d.cfg.Policy.Check(ctx, raw)
 	if err != nil {
-		d.deliveries.WithLabelValues("refused").Inc()
+		d.deliveries.With("refused").Inc()
 		return err
 	}
 	var last error
 	for attempt := 1; attempt <= d.cfg.Attempts; attempt++ {
 		retry, err := d.attempt(ctx, u.String(), requestID, body)
 		if err == nil {
-			d.deliveries.WithLabelValues("delivered").Inc()
+			d.deliveries.With("delivered").Inc()
 			return nil
 		}
 		last = err
@@ -276,7 +275,7 @@ func (d *Deliverer) Deliver(ctx context.Context, raw, requestID string, body []b
 		}
 		_ = backoff.Sleep(ctx, backoff.Linear(attempt, d.cfg.Backoff, 0))
 	}
-	d.deliveries.WithLabelValues("gave_up").Inc()
+	d.deliveries.With("gave_up").Inc()
 	return fmt.Errorf("callback %s: %w", u.Host, last)
 }
 
@@ -291,15 +290,15 @@ func (d *Deliverer) attempt(ctx context.Context, u, requestID string, body []byt
 	req.Header.Set(HeaderRequestID, requestID)
 	resp, err := d.hc.Do(req)
 	if err != nil {
-		d.attempts.WithLabelValues("network_error").Inc()
+		d.attempts.With("network_error").Inc()
 		return !errors.Is(err, ErrNotAllowed), err
 	}
 	resp.Body.Close()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		d.attempts.WithLabelValues("ok").Inc()
+		d.attempts.With("ok").Inc()
 		return false, nil
 	}
-	d.attempts.WithLabelValues("http_error").Inc()
+	d.attempts.With("http_error").Inc()
 	retry = resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500
 	return retry, fmt.Errorf("status %d", resp.StatusCode)
 }
