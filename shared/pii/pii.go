@@ -107,15 +107,47 @@ func Mask(s string) string {
 
 // Scan is Mask that also counts what it masked.
 func Scan(s string) (string, Hits) {
-	var hits Hits
 	if !suspicious(s) {
-		return s, hits
+		return s, Hits{}
 	}
-	var b strings.Builder
-	out := maskEmails(s, &b, &hits)
-	b2 := strings.Builder{}
-	out = maskNumbers(out, &b2, &hits)
+	out, hits := maskEmails(s)
+	out, more := maskNumbers(out)
+	hits.Add(more)
 	return out, hits
+}
+
+// masker builds the masked copy of s, from the first replacement on; s
+// itself is the result when nothing was replaced. It holds the counts
+// rather than a pointer to the caller's: escape analysis does not tell a
+// struct's fields apart, and the builder's buffer goes to the heap.
+type masker struct {
+	s     string
+	hits  Hits
+	b     strings.Builder
+	last  int // end of the text copied to b so far
+	wrote bool
+}
+
+// replace replaces s[start:end], a value of kind k, with k's label and
+// counts it. Replacements come in the order of the text.
+func (m *masker) replace(start, end int, k Kind) {
+	if !m.wrote {
+		m.b.Grow(len(m.s))
+		m.wrote = true
+	}
+	m.b.WriteString(m.s[m.last:start])
+	m.b.WriteString(k.Label())
+	m.last = end
+	m.hits[k]++
+}
+
+// result returns the masked text and the counts of what was replaced.
+func (m *masker) result() (string, Hits) {
+	if !m.wrote {
+		return m.s, m.hits
+	}
+	m.b.WriteString(m.s[m.last:])
+	return m.b.String(), m.hits
 }
 
 // suspicious reports whether s has an ASCII digit, a full-width digit or an
@@ -172,96 +204,101 @@ type group struct {
 const maxDigits = 19
 
 // maskNumbers replaces phone, ID card and bank card numbers in s.
-func maskNumbers(s string, b *strings.Builder, hits *Hits) string {
+func maskNumbers(s string) (string, Hits) {
+	m := masker{s: s}
 	var (
 		groups [24]group
 		digits [64]byte
-		last   int // end of the text copied to b so far
-		wrote  bool
 	)
 	for i := 0; i < len(s); {
 		if _, w := digitAt(s, i); w == 0 {
 			i++
 			continue
 		}
-		// A candidate: digit groups joined by single separators. It starts
-		// after a non-digit (the loop consumes whole digit runs) and ends
-		// before one, so only whole numbers are classified.
-		gs, ds := groups[:0], digits[:0]
-		j := i
-		for {
-			g := group{start: j, first: len(ds)}
-			for j < len(s) {
-				d, w := digitAt(s, j)
-				if w == 0 {
-					break
-				}
-				ds = append(ds, d)
-				j += w
-			}
-			g.n = len(ds) - g.first
-			if j < len(s) && (s[j] == 'X' || s[j] == 'x') {
-				g.x = true
-				j++
-			}
-			g.end = j
-			gs = append(gs, g)
-			if g.x || j >= len(s) {
-				break
-			}
-			sw := separatorAt(s, j)
-			if sw == 0 || j+sw >= len(s) {
-				break
-			}
-			if _, dw := digitAt(s, j+sw); dw == 0 {
-				break
-			}
-			j += sw
-		}
-		// Spans of whole groups, the longest first from each start.
-		for a, top := 0, 0; a < len(gs); {
-			if top < a {
-				top = a
-			}
-			for top+1 < len(gs) && gs[top+1].first+gs[top+1].n-gs[a].first <= maxDigits {
-				top++
-			}
-			kind, z := Kind(-1), a
-			for e := top; e >= a; e-- {
-				x := gs[e].x
-				if k := classify(ds[gs[a].first:gs[e].first+gs[e].n], x); k >= 0 {
-					kind, z = k, e
-					break
-				}
-			}
-			if kind < 0 {
-				a++
-				continue
-			}
-			start, end := gs[a].start, gs[z].end
-			if gs[z].x && kind != IDCard {
-				end-- // an X after a phone or card number is not part of it
-			}
-			if kind == Phone && start > 0 && s[start-1] == '+' {
-				start--
-			}
-			if !wrote {
-				b.Grow(len(s))
-				wrote = true
-			}
-			b.WriteString(s[last:start])
-			b.WriteString(kind.Label())
-			last = end
-			hits[kind]++
-			a = z + 1
-		}
-		i = j
+		gs, ds, end := candidate(s, i, groups[:0], digits[:0])
+		maskGroups(&m, gs, ds)
+		i = end
 	}
-	if !wrote {
-		return s
+	return m.result()
+}
+
+// candidate reads the number candidate starting at s[i]: digit groups
+// joined by single separators. It starts after a non-digit (the caller
+// skips whole candidates) and ends before one, so only whole numbers are
+// classified. It appends the groups to gs and their digits to ds, and
+// returns them with the candidate's end.
+func candidate(s string, i int, gs []group, ds []byte) ([]group, []byte, int) {
+	j := i
+	for {
+		g := group{start: j, first: len(ds)}
+		for j < len(s) {
+			d, w := digitAt(s, j)
+			if w == 0 {
+				break
+			}
+			ds = append(ds, d)
+			j += w
+		}
+		g.n = len(ds) - g.first
+		if j < len(s) && (s[j] == 'X' || s[j] == 'x') {
+			g.x = true
+			j++
+		}
+		g.end = j
+		gs = append(gs, g)
+		if g.x || j >= len(s) {
+			return gs, ds, j
+		}
+		sw := separatorAt(s, j)
+		if sw == 0 || j+sw >= len(s) {
+			return gs, ds, j
+		}
+		if _, dw := digitAt(s, j+sw); dw == 0 {
+			return gs, ds, j
+		}
+		j += sw
 	}
-	b.WriteString(s[last:])
-	return b.String()
+}
+
+// maskGroups masks the hits among a candidate's groups gs, whose digits
+// are ds: from each group on, the longest span of whole groups that is a
+// hit; the next span starts after it.
+func maskGroups(m *masker, gs []group, ds []byte) {
+	for a, top := 0, 0; a < len(gs); {
+		// top: the last group a span from a can reach within maxDigits.
+		top = max(top, a)
+		for top+1 < len(gs) && gs[top+1].first+gs[top+1].n-gs[a].first <= maxDigits {
+			top++
+		}
+		kind, z := longestHit(gs[a:top+1], ds)
+		if kind < 0 {
+			a++
+			continue
+		}
+		z += a
+		start, end := gs[a].start, gs[z].end
+		if gs[z].x && kind != IDCard {
+			end-- // an X after a phone or card number is not part of it
+		}
+		if kind == Phone && start > 0 && m.s[start-1] == '+' {
+			start--
+		}
+		m.replace(start, end, kind)
+		a = z + 1
+	}
+}
+
+// longestHit returns the kind of the longest span of gs, starting at its
+// first group, that is a hit, and the index of the span's last group; or
+// kind -1.
+func longestHit(gs []group, ds []byte) (Kind, int) {
+	first := gs[0].first
+	for e := len(gs) - 1; e >= 0; e-- {
+		if k := classify(ds[first:gs[e].first+gs[e].n], gs[e].x); k >= 0 {
+			return k, e
+		}
+	}
+	return -1, 0
 }
 
 // classify returns the kind of the digits ds, or -1. x says an X follows
@@ -350,17 +387,17 @@ func luhn(ds []byte) bool {
 }
 
 // maskEmails replaces e-mail addresses in s.
-func maskEmails(s string, b *strings.Builder, hits *Hits) string {
+func maskEmails(s string) (string, Hits) {
 	if strings.IndexByte(s, '@') < 0 {
-		return s
+		return s, Hits{}
 	}
-	last, wrote := 0, false
+	m := masker{s: s}
 	for i := 0; i < len(s); i++ {
-		if s[i] != '@' || i < last {
+		if s[i] != '@' || i < m.last {
 			continue
 		}
 		l := i
-		for l > last && localChar(s[l-1]) {
+		for l > m.last && localChar(s[l-1]) {
 			l--
 		}
 		if l == i {
@@ -370,21 +407,10 @@ func maskEmails(s string, b *strings.Builder, hits *Hits) string {
 		if end < 0 {
 			continue
 		}
-		if !wrote {
-			b.Grow(len(s))
-			wrote = true
-		}
-		b.WriteString(s[last:l])
-		b.WriteString(Email.Label())
-		hits[Email]++
-		last = end
+		m.replace(l, end, Email)
 		i = end - 1
 	}
-	if !wrote {
-		return s
-	}
-	b.WriteString(s[last:])
-	return b.String()
+	return m.result()
 }
 
 func localChar(c byte) bool {
