@@ -189,18 +189,8 @@ func pollURL(dialogID, requestID string) string {
 
 // postChat accepts a question: it is on Kafka before the client hears 200 or 202.
 func (s *Server) postChat(c echo.Context) error {
-	if s.closing.Load() {
-		s.m.rejected.With("draining").Inc()
-		return unavailable("server is shutting down", 1)
-	}
 	id := identity(c)
-	lctx, lcancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)
-	err := s.limit.allow(lctx, id)
-	lcancel()
-	if err != nil {
-		return s.count(err)
-	}
-	body, wait, err := s.decodeChat(c)
+	body, wait, err := s.door(c, id)
 	if err != nil {
 		return err
 	}
@@ -217,24 +207,9 @@ func (s *Server) postChat(c echo.Context) error {
 	if err := s.admitRequest(body.Mode, wait); err != nil {
 		return err
 	}
-	rid, err := uuid.NewV7()
+	req, rec, err := s.newRequest(c, id, body)
 	if err != nil {
-		return fmt.Errorf("request id: %w", err)
-	}
-	now := s.now().UTC()
-	part := s.router.partition()
-	req := envelope.Request{
-		V: envelope.Version, RequestID: rid.String(), Tenant: id.Tenant, User: id.User,
-		DialogID: body.DialogID, Text: body.Text, CreatedAt: now, Deadline: now.Add(s.cfg.RequestTTL),
-		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: part, CallbackURL: body.CallbackURL},
-	}
-	value, err := json.Marshal(&req)
-	if err != nil {
-		return fmt.Errorf("encode request: %w", err)
-	}
-	rec := &kgo.Record{Key: []byte(req.Key()), Value: value}
-	if tp := c.Request().Header.Get(envelope.HeaderTraceparent); tp != "" {
-		rec.Headers = []kgo.RecordHeader{{Key: envelope.HeaderTraceparent, Value: []byte(tp)}}
+		return err
 	}
 
 	// A wait-mode request is woken by its reply on a partition this replica
@@ -246,12 +221,12 @@ func (s *Server) postChat(c echo.Context) error {
 	d := store.DialogOf(&req)
 	var wake <-chan *envelope.Reply
 	if body.Mode == ModeWait && wait > 0 {
-		ch, done := s.waiters.add(req.RequestID, part, d, now)
+		ch, done := s.waiters.add(req.RequestID, req.Reply.Partition, d, req.CreatedAt)
 		defer done()
 		wake = ch
 	}
-	if wake == nil || !s.router.owns(part) {
-		s.markQueued(ctx, d, req.RequestID, now)
+	if wake == nil || !s.router.owns(req.Reply.Partition) {
+		s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
 	}
 	if err := s.produce(ctx, rec); err != nil {
 		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
@@ -261,26 +236,79 @@ func (s *Server) postChat(c echo.Context) error {
 	s.m.accepted.With(body.Mode).Inc()
 
 	if wake != nil {
-		// When the wait runs out, the marker goes on before the client
-		// learns the poll_url (a request answered within its wait is never
-		// polled, so the hot path saves a round trip), and the same script
-		// returns the result if it was stored meanwhile.
-		last := func() (envelope.Reply, bool) { return s.markQueued(ctx, d, req.RequestID, now) }
-		if res, ok := s.await(ctx, wake, wait, last); ok {
-			s.m.answered.With("answered").Inc()
-			s.admit.observe(s.now().Sub(now))
+		if res, ok := s.awaitAnswer(ctx, wake, wait, d, req.RequestID, req.CreatedAt); ok {
 			if cacheable && newDialog && res.Status == envelope.StatusDone &&
 				(res.Source == envelope.SourceLLM || res.Source == envelope.SourceFAQ) {
 				s.hot.put(context.WithoutCancel(ctx), id.Tenant, body.Text, hotEntry{Answer: res.Answer, Source: res.Source, Handoff: res.Handoff})
 			}
-			return c.JSON(http.StatusOK, doneBody(res, now))
+			return c.JSON(http.StatusOK, doneBody(res, req.CreatedAt))
 		}
+	}
+	return s.queued(c, req.DialogID, req.RequestID)
+}
+
+// door is a question's first check: it refuses the question while the
+// server drains or when a rate limit of id is reached, and otherwise reads
+// and validates its body. It returns the body and the wait.
+func (s *Server) door(c echo.Context, id auth.Identity) (ChatRequest, time.Duration, error) {
+	if s.closing.Load() {
+		s.m.rejected.With("draining").Inc()
+		return ChatRequest{}, 0, unavailable("server is shutting down", 1)
+	}
+	lctx, lcancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)
+	err := s.limit.allow(lctx, id)
+	lcancel()
+	if err != nil {
+		return ChatRequest{}, 0, s.count(err)
+	}
+	return s.decodeChat(c)
+}
+
+// newRequest returns the request record of id's question body, created
+// now, with its reply coming to a partition this replica reads. It carries
+// the client's traceparent.
+func (s *Server) newRequest(c echo.Context, id auth.Identity, body ChatRequest) (envelope.Request, *kgo.Record, error) {
+	rid, err := uuid.NewV7()
+	if err != nil {
+		return envelope.Request{}, nil, fmt.Errorf("request id: %w", err)
+	}
+	now := s.now().UTC()
+	req := envelope.Request{
+		V: envelope.Version, RequestID: rid.String(), Tenant: id.Tenant, User: id.User,
+		DialogID: body.DialogID, Text: body.Text, CreatedAt: now, Deadline: now.Add(s.cfg.RequestTTL),
+		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: s.router.partition(), CallbackURL: body.CallbackURL},
+	}
+	value, err := json.Marshal(&req)
+	if err != nil {
+		return envelope.Request{}, nil, fmt.Errorf("encode request: %w", err)
+	}
+	rec := &kgo.Record{Key: []byte(req.Key()), Value: value}
+	if tp := c.Request().Header.Get(envelope.HeaderTraceparent); tp != "" {
+		rec.Headers = []kgo.RecordHeader{{Key: envelope.HeaderTraceparent, Value: []byte(tp)}}
+	}
+	return req, rec, nil
+}
+
+// awaitAnswer waits up to wait for the answer of the wait-mode request
+// requestID, created at created, and feeds how long it took to admission.
+// It reports false when the wait ran out.
+func (s *Server) awaitAnswer(ctx context.Context, wake <-chan *envelope.Reply, wait time.Duration, d store.Dialog, requestID string, created time.Time) (envelope.Reply, bool) {
+	// When the wait runs out, the marker goes on before the client learns
+	// the poll_url (a request answered within its wait is never polled, so
+	// the hot path saves a round trip), and the same script returns the
+	// result if it was stored meanwhile.
+	last := func() (envelope.Reply, bool) { return s.markQueued(ctx, d, requestID, created) }
+	res, ok := s.await(ctx, wake, wait, last)
+	if !ok {
 		s.m.answered.With("timed_out").Inc()
 		// How long it will take is unknown: count it as the longest a
 		// request may take, so that answers look slow for a while.
 		s.admit.observe(s.cfg.RequestTTL)
+		return envelope.Reply{}, false
 	}
-	return s.queued(c, req.DialogID, req.RequestID)
+	s.m.answered.With("answered").Inc()
+	s.admit.observe(s.now().Sub(created))
+	return res, true
 }
 
 // markQueued records the queued marker that lets any replica tell "queued"
