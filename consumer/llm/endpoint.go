@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/openai/openai-go/v3"
@@ -62,6 +63,38 @@ type endpoint struct {
 	client  *Client
 
 	quotaWarned rate.Sometimes // the quota-unavailable warning, at most every 10 s
+
+	failures    atomic.Int64            // failed calls since the last failure log line
+	failLogged  rate.Sometimes          // the failure log line, at most every failureLogEvery
+	lastFailure atomic.Pointer[failure] // the last failure the breaker counted
+}
+
+// failureLogEvery is the least time between two failure log lines of one
+// endpoint: a dead endpoint fails every call, and a line per call would
+// bury the log.
+const failureLogEvery = 10 * time.Second
+
+// failure is the cause of a failed call, as the log tells it.
+type failure struct {
+	outcome string // the metric label (classify)
+	err     error
+}
+
+// attrs returns the log attributes of f: its outcome and error, and the
+// code and type of an API error when it has them (such as
+// "model_not_found" or "insufficient_quota").
+func (f *failure) attrs() []any {
+	a := []any{"outcome", f.outcome, "err", f.err}
+	var apiErr *openai.Error
+	if errors.As(f.err, &apiErr) {
+		if apiErr.Code != "" {
+			a = append(a, "code", apiErr.Code)
+		}
+		if apiErr.Type != "" {
+			a = append(a, "type", apiErr.Type)
+		}
+	}
+	return a
 }
 
 // transport is Go's default transport (proxy from HTTPS_PROXY and NO_PROXY,
@@ -91,6 +124,7 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 		client: c,
 
 		quotaWarned: rate.Sometimes{Interval: 10 * time.Second},
+		failLogged:  rate.Sometimes{Interval: failureLogEvery},
 	}
 	e.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        ec.name,
@@ -111,11 +145,17 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 		},
 		IsExcluded: func(err error) bool { return errors.Is(err, errExcluded) },
 		OnStateChange: func(name string, from, to gobreaker.State) {
-			level := c.log.Info
-			if to == gobreaker.StateOpen {
-				level = c.log.Warn
+			args := []any{"endpoint", name, "from", from.String(), "to", to.String()}
+			if to != gobreaker.StateOpen {
+				c.log.Info("llm circuit breaker", args...)
+				return
 			}
-			level("llm circuit breaker", "endpoint", name, "from", from.String(), "to", to.String())
+			// Why it opened: the failure that tripped it (recorded before
+			// the breaker learns of it).
+			if f := e.lastFailure.Load(); f != nil {
+				args = append(args, f.attrs()...)
+			}
+			c.log.Warn("llm circuit breaker", args...)
 		},
 	})
 	return e
@@ -201,11 +241,33 @@ func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, to
 	o := classify(ctx, err, cut)
 	e.em.calls.With(o.outcome).Inc()
 	e.em.duration.With(o.outcome).Observe(time.Since(start).Seconds())
+	if err != nil {
+		e.failed(o, err)
+	}
 	done(o.breakerErr)
 	if err != nil {
 		return "", o.retryAfter, o.err
 	}
 	return content, 0, nil
+}
+
+// failed logs a failed call, at most one line every failureLogEvery with
+// the count of failures since the previous line, and keeps the cause of a
+// failure the breaker counts for the line of the breaker opening. A call
+// whose caller went away is no failure of the endpoint's.
+func (e *endpoint) failed(o outcome, err error) {
+	if o.outcome == "canceled" {
+		return
+	}
+	f := &failure{outcome: o.outcome, err: err}
+	if o.breakerErr != nil && !errors.Is(o.breakerErr, errExcluded) {
+		e.lastFailure.Store(f)
+	}
+	e.failures.Add(1)
+	e.failLogged.Do(func() {
+		args := append([]any{"endpoint", e.name}, f.attrs()...)
+		e.client.log.Warn("llm call failed", append(args, "failures", e.failures.Swap(0))...)
+	})
 }
 
 // message is one message of a chat completion request.

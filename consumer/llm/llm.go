@@ -30,6 +30,12 @@
 // nothing about the endpoint's health (400/413/422, a call cut short by the
 // request's own deadline, the caller going away) do not count.
 //
+// Failed calls are logged as warnings "llm call failed", at most one line
+// per endpoint every 10 s, with the failure's outcome (the metric label),
+// its error (and the API error's code and type) and the count of failures
+// since the previous line. The warning of a breaker opening names the
+// failure that opened it.
+//
 // Each endpoint allows at most MaxConcurrent calls at once in this process.
 // The primary endpoint can also have a requests-per-minute and a
 // tokens-per-minute limit (RPM, TPM) that all consumer processes share

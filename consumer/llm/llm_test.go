@@ -874,6 +874,10 @@ func TestCanceledContext(t *testing.T) {
 	if st := c.BreakerState("primary"); st != "closed" {
 		t.Errorf("breaker %s after the caller went away, want closed", st)
 	}
+	wantMetric(t, c, "sluice_llm_calls_total", callsOf("primary", "canceled", 1))
+	if lines := logLines(t, c, "llm call failed"); len(lines) != 0 {
+		t.Errorf("the caller going away was logged as the endpoint's failure: %v", lines)
+	}
 }
 
 func TestConfigValidate(t *testing.T) {
