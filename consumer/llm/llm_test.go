@@ -372,39 +372,33 @@ func TestFailureModes(t *testing.T) {
 }
 
 func TestRetryHonoursRetryAfter(t *testing.T) {
-	t.Run("RetryAfterMs", func(t *testing.T) {
-		s, url := serveScript(t, func(n int, w http.ResponseWriter, r *http.Request) {
-			if n == 1 {
-				status(429, "Retry-After-Ms", "300")(n, w, r)
-				return
+	for _, tt := range []struct {
+		name, header, value string
+		wait                time.Duration
+	}{
+		{"RetryAfterMs", "Retry-After-Ms", "300", 300 * time.Millisecond},
+		{"RetryAfterSeconds", "Retry-After", "1", time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, url := serveScript(t, func(n int, w http.ResponseWriter, r *http.Request) {
+				if n == 1 {
+					status(429, tt.header, tt.value)(n, w, r)
+					return
+				}
+				writeCompletion(w, "第二次成功")
+			})
+			c := mustNew(t, fastConfig(url))
+			a, took := answer(t, c, "hi", 5*time.Second)
+			if a.Source != envelope.SourceLLM || s.Calls() != 2 {
+				t.Fatalf("answer %+v after %d calls, want llm after 2", a, s.Calls())
 			}
-			writeCompletion(w, "第二次成功")
-		})
-		c := mustNew(t, fastConfig(url))
-		a, took := answer(t, c, "hi", 5*time.Second)
-		if a.Source != envelope.SourceLLM || s.Calls() != 2 {
-			t.Fatalf("answer %+v after %d calls, want llm after 2", a, s.Calls())
-		}
-		if took < 300*time.Millisecond {
-			t.Errorf("retried after %v, before the 300ms Retry-After", took)
-		}
-		wantMetric(t, c, "sluice_llm_retries_total", `sluice_llm_retries_total{endpoint="primary"} 1`+"\n")
-		wantMetric(t, c, "sluice_llm_calls_total", callsOf("primary", "rate_limited", 1)+callsOf("primary", "ok", 1))
-	})
-	t.Run("RetryAfterSeconds", func(t *testing.T) {
-		s, url := serveScript(t, func(n int, w http.ResponseWriter, r *http.Request) {
-			if n == 1 {
-				status(429, "Retry-After", "1")(n, w, r)
-				return
+			if took < tt.wait {
+				t.Errorf("retried after %v, before the %v the endpoint asked for", took, tt.wait)
 			}
-			writeCompletion(w, "ok")
+			wantMetric(t, c, "sluice_llm_retries_total", `sluice_llm_retries_total{endpoint="primary"} 1`+"\n")
+			wantMetric(t, c, "sluice_llm_calls_total", callsOf("primary", "rate_limited", 1)+callsOf("primary", "ok", 1))
 		})
-		c := mustNew(t, fastConfig(url))
-		a, took := answer(t, c, "hi", 5*time.Second)
-		if a.Source != envelope.SourceLLM || s.Calls() != 2 || took < time.Second {
-			t.Fatalf("answer %+v after %d calls and %v, want llm after 2 calls and 1s", a, s.Calls(), took)
-		}
-	})
+	}
 	t.Run("PastDeadlineNotRetried", func(t *testing.T) {
 		// A pause past the deadline: no retry, no pause either.
 		s, url := serveScript(t, status(429, "Retry-After", "60"))
