@@ -3,8 +3,6 @@ package loadgen
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +18,7 @@ import (
 
 	"sluice/shared/auth"
 	"sluice/shared/backoff"
+	"sluice/shared/envelope"
 )
 
 // outcome is how one request ended, for the user's next step.
@@ -112,7 +111,7 @@ func (r *httpRun) user(ctx context.Context, tok string) {
 	failures := 0 // consecutive
 	for n := 0; ctx.Err() == nil; n++ {
 		if n%r.c.Turns == 0 {
-			body, _ = json.Marshal(map[string]any{"text": r.c.Text, "dialog_id": randomID(), "mode": r.c.Mode, "wait_ms": r.c.WaitMS})
+			body, _ = json.Marshal(map[string]any{"text": r.c.Text, "dialog_id": envelope.NewDialogID(), "mode": r.c.Mode, "wait_ms": r.c.WaitMS})
 		}
 		if r.c.Count > 0 && r.begun.Add(1) > int64(r.c.Count) {
 			return
@@ -178,7 +177,7 @@ func (r *httpRun) ask(ctx context.Context, tok string, body []byte) (outcome, ti
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		r.refused.Add(1)
 		r.fail(kind, text)
-		return outRefused, retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		return outRefused, backoff.RetryAfter(resp.Header, time.Now())
 	}
 	r.failed.Add(1)
 	r.fail(kind, text)
@@ -228,25 +227,4 @@ func statusText(status int, body []byte) string {
 		s += ": " + p.Detail
 	}
 	return s
-}
-
-// retryAfter parses a Retry-After header, seconds or an HTTP date; 0 when
-// absent or malformed.
-func retryAfter(h string, now time.Time) time.Duration {
-	if h == "" {
-		return 0
-	}
-	if s, err := strconv.Atoi(h); err == nil {
-		return time.Duration(max(s, 0)) * time.Second
-	}
-	if t, err := http.ParseTime(h); err == nil {
-		return max(t.Sub(now), 0)
-	}
-	return 0
-}
-
-func randomID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }

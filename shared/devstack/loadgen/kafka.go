@@ -59,11 +59,11 @@ func runKafka(ctx context.Context, c Config, log *slog.Logger) (Result, error) {
 	}
 	defer rd.Close()
 
-	run := randomID()[:8]
+	run := envelope.NewDialogID()[:8] // 8 random hex characters tell this run's request ids apart
 	prefix := "lg-" + run + "-"
 	dialogs := make([]string, c.Dialogs)
 	for i := range dialogs {
-		dialogs[i] = randomID()
+		dialogs[i] = envelope.NewDialogID()
 	}
 	fails := newFailures()
 	var (
