@@ -28,8 +28,19 @@ import (
 // the request moves on to the next tier.
 const minCallTime = 50 * time.Millisecond
 
-// breakerWindow is how far back a closed breaker's failure ratio looks.
-const breakerWindow = 10 * time.Second
+// breakerWindow is how far back a closed breaker's failure ratio looks, at
+// the least: see window.
+var breakerWindow = 10 * time.Second // a variable so that tests can shorten it
+
+// window returns how far back a closed breaker with call timeout timeout
+// counts: breakerWindow, or longer than the longest call. The breaker
+// counts a result in the one-second bucket in which its call started, and
+// drops a result whose bucket has left the window; with a window no longer
+// than the timeout, no timed-out call was ever counted, and the breaker
+// never opened against an endpoint that hangs.
+func window(timeout time.Duration) time.Duration {
+	return max(breakerWindow, timeout+2*time.Second)
+}
 
 // breakerMinCalls is how many calls the window needs before its failure
 // ratio can open the breaker: fewer say too little about the endpoint.
@@ -131,7 +142,7 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 		MaxRequests: uint32(cfg.BreakerProbes),
 		Timeout:     cfg.BreakerOpen,
 		// Counts cover a rolling window in the closed state.
-		Interval:     breakerWindow,
+		Interval:     window(cfg.Timeout),
 		BucketPeriod: time.Second,
 		ReadyToTrip: func(n gobreaker.Counts) bool {
 			if n.ConsecutiveFailures < uint32(cfg.BreakerFailures) {

@@ -15,3 +15,10 @@ type quotaFunc func(ctx context.Context, tokens int) (time.Duration, string, err
 func (f quotaFunc) take(ctx context.Context, tokens int) (time.Duration, string, error) {
 	return f(ctx, tokens)
 }
+
+// SetBreakerWindow sets the shortest breaker window until the test ends.
+func SetBreakerWindow(t interface{ Cleanup(func()) }, d time.Duration) {
+	old := breakerWindow
+	breakerWindow = d
+	t.Cleanup(func() { breakerWindow = old })
+}

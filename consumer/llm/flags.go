@@ -17,7 +17,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RetryBackoff, "llm-retry-backoff", c.RetryBackoff, "pause before the first retry; the n-th is n times it plus jitter, or the endpoint's Retry-After when longer")
 	fs.DurationVar(&c.Reserve, "llm-reserve", c.Reserve, "time kept before a request's deadline for the fallbacks and the reply: model calls end that early")
 	fs.IntVar(&c.BreakerFailures, "llm-breaker-failures", c.BreakerFailures, "consecutive failed calls that open an endpoint's circuit breaker")
-	fs.Float64Var(&c.BreakerFailureRatio, "llm-breaker-failure-ratio", c.BreakerFailureRatio, "share of the last 10 s of calls (10 or more) that must have failed too for the breaker to open (0: consecutive failures alone)")
+	fs.Float64Var(&c.BreakerFailureRatio, "llm-breaker-failure-ratio", c.BreakerFailureRatio, "share of the calls (10 or more) of the last 10 s, or of the call timeout plus 2 s when longer, that must have failed too for the breaker to open (0: consecutive failures alone)")
 	fs.DurationVar(&c.BreakerOpen, "llm-breaker-open", c.BreakerOpen, "how long an open circuit breaker skips its endpoint before probing it")
 	fs.IntVar(&c.BreakerProbes, "llm-breaker-probes", c.BreakerProbes, "calls a half-open circuit breaker lets through; that many successes close it")
 	fs.IntVar(&c.MaxConcurrent, "llm-max-concurrent", c.MaxConcurrent, "calls under way to each LLM endpoint per process; more wait for a slot within their deadline, or fall back")
