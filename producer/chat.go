@@ -228,7 +228,16 @@ func (s *Server) postChat(c echo.Context) error {
 	if wake == nil || !s.router.owns(req.Reply.Partition) {
 		s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
 	}
-	if err := s.produce(ctx, rec); err != nil {
+	switch err := s.produce(ctx, rec, s.lateProduce(d, &req)); {
+	case errors.Is(err, errUnconfirmed):
+		// It may be on Kafka: a 503 would be a lie half the time. The
+		// client gets its poll_url; the poll answers the answer, or
+		// expired if Kafka refuses the record after all.
+		s.log.Warn("produce request unconfirmed, answering 202", "request_id", req.RequestID, "timeout", s.cfg.ProduceTimeout)
+		s.m.accepted.With("unconfirmed").Inc()
+		s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
+		return s.queued(c, req.DialogID, req.RequestID)
+	case err != nil:
 		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
 		s.m.rejected.With("kafka").Inc()
 		return unavailable("the request queue is unavailable, retry shortly", 1)
@@ -245,6 +254,25 @@ func (s *Server) postChat(c echo.Context) error {
 		}
 	}
 	return s.queued(c, req.DialogID, req.RequestID)
+}
+
+// lateProduce returns what to do with the final outcome of req's record
+// when produce answered errUnconfirmed: on failure, the request is stored
+// as expired, so that its poll ends instead of answering 202 until the
+// result store forgets it.
+func (s *Server) lateProduce(d store.Dialog, req *envelope.Request) func(error) {
+	return func(err error) {
+		if err == nil {
+			return
+		}
+		s.log.Warn("unconfirmed request refused by Kafka after all; stored as expired", "request_id", req.RequestID, "err", err)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*s.cfg.StoreTimeout)
+		defer cancel()
+		reply := envelope.NewReply(req, envelope.StatusExpired, s.now().UTC())
+		if _, _, err := s.store.Complete(ctx, d, reply, req.CreatedAt); err != nil {
+			s.log.Error("store the expiry of an unconfirmed request", "request_id", req.RequestID, "err", err)
+		}
+	}
 }
 
 // door is a question's first check: it refuses the question while the
@@ -395,28 +423,46 @@ func (s *Server) count(err error) error {
 	return err
 }
 
+// errUnconfirmed reports that Kafka neither acknowledged nor refused a
+// request within the produce timeout: it may still arrive.
+var errUnconfirmed = errors.New("not acknowledged within the produce timeout")
+
 // produce puts rec on Kafka and waits for the acknowledgement, at most the
 // produce timeout. The record is produced on a context of its own, so a
-// client that hangs up does not cancel it half-sent; and the wait is bounded
-// here, because the idempotent producer keeps retrying a batch it may
-// already have written (it cannot fail it without risking a duplicate)
-// whatever the context says. Past the timeout the client hears 503: the
-// record may still arrive later, and is then answered on the reply topic
-// and in the result store.
-func (s *Server) produce(ctx context.Context, rec *kgo.Record) error {
+// client that hangs up does not cancel it half-sent. When the timeout
+// passes, that context is cancelled: a record still buffered fails at once
+// and is known not to be on Kafka (its error is returned); one already sent
+// cannot be failed without risking a duplicate (the idempotent producer
+// keeps retrying it) and may still arrive, so produce returns
+// errUnconfirmed and calls late with its final outcome when there is one.
+func (s *Server) produce(ctx context.Context, rec *kgo.Record, late func(error)) error {
 	done := make(chan error, 1)
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
-	defer cancel()
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cl.Produce(pctx, rec, func(_ *kgo.Record, err error) { done <- err })
 	t := time.NewTimer(s.cfg.ProduceTimeout)
 	defer t.Stop()
 	select {
 	case err := <-done:
+		cancel()
 		return err
 	case <-t.C:
-		return fmt.Errorf("no acknowledgement within %v", s.cfg.ProduceTimeout)
 	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			return nil
+		}
+		return fmt.Errorf("no acknowledgement within %v: %w", s.cfg.ProduceTimeout, err)
+	case <-time.After(unconfirmedGrace):
+	}
+	go func() { late(<-done) }()
+	return errUnconfirmed
 }
+
+// unconfirmedGrace is how long produce waits, after cancelling a record it
+// waited the produce timeout for, to learn whether it was still buffered.
+const unconfirmedGrace = 50 * time.Millisecond
 
 // admissionHeadroom is the share of its wait, in percent, that a wait-mode
 // request's estimated queue wait may take. The estimate is an average:

@@ -222,8 +222,8 @@ func newMetrics(f promauto.Factory, waiters func() float64) metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"route", "method"}),
 		accepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback (put on Kafka) or cache (answered from the hot-answer cache).",
-		}, []string{"mode"}), ModeWait, ModeAsync, ModeCallback, "cache"),
+			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback (put on Kafka), cache (answered from the hot-answer cache) or unconfirmed (answered 202 when Kafka had not acknowledged within the produce timeout).",
+		}, []string{"mode"}), ModeWait, ModeAsync, ModeCallback, "cache", "unconfirmed"),
 		answered: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_answered_total", Help: "Wait-mode outcomes: answered within the wait, or timed out to 202.",
 		}, []string{"how"}), "answered", "timed_out"),

@@ -76,6 +76,10 @@ func StartBroker(cfg BrokerConfig, log *slog.Logger) (*Broker, error) {
 // Addr returns the broker's host:port.
 func (b *Broker) Addr() string { return b.addr }
 
+// Cluster returns the kfake cluster, for tests that inject faults with its
+// control functions.
+func (b *Broker) Cluster() *kfake.Cluster { return b.c }
+
 // Close stops the broker.
 func (b *Broker) Close() { b.c.Close() }
 
