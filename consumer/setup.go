@@ -61,21 +61,18 @@ func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Regi
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	rdb, err := store.NewClient(s.Redis)
+	st, err := store.Dial(s.Redis, s.Store)
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (*Consumer, error) { _ = rdb.Close(); return nil, err }
+	rdb := st.Client()
+	fail := func(err error) (*Consumer, error) { _ = st.Close(); return nil, err }
 	model, err := llm.New(s.LLM, log, reg, llm.WithRedis(rdb, s.Store.Prefix+":"))
 	if err != nil {
 		return fail(err)
 	}
 	if own, def := model.FAQs(); own > 0 || def {
 		log.Info("FAQ fallback ready", "tenant_files", own, "default", def)
-	}
-	st, err := store.New(rdb, s.Store)
-	if err != nil {
-		return fail(err)
 	}
 	if s.CreateTopics {
 		if err := bus.CreateTopics(ctx, s.Bus, log); err != nil {
@@ -86,7 +83,7 @@ func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Regi
 	if err != nil {
 		return fail(err)
 	}
-	c.release = rdb.Close
+	c.release = st.Close
 	if s.Callbacks.Policy.Enabled() {
 		d, err := callback.NewDeliverer(s.Callbacks, reg)
 		if err == nil {

@@ -59,27 +59,22 @@ func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Regi
 	if err != nil {
 		return nil, settings.Errorf("jwt-public-keys", "%v", err)
 	}
-	rdb, err := store.NewClient(s.Redis)
+	st, err := store.Dial(s.Redis, s.Store)
 	if err != nil {
-		return nil, err
-	}
-	st, err := store.New(rdb, s.Store)
-	if err != nil {
-		_ = rdb.Close()
 		return nil, err
 	}
 	if s.CreateTopics {
 		if err := bus.CreateTopics(ctx, s.Bus, log); err != nil {
-			_ = rdb.Close()
+			_ = st.Close()
 			return nil, err
 		}
 	}
 	srv, err := New(s.Producer, s.Bus, v, st, log, reg)
 	if err != nil {
-		_ = rdb.Close()
+		_ = st.Close()
 		return nil, err
 	}
-	srv.release = rdb.Close
+	srv.release = st.Close
 	checks.AddCheck("producer", admin.Flag(srv.Ready, "not serving (starting or draining)"))
 	checks.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return srv.Client().Ping(ctx) }))
 	return srv, nil

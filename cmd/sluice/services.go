@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -78,10 +79,20 @@ func listenAdmin(addr string, adm *admin.Server, sv *services) (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
+// service is what runService needs of a producer or a consumer.
+type service interface {
+	Run(ctx context.Context) error
+	Close()
+}
+
+// runService configures a service command from args, builds the service
+// with open and runs it with its admin listener until ctx ends.
+func runService(ctx context.Context, name string, args []string, stderr io.Writer,
+	flags func(*config, io.Writer) *flag.FlagSet, validate func(*config) error,
+	open func(context.Context, *config, *slog.Logger, *prometheus.Registry, *admin.Server) (service, error)) error {
 	st := defaultSettings()
-	fs := producerFlags(st, stderr)
-	if err := configure(fs, args, func() error { return errors.Join(st.log.validate(), st.producerSettings().Validate()) }); err != nil {
+	fs := flags(st, stderr)
+	if err := configure(fs, args, func() error { return errors.Join(st.log.validate(), validate(st)) }); err != nil {
 		return err
 	}
 	log := newLogger(st.log, stderr)
@@ -89,41 +100,42 @@ func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := newRegistry()
 	adm := admin.New(reg, log)
 	sv, ctx := newServices(ctx, log)
-	p, err := producer.Open(ctx, st.producerSettings(), log, reg, adm)
+	svc, err := open(ctx, st, log, reg, adm)
 	if err != nil {
 		return err
 	}
-	defer p.Close()
+	defer svc.Close()
 	if _, err := listenAdmin(st.adminAddr, adm, sv); err != nil {
 		return err
 	}
 	defer shutdownAdmin(adm)
-	sv.start("producer", func() error { return p.Run(ctx, nil) })
+	sv.start(name, func() error { return svc.Run(ctx) })
 	return sv.wait()
 }
 
+func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
+	return runService(ctx, "producer", args, stderr, producerFlags,
+		func(st *config) error { return st.producerSettings().Validate() },
+		func(ctx context.Context, st *config, log *slog.Logger, reg *prometheus.Registry, adm *admin.Server) (service, error) {
+			p, err := producer.Open(ctx, st.producerSettings(), log, reg, adm)
+			if err != nil {
+				return nil, err
+			}
+			return producerService{p}, nil
+		})
+}
+
+// producerService runs a producer on the listener of its settings.
+type producerService struct{ *producer.Server }
+
+func (p producerService) Run(ctx context.Context) error { return p.Server.Run(ctx, nil) }
+
 func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
-	st := defaultSettings()
-	fs := consumerFlags(st, stderr)
-	if err := configure(fs, args, func() error { return errors.Join(st.log.validate(), st.consumerSettings().Validate()) }); err != nil {
-		return err
-	}
-	log := newLogger(st.log, stderr)
-	warnIgnoredEnv(log, fs)
-	reg := newRegistry()
-	adm := admin.New(reg, log)
-	sv, ctx := newServices(ctx, log)
-	c, err := consumer.Open(ctx, st.consumerSettings(), log, reg, adm)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if _, err := listenAdmin(st.adminAddr, adm, sv); err != nil {
-		return err
-	}
-	defer shutdownAdmin(adm)
-	sv.start("consumer", func() error { return c.Run(ctx) })
-	return sv.wait()
+	return runService(ctx, "consumer", args, stderr, consumerFlags,
+		func(st *config) error { return st.consumerSettings().Validate() },
+		func(ctx context.Context, st *config, log *slog.Logger, reg *prometheus.Registry, adm *admin.Server) (service, error) {
+			return consumer.Open(ctx, st.consumerSettings(), log, reg, adm)
+		})
 }
 
 func runMock(ctx context.Context, args []string, stdout, stderr io.Writer) error {

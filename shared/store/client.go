@@ -69,3 +69,28 @@ func NewClient(c ClientConfig) (redis.UniversalClient, error) {
 		AutoPipelineOptions:   ap,
 	}), nil
 }
+
+// Dial returns a store on a new client of the deployment c names; closing
+// the store closes the client. It returns an error when c or cfg is
+// invalid; it does not contact Redis.
+func Dial(c ClientConfig, cfg Config) (*Redis, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	rdb, err := NewClient(c)
+	if err != nil {
+		return nil, err
+	}
+	s, _ := New(rdb, cfg)
+	s.owned = true
+	return s, nil
+}
+
+// Close closes the client when the store made it (Dial); a store on a
+// client of the caller's (New) leaves it open.
+func (s *Redis) Close() error {
+	if !s.owned {
+		return nil
+	}
+	return s.rdb.Close()
+}

@@ -105,6 +105,8 @@ type Redis struct {
 	rdb  redis.UniversalClient
 	pipe *Pipe // the per-request commands: load, complete, mark queued, result
 	cfg  Config
+	// owned: Close closes rdb (Dial made it).
+	owned bool
 }
 
 // New returns a store on rdb. It returns an error when cfg is invalid.
