@@ -364,7 +364,7 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func newDialog() string { return randomHex(16) }
+func newDialog() string { return envelope.NewDialogID() }
 
 // replyCounts reads the replies topic from the start until every wanted
 // request id was seen at least once and a further poll brings nothing new,

@@ -125,6 +125,14 @@ func configure(fs *flag.FlagSet, args []string, validate func() error) error {
 	if err == nil && validate != nil {
 		err = validate()
 	}
+	return configError(fs, err)
+}
+
+// configError returns err, a problem with the settings of fs's command, as
+// a configuration error (exit code 2) that also names the SLUICE_*
+// variables of the environment the command does not know, with the setting
+// each most likely means. It returns nil for nil.
+func configError(fs *flag.FlagSet, err error) error {
 	if err == nil {
 		return nil
 	}

@@ -86,24 +86,29 @@ type service interface {
 }
 
 // runService configures a service command from args, builds the service
-// with open and runs it with its admin listener until ctx ends.
+// with open, which validates its settings, and runs it with its admin
+// listener until ctx ends.
 func runService(ctx context.Context, name string, args []string, stderr io.Writer,
-	flags func(*config, io.Writer) *flag.FlagSet, validate func(*config) error,
+	flags func(*config, io.Writer) *flag.FlagSet,
 	open func(context.Context, *config, *slog.Logger, *prometheus.Registry, *admin.Server) (service, error)) error {
 	st := defaultSettings()
 	fs := flags(st, stderr)
-	if err := configure(fs, args, func() error { return errors.Join(st.log.validate(), validate(st)) }); err != nil {
+	if err := configure(fs, args, st.log.validate); err != nil {
 		return err
 	}
 	log := newLogger(st.log, stderr)
-	warnIgnoredEnv(log, fs)
 	reg := newRegistry()
 	adm := admin.New(reg, log)
 	sv, ctx := newServices(ctx, log)
 	svc, err := open(ctx, st, log, reg, adm)
+	var se *settings.Error
+	if errors.As(err, &se) {
+		return configError(fs, err)
+	}
 	if err != nil {
 		return err
 	}
+	warnIgnoredEnv(log, fs)
 	defer svc.Close()
 	if _, err := listenAdmin(st.adminAddr, adm, sv); err != nil {
 		return err
@@ -115,7 +120,6 @@ func runService(ctx context.Context, name string, args []string, stderr io.Write
 
 func runProducer(ctx context.Context, args []string, stderr io.Writer) error {
 	return runService(ctx, "producer", args, stderr, producerFlags,
-		func(st *config) error { return st.producerSettings().Validate() },
 		func(ctx context.Context, st *config, log *slog.Logger, reg *prometheus.Registry, adm *admin.Server) (service, error) {
 			p, err := producer.Open(ctx, st.producerSettings(), log, reg, adm)
 			if err != nil {
@@ -132,7 +136,6 @@ func (p producerService) Run(ctx context.Context) error { return p.Server.Run(ct
 
 func runConsumer(ctx context.Context, args []string, stderr io.Writer) error {
 	return runService(ctx, "consumer", args, stderr, consumerFlags,
-		func(st *config) error { return st.consumerSettings().Validate() },
 		func(ctx context.Context, st *config, log *slog.Logger, reg *prometheus.Registry, adm *admin.Server) (service, error) {
 			return consumer.Open(ctx, st.consumerSettings(), log, reg, adm)
 		})
