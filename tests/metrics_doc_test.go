@@ -561,6 +561,9 @@ writes and reads; error and disconnect counters once such an event occurs.
 		for _, m := range metrics {
 			row := kafka[m]
 			f := row.metricFamily
+			// Whether a client has connected yet when the registry is
+			// gathered is a race: the Kafka tables never say "from start".
+			f.zeroed = false
 			fmt.Fprintf(&b, "| `sluice_kafka_<role>_%s` | %s | %s | %s |", m, f.typ, labelCell(f), mdCell(f.help))
 			if !uniform {
 				sort.Strings(row.roles)
