@@ -32,6 +32,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -60,14 +61,25 @@ type Policy struct {
 	AllowPrivate bool
 	// AllowHTTP permits plain http URLs; otherwise only https.
 	AllowHTTP bool
+	// Resolver looks up the addresses of a URL's host name; nil means
+	// net.DefaultResolver. Tests set it to check the policy without DNS.
+	Resolver Resolver
 }
+
+// Resolver resolves host names; *net.Resolver is one.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+var _ Resolver = (*net.Resolver)(nil)
 
 // Enabled reports whether any callback can be allowed.
 func (p Policy) Enabled() bool { return len(p.AllowedHosts) > 0 }
 
 // Check parses raw and refuses it unless its scheme and host are allowed and
-// every address the host resolves to is public (or AllowPrivate). Errors
-// wrap ErrNotAllowed, except resolution failures.
+// the host is an address, or a name that resolves (through Resolver) to at
+// least one, every one public (or AllowPrivate). Errors wrap ErrNotAllowed,
+// except resolution failures.
 func (p Policy) Check(ctx context.Context, raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || u.User != nil || u.Fragment != "" {
@@ -81,13 +93,27 @@ func (p Policy) Check(ctx context.Context, raw string) (*url.URL, error) {
 	default:
 		return nil, fmt.Errorf("%w: scheme %q (https required)", ErrNotAllowed, u.Scheme)
 	}
-	host := strings.ToLower(u.Hostname())
+	host := u.Hostname()
+	for i := range len(host) {
+		if host[i] >= utf8.RuneSelf {
+			// A host name on the wire is ASCII (an IDN in its xn-- form).
+			// Unicode case mapping would match names DNS tells apart:
+			// "K" (the Kelvin sign) lowers to "k".
+			return nil, fmt.Errorf("%w: host %q is not ASCII", ErrNotAllowed, host)
+		}
+	}
+	host = strings.ToLower(host)
 	if !p.hostAllowed(host) {
 		return nil, fmt.Errorf("%w: host %q is not in the allowlist", ErrNotAllowed, host)
 	}
-	addrs, err := resolve(ctx, host)
+	addrs, err := p.resolve(ctx, host)
 	if err != nil {
 		return nil, fmt.Errorf("resolve callback host %q: %w", host, err)
+	}
+	if len(addrs) == 0 {
+		// A resolver that finds nothing without an error leaves nothing
+		// checked: refuse rather than let the dial resolve on its own.
+		return nil, fmt.Errorf("resolve callback host %q: no address", host)
 	}
 	for _, a := range addrs {
 		if !p.AllowPrivate && !Public(a) {
@@ -101,7 +127,8 @@ func (p Policy) hostAllowed(host string) bool {
 	for _, h := range p.AllowedHosts {
 		h = strings.ToLower(strings.TrimSpace(h))
 		if suffix, ok := strings.CutPrefix(h, "*."); ok {
-			if strings.HasSuffix(host, "."+suffix) {
+			// At least one label in front: ".shop.example" is no subdomain.
+			if label, ok := strings.CutSuffix(host, "."+suffix); ok && label != "" {
 				return true
 			}
 		} else if host == h {
@@ -111,11 +138,15 @@ func (p Policy) hostAllowed(host string) bool {
 	return false
 }
 
-func resolve(ctx context.Context, host string) ([]netip.Addr, error) {
+func (p Policy) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a.Unmap()}, nil
 	}
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	var r Resolver = net.DefaultResolver
+	if p.Resolver != nil {
+		r = p.Resolver
+	}
+	addrs, err := r.LookupNetIP(ctx, "ip", host)
 	if err != nil {
 		return nil, err
 	}

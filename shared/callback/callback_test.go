@@ -24,6 +24,8 @@ func TestPolicyCheck(t *testing.T) {
 		"http://hooks.shop.example/cb":       "scheme",
 		"https://evil.example/cb":            "allowlist",
 		"https://partner.example.evil.io/cb": "allowlist",
+		"https://.partner.example/cb":        "allowlist",
+		"https://hoo\u212As.shop.example/cb": "not ASCII",
 		"https://127.0.0.1/cb":               "non-public",
 		"https://10.1.2.3/cb":                "non-public",
 		"https://169.254.169.254/latest":     "non-public",
