@@ -641,21 +641,10 @@ func TestExpired(t *testing.T) {
 }
 
 // FuzzDecodeRequest checks that DecodeRequest never panics, that its errors
-// are the documented kinds, and that whatever it accepts is valid and
-// survives a re-encode unchanged.
+// are the documented kinds and come with no value, and that whatever it
+// accepts is valid and survives a re-encode unchanged.
 func FuzzDecodeRequest(f *testing.F) {
-	for _, name := range []string{"request.golden.json"} {
-		if b, err := os.ReadFile(filepath.Join("testdata", name)); err == nil {
-			f.Add(b)
-		}
-	}
-	if files, err := filepath.Glob(filepath.Join("testdata", "invalid", "*.json")); err == nil {
-		for _, p := range files {
-			if b, err := os.ReadFile(p); err == nil {
-				f.Add(b)
-			}
-		}
-	}
+	addFiles(f, "request.golden.json", filepath.Join("invalid", "*.json"))
 	b, _ := json.Marshal(validRequest())
 	f.Add(b)
 	f.Add([]byte(`{"v":1,"request_id":"r","tenant":"t","user":"u","dialog_id":"` + dialogID + `","text":"\ud800x","created_at":"0001-01-01T00:00:00.000000001Z","deadline":"9999-12-31T23:59:59+23:59","reply":{"topic":"x"}}`))
@@ -668,6 +657,9 @@ func FuzzDecodeRequest(f *testing.F) {
 			if !errors.Is(err, envelope.ErrMissingField) && !errors.Is(err, envelope.ErrVersion) &&
 				!errors.Is(err, envelope.ErrInvalidField) && !strings.HasPrefix(err.Error(), "decode request: ") {
 				t.Fatalf("undocumented error kind: %v", err)
+			}
+			if r != (envelope.Request{}) {
+				t.Fatalf("error %v with a non-zero request %+v", err, r)
 			}
 			return
 		}
@@ -694,6 +686,81 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 		if r2.Key() != r.Key() {
 			t.Fatalf("key changed: %q -> %q", r.Key(), r2.Key())
+		}
+	})
+}
+
+// addFiles seeds f with the testdata files matching each pattern; a pattern
+// matching nothing fails, so that a renamed file cannot thin the seeds.
+func addFiles(f *testing.F, patterns ...string) {
+	f.Helper()
+	for _, pat := range patterns {
+		files, err := filepath.Glob(filepath.Join("testdata", pat))
+		if err != nil || len(files) == 0 {
+			f.Fatalf("no seed file matches testdata/%s (%v)", pat, err)
+		}
+		for _, p := range files {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(b)
+		}
+	}
+}
+
+// FuzzDecodeReply checks that DecodeReply never panics, that its errors are
+// the documented kinds, that whatever it accepts is a v1 final reply with a
+// request id, and that it survives a re-encode unchanged.
+func FuzzDecodeReply(f *testing.F) {
+	addFiles(f, "reply.golden.json", "request.golden.json")
+	for _, s := range []string{
+		`{"v":1,"request_id":"r","status":"expired"}`,
+		`{"v":1,"request_id":"r","status":"queued"}`,
+		`{"v":1,"request_id":"","status":"done"}`,
+		`{"v":1.5,"request_id":"r","status":"done"}`,
+		`{"V":1,"REQUEST_ID":"r","Status":"done","finished_at":"9999-12-31T23:59:59-23:59","llm_ms":-1}`,
+		`{"v":1,"request_id":"\ud800","status":"done","answer":"\u0000\xff","finished_at":null}`,
+		"{\"v\":1,\"request_id\":\"r\",\"status\":\"done\",\"answer\":\"\xff\"}",
+		`{"v":1,"request_id":"r","status":"done"}{}`,
+		`null`,
+		`[]`,
+	} {
+		f.Add([]byte(s))
+	}
+
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := envelope.DecodeReply(b)
+		if err != nil {
+			if !errors.Is(err, envelope.ErrMissingField) && !errors.Is(err, envelope.ErrVersion) &&
+				!errors.Is(err, envelope.ErrInvalidField) && !strings.HasPrefix(err.Error(), "decode reply: ") {
+				t.Fatalf("undocumented error kind: %v", err)
+			}
+			if r != (envelope.Reply{}) {
+				t.Fatalf("error %v with a non-zero reply %+v", err, r)
+			}
+			return
+		}
+		if r.V != envelope.Version || r.RequestID == "" || (r.Status != envelope.StatusDone && r.Status != envelope.StatusExpired) {
+			t.Fatalf("accepted reply is not a v1 final reply: %+v\ninput: %q", r, b)
+		}
+		if d := envelope.DoneOf(r, r.FinishedAt.Add(-time.Second)); d.CostMS < 0 || d.RequestID != r.RequestID || d.Status != r.Status {
+			t.Fatalf("DoneOf(%+v) = %+v", r, d)
+		}
+		again, err := json.Marshal(r)
+		if err != nil {
+			t.Fatalf("accepted reply does not re-encode: %v\ninput: %q", err, b)
+		}
+		r2, err := envelope.DecodeReply(again)
+		if err != nil {
+			t.Fatalf("re-encoded reply refused: %v\ninput: %q\nre-encoded: %s", err, b, again)
+		}
+		if !r2.FinishedAt.Equal(r.FinishedAt) {
+			t.Fatalf("finished_at changed on re-encode: %v -> %v", r.FinishedAt, r2.FinishedAt)
+		}
+		r2.FinishedAt = r.FinishedAt
+		if r2 != r {
+			t.Fatalf("re-encode changed the reply:\n%+v\n%+v", r, r2)
 		}
 	})
 }
