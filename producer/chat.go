@@ -117,7 +117,9 @@ func (s *Server) decodeChat(c echo.Context) (ChatRequest, time.Duration, error) 
 	if err := dec.Decode(&req); err != nil {
 		return req, 0, badRequest(jsonProblem(err))
 	}
-	if dec.More() {
+	// Only white space may follow. (dec.More would let a stray "}" or "]"
+	// through: it reports the end of an enclosing object or array.)
+	if _, err := dec.Token(); err != io.EOF {
 		return req, 0, badRequest("body must hold exactly one JSON object")
 	}
 	n := utf8.RuneCountInString(req.Text)
@@ -160,8 +162,10 @@ func (s *Server) waitParam(ms *int64) (time.Duration, error) {
 	if *ms < 0 {
 		return 0, badRequest("wait_ms must not be negative")
 	}
-	if w := time.Duration(*ms) * time.Millisecond; w <= s.cfg.WaitMax {
-		return w, nil
+	// Compared in milliseconds: a huge wait_ms would overflow a Duration
+	// into a negative or small wait that passes.
+	if *ms <= s.cfg.WaitMax.Milliseconds() {
+		return time.Duration(*ms) * time.Millisecond, nil
 	}
 	return 0, badRequest(fmt.Sprintf("wait_ms must be at most %d", s.cfg.WaitMax.Milliseconds()))
 }
@@ -171,6 +175,8 @@ func jsonProblem(err error) string {
 	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
 	switch {
+	case errors.As(err, &te) && te.Field == "":
+		return "body must be a JSON object"
 	case errors.As(err, &te):
 		return fmt.Sprintf("field %s must be %s", te.Field, te.Type.String())
 	case errors.As(err, &se):

@@ -26,6 +26,7 @@ import (
 const secret = "producer-test-secret-0123456789"
 
 type harness struct {
+	srv    *producer.Server
 	redis  *miniredis.Miniredis
 	url    string
 	broker *devstack.Broker
@@ -79,7 +80,7 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 		case <-time.After(5 * time.Millisecond): // readiness has no event to await
 		}
 	}
-	return &harness{redis: m, url: "http://" + ln.Addr().String(), broker: b, bus: cfg, store: st}
+	return &harness{srv: p, redis: m, url: "http://" + ln.Addr().String(), broker: b, bus: cfg, store: st}
 }
 
 func token(tb testing.TB, tenant, user string) string {
@@ -141,9 +142,12 @@ func TestErrorsAreProblems(t *testing.T) {
 		{"WrongKey", "POST", "/v1/chat", "Bearer " + wrongKey, "application/json", `{"text":"hi"}`, 401, "signature"},
 		{"Garbage", "POST", "/v1/chat", "Bearer abc.def.ghi", "application/json", `{"text":"hi"}`, 401, "invalid token"},
 		{"BadJSON", "POST", "/v1/chat", bearer, "application/json", `{"text":`, 400, "malformed JSON"},
-		{"NotObject", "POST", "/v1/chat", bearer, "application/json", `[1]`, 400, "must be"},
+		{"NotObject", "POST", "/v1/chat", bearer, "application/json", `[1]`, 400, "body must be a JSON object"},
 		{"Empty", "POST", "/v1/chat", bearer, "application/json", ``, 400, "JSON object"},
 		{"TwoObjects", "POST", "/v1/chat", bearer, "application/json", `{"text":"a"}{"text":"b"}`, 400, "exactly one"},
+		{"TrailingBrace", "POST", "/v1/chat", bearer, "application/json", `{"text":"a"}}`, 400, "exactly one"},
+		{"TrailingBracket", "POST", "/v1/chat", bearer, "application/json", `{"text":"a"} ]`, 400, "exactly one"},
+		{"TrailingSpace", "POST", "/v1/chat", bearer, "application/json", "{\"text\":\"a\",\"wait_ms\":-1} \r\n\t", 400, "wait_ms must not be negative"},
 		{"WrongType", "POST", "/v1/chat", bearer, "application/json", `{"text":5}`, 400, "field text must be string"},
 		{"UnknownField", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","txet":"b"}`, 400, "unknown field"},
 		{"EmptyText", "POST", "/v1/chat", bearer, "application/json", `{"text":"  "}`, 400, "text must not be empty"},
@@ -154,6 +158,9 @@ func TestErrorsAreProblems(t *testing.T) {
 		{"BadMode", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","mode":"later"}`, 400, "mode must be"},
 		{"NegativeWait", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","wait_ms":-1}`, 400, "wait_ms must not be negative"},
 		{"HugeWait", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","wait_ms":999999999}`, 400, "wait_ms must be at most"},
+		// Times a million, these overflow a Duration to a negative value.
+		{"OverflowWait", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","wait_ms":9223372036855}`, 400, "wait_ms must be at most"},
+		{"OverflowWaitAsync", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","mode":"async","wait_ms":18446744073709}`, 400, "wait_ms must be at most"},
 		{"CallbackURLWithoutMode", "POST", "/v1/chat", bearer, "application/json", `{"text":"a","callback_url":"https://x.example/cb"}`, 400, "callback_url"},
 		{"TooLarge", "POST", "/v1/chat", bearer, "application/json", `{"text":"` + strings.Repeat("a", 2000) + `"}`, 413, ""},
 		{"UnknownRoute", "GET", "/v1/nope", bearer, "", "", 404, ""},
@@ -161,6 +168,7 @@ func TestErrorsAreProblems(t *testing.T) {
 		{"PollUnknown", "GET", "/v1/chat/" + dlg + "/01890000-0000-7000-8000-000000000000", bearer, "", "", 404, "no such request"},
 		{"PollBadID", "GET", "/v1/chat/xyz/abc", bearer, "", "", 404, "no such request"},
 		{"PollBadWait", "GET", "/v1/chat/" + dlg + "/r1?wait_ms=soon", bearer, "", "", 400, "wait_ms"},
+		{"PollOverflowWait", "GET", "/v1/chat/" + dlg + "/r1?wait_ms=18446744073709", bearer, "", "", 400, "wait_ms must be at most"},
 		{"HistoryBadID", "GET", "/v1/dialogs/not-hex", bearer, "", "", 400, "dialog_id"},
 		{"DeleteBadID", "DELETE", "/v1/dialogs/not-hex", bearer, "", "", 400, "dialog_id"},
 	}
