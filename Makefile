@@ -5,10 +5,16 @@ BIN       := bin/sluice
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 TESTFLAGS ?= -race -count=1 -timeout 15m
+# Fuzz targets, as package:Name (Go fuzzes one target per run), and how
+# long `make test` fuzzes each.
+FUZZ_TARGETS := ./shared/envelope:FuzzDecodeRequest ./shared/envelope:FuzzDecodeReply \
+	./shared/callback:FuzzPolicyCheck ./producer:FuzzPostChat \
+	./shared/pii:FuzzMask ./consumer/llm/faq:FuzzBest
+FUZZTIME ?= 3s
 # Flags of `make loadgen`, e.g. LOADGEN_ARGS='--users 200 --duration 20s --mode async'.
 LOADGEN_ARGS ?= --users 50 --duration 10s
 
-.PHONY: all build run test test-short vet fmt bench loadgen clean
+.PHONY: all build run test test-short fuzz-short vet fmt bench loadgen clean
 
 all: build
 
@@ -18,9 +24,18 @@ build: ## build bin/sluice
 run: build ## sluice dev: embedded Kafka, Redis and mock LLM, producer and consumer
 	./$(BIN) dev
 
-test: ## every test, race detector on
+test: ## every test, race detector on, then each fuzz target briefly
 	$(GO) vet ./...
 	$(GO) test $(TESTFLAGS) ./...
+	@$(MAKE) --no-print-directory fuzz-short
+
+# A failing input is written to the package's testdata/fuzz/<Name>/: commit
+# it with the fix, and it is a regression test of every `go test` after.
+fuzz-short: ## each fuzz target for FUZZTIME (make fuzz-short FUZZTIME=1m)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
+	done
 
 test-short: ## the fast tests only
 	$(GO) test -race -short ./...
