@@ -189,10 +189,6 @@ func jsonProblem(err error) string {
 	return "malformed JSON: " + err.Error()
 }
 
-func pollURL(dialogID, requestID string) string {
-	return "/v1/chat/" + dialogID + "/" + requestID
-}
-
 // postChat accepts a question: it is on Kafka before the client hears 200 or 202.
 func (s *Server) postChat(c echo.Context) error {
 	id := identity(c)
@@ -540,18 +536,26 @@ func (s *Server) finalResult(ctx context.Context, d store.Dialog, requestID stri
 }
 
 func (s *Server) queued(c echo.Context, dialogID, requestID string) error {
-	u := pollURL(dialogID, requestID)
+	u := s.poll.url(identity(c), dialogID, requestID)
 	c.Response().Header().Set(echo.HeaderLocation, u)
 	return c.JSON(http.StatusAccepted, QueuedBody{RequestID: requestID, DialogID: dialogID, Status: envelope.StatusQueued, PollURL: u})
 }
 
 func doneBody(r envelope.Reply, created time.Time) DoneBody { return envelope.DoneOf(r, created) }
 
+// mayBeUnderWay reports whether a request accepted with id requestID may
+// still be answered: its deadline (with a minute for clocks) has not passed.
+func (s *Server) mayBeUnderWay(requestID string) bool {
+	created, ok := createdAt(requestID)
+	return ok && s.now().Before(created.Add(s.cfg.RequestTTL+time.Minute))
+}
+
 // pollChat answers GET {poll_url}?wait_ms=N: 200 when final, 202 when still
 // queued at the end of the wait, 404 when unknown or not the caller's.
 func (s *Server) pollChat(c echo.Context) error {
 	id := identity(c)
-	dialogID, requestID := c.Param("dialog_id"), c.Param("request_id")
+	dialogID := c.Param("dialog_id")
+	requestID, accepted := s.poll.split(id, dialogID, c.Param("request_id"))
 	if !envelope.ValidDialogID(dialogID) || !envelope.ValidID(requestID) {
 		return notFound("no such request")
 	}
@@ -575,6 +579,10 @@ func (s *Server) pollChat(c echo.Context) error {
 	res, err := s.store.Result(sctx, d, requestID)
 	cancel()
 	switch {
+	case errors.Is(err, store.ErrNotFound) && accepted && s.mayBeUnderWay(requestID):
+		// Accepted here (the URL proves it) and not answered yet, but the
+		// queued marker is gone (Redis lost it): it is still on its way.
+		return s.queued(c, dialogID, requestID)
 	case errors.Is(err, store.ErrNotFound):
 		return notFound("no such request")
 	case err != nil:

@@ -29,6 +29,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AdmissionInterval, "admission-interval", c.AdmissionInterval, "how often the queue wait estimate is refreshed from the consumer lag")
 	fs.Float64Var(&c.AdmissionMinRate, "admission-min-rate", c.AdmissionMinRate, "floor of the measured completion rate (requests/s) in the queue wait estimate")
 	fs.Int64Var(&c.MaxLag, "max-lag", c.MaxLag, "refuse async and callback requests while this many requests are queued")
+	fs.StringVar(&c.PollSecret, "poll-secret", c.PollSecret, "secret, the same on every replica, that signs poll URLs so that a poll tells an accepted request whose queued marker Redis lost (202) from an unknown one (404); default: derived from --jwt-secret")
 	fs.Var(settings.List{P: &c.CORSOrigins}, "cors-origins", "storefront origins allowed to call the API from a browser, comma-separated; empty disables CORS")
 	fs.IntVar(&c.GzipMinBytes, "gzip-min-bytes", c.GzipMinBytes, "gzip responses of at least this many bytes; 0 disables")
 	fs.DurationVar(&c.HotTTL, "hot-ttl", c.HotTTL, "how long a first-turn answer serves the same question opening another dialog of the tenant; 0 disables")

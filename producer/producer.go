@@ -108,6 +108,12 @@ type Config struct {
 	// allowed host, mode callback is refused.
 	Callbacks callback.Policy
 
+	// PollSecret signs poll URLs, so that a poll can tell an accepted
+	// request whose queued marker Redis lost from an unknown one; every
+	// replica needs the same. Empty: Open derives it from the HS256 token
+	// secret; with public token keys only, poll URLs are unsigned.
+	PollSecret string
+
 	// CORSOrigins are the storefront origins browsers may call the API
 	// from ("https://shop.example"); empty disables CORS.
 	CORSOrigins []string
@@ -183,6 +189,7 @@ type Server struct {
 	admit  *admission
 	limit  *limiter
 	hot    *hotAnswers // nil when disabled
+	poll   pollKey     // nil: poll URLs are unsigned
 
 	release func() error // closes what Open made for the server; nil after New
 
@@ -252,7 +259,7 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	if err := cfgBus.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, bus: cfgBus, log: log, reg: reg, auth: v, store: st, now: time.Now, waiters: newWaiters()}
+	s := &Server{cfg: cfg, bus: cfgBus, log: log, reg: reg, auth: v, store: st, now: time.Now, waiters: newWaiters(), poll: newPollKey(cfg.PollSecret)}
 	r := metric.NewRegisterer(reg)
 	f := promauto.With(r)
 	s.m = newMetrics(f, func() float64 { return float64(s.waiters.len()) })

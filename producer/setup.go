@@ -69,7 +69,11 @@ func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Regi
 			return nil, err
 		}
 	}
-	srv, err := New(s.Producer, s.Bus, v, st, log, reg)
+	cfg := s.Producer
+	if cfg.PollSecret == "" {
+		cfg.PollSecret = s.Auth.Secret // shared by every replica already
+	}
+	srv, err := New(cfg, s.Bus, v, st, log, reg)
 	if err != nil {
 		_ = st.Close()
 		return nil, err
