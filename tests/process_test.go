@@ -306,6 +306,17 @@ func (s *processStack) load(t *testing.T, url string, users, each, after int, ho
 // exactly once.
 func checkHistories(t *testing.T, dialogs map[string]*client, each int) {
 	t.Helper()
+	want := map[string]int{}
+	for dialog := range dialogs {
+		want[dialog] = each
+	}
+	checkTurns(t, dialogs, want)
+}
+
+// checkTurns asserts every dialog holds each of its requests' two turns
+// exactly once, for requests[dialog] requests.
+func checkTurns(t *testing.T, dialogs map[string]*client, requests map[string]int) {
+	t.Helper()
 	for dialog, c := range dialogs {
 		var hist producer.DialogBody
 		c.do(http.MethodGet, "/v1/dialogs/"+dialog, nil, &hist)
@@ -318,8 +329,8 @@ func checkHistories(t *testing.T, dialogs map[string]*client, each int) {
 				t.Errorf("dialog %s: turn %s stored %d times", dialog, k, n)
 			}
 		}
-		if len(hist.Turns) != 2*each {
-			t.Errorf("dialog %s has %d turns, want %d", dialog, len(hist.Turns), 2*each)
+		if len(hist.Turns) != 2*requests[dialog] {
+			t.Errorf("dialog %s has %d turns, want %d", dialog, len(hist.Turns), 2*requests[dialog])
 		}
 	}
 }
