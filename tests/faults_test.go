@@ -642,6 +642,11 @@ func TestHungRedisBoundsPollAndDialog(t *testing.T) {
 	_, url := s.startProducer(t, "SLUICE_REDIS_ADDR="+fz.addr, "SLUICE_STORE_TIMEOUT="+storeTimeout.String())
 	c := s.client(url, "shop-1", "frozen")
 	dialog := newDialog()
+	// A request to poll for (no consumer runs: it stays queued).
+	var q producer.QueuedBody
+	if code, _ := c.do(http.MethodPost, "/v1/chat", map[string]any{"text": "where is my parcel?", "dialog_id": dialog, "mode": "async"}, &q); code != http.StatusAccepted {
+		t.Fatalf("async request before Redis hangs: %d", code)
+	}
 	if code, _ := c.do(http.MethodGet, "/v1/dialogs/"+dialog, nil, nil); code != http.StatusOK {
 		t.Fatalf("dialog read before Redis hangs: %d", code)
 	}
@@ -650,10 +655,7 @@ func TestHungRedisBoundsPollAndDialog(t *testing.T) {
 	// margin for a loaded machine. Before, the poll took 40 s here and the
 	// dialog read 5 s.
 	const bound = storeTimeout + 1500*time.Millisecond
-	for _, path := range []string{
-		"/v1/chat/" + dialog + "/01a1fd8b-6311-729c-8b2d-bb41722db1c5?wait_ms=0",
-		"/v1/dialogs/" + dialog,
-	} {
+	for _, path := range []string{q.PollURL + "?wait_ms=0", "/v1/dialogs/" + dialog} {
 		start := time.Now()
 		code, _, err := c.tryDo(http.MethodGet, path, nil, nil)
 		took := time.Since(start)
