@@ -1,7 +1,9 @@
 // Package admin serves the operator endpoints of a Sluice process on their
 // own listener: GET /metrics (Prometheus), /healthz (the process is alive),
 // /readyz (ready for traffic: every readiness check passes; false while
-// draining or when Kafka is unreachable) and /debug/pprof/.
+// draining or when Kafka is unreachable), /drain (a Kubernetes preStop hook:
+// drains every component of the process and answers once they are drained;
+// see DrainReport) and /debug/pprof/.
 package admin
 
 import (
@@ -29,18 +31,20 @@ type Server struct {
 	gather prometheus.Gatherer
 	mu     sync.Mutex
 	checks map[string]Check
+	drains map[string]Drain
 	srv    *http.Server
 }
 
 // New returns an admin server exposing g's metrics.
 func New(g prometheus.Gatherer, log *slog.Logger) *Server {
-	s := &Server{log: log, gather: g, checks: map[string]Check{}}
+	s := &Server{log: log, gather: g, checks: map[string]Check{}, drains: map[string]Drain{}}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET "+DrainPath, s.drain)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
