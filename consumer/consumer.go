@@ -28,6 +28,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/time/rate"
@@ -67,6 +69,11 @@ type Config struct {
 	// (one record at a time per partition, as most Kafka consumers do; for
 	// comparison only).
 	OrderBy string
+	// LagInterval is how often the consumer group's lag on the requests
+	// topic is read for sluice_consumer_group_lag and
+	// sluice_consumer_oldest_unfinished_age_seconds: by one consumer
+	// process per interval, shared through Redis. Default 5 s.
+	LagInterval time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -79,6 +86,7 @@ func DefaultConfig() Config {
 		RetryBackoff:   100 * time.Millisecond,
 		SessionTimeout: 6 * time.Second,
 		OrderBy:        OrderByKey,
+		LagInterval:    5 * time.Second,
 	}
 }
 
@@ -98,6 +106,7 @@ func (c Config) Validate() error {
 	p.Check(c.RetryBackoff > 0, "retry-backoff", "must be positive")
 	p.Check(c.SessionTimeout >= time.Second, "session-timeout", "must be at least 1s")
 	p.Check(c.OrderBy == OrderByKey || c.OrderBy == OrderByPartition, "order-by", "must be %q or %q, got %q", OrderByKey, OrderByPartition, c.OrderBy)
+	p.Check(c.LagInterval >= 100*time.Millisecond, "lag-interval", "must be at least 100ms")
 	return p.Err()
 }
 
@@ -110,6 +119,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RetryBackoff, "retry-backoff", c.RetryBackoff, "first pause after a transient Redis or Kafka error; it grows linearly up to 2s")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout")
 	fs.StringVar(&c.OrderBy, "order-by", c.OrderBy, "serialize records by dialog (key) or, for comparison, one at a time per partition (partition)")
+	fs.DurationVar(&c.LagInterval, "lag-interval", c.LagInterval, "how often the consumer group's lag is read from Kafka (by one consumer per interval, shared through Redis)")
 }
 
 // refusedSession returns a settings error when the group coordinator
@@ -180,6 +190,7 @@ type Consumer struct {
 	idle           chan *work     // unbuffered: a send succeeds when a worker waits
 	wg             sync.WaitGroup // key runs under way
 	ready          atomic.Bool
+	lag            *groupLag
 
 	release func() error // closes what Open made for the consumer; nil after New
 
@@ -209,11 +220,15 @@ type metrics struct {
 }
 
 // newMetrics makes the consumer's metrics with f; inflight reads the
-// records in flight.
-func newMetrics(f promauto.Factory, inflight func() float64) metrics {
+// records in flight, of at most budget.
+func newMetrics(f promauto.Factory, inflight func() float64, budget int) metrics {
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_consumer_in_flight", Help: "Records handed to workers and not finished.",
 	}, inflight)
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_consumer_in_flight_ratio",
+		Help: "Records in flight over the in-flight budget (0 to 1), this process's: leads the group lag, which stays near 0 until the budget is full.",
+	}, func() float64 { return inflight() / float64(budget) })
 	return metrics{
 		records: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_consumer_records_total", Help: "Request records finished, by outcome.",
@@ -264,10 +279,12 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		idle:    make(chan *work),
 
 		fallbackWarned: rate.Sometimes{Interval: 10 * time.Second},
+		lag:            newGroupLag(cfgBus, cfg.LagInterval, log),
 	}
 	c.work, c.stopWork = context.WithCancel(context.Background())
 	r := metric.NewRegisterer(reg)
-	c.m = newMetrics(promauto.With(r), func() float64 { return float64(c.inflight.Load()) })
+	c.m = newMetrics(promauto.With(r), func() float64 { return float64(c.inflight.Load()) }, cfg.InFlight)
+	r.MustRegister(c.lag)
 	if err := r.Err(); err != nil {
 		return nil, fmt.Errorf("register consumer metrics: %w", err)
 	}
@@ -297,7 +314,16 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		return nil, err
 	}
 	c.cl = cl
+	c.lag.adm = kadm.NewClient(cl)
 	return c, nil
+}
+
+// ShareLag makes the consumer processes of the group read the group's lag
+// from Kafka once per lag interval between them, sharing the figures
+// through rdb under keys starting with prefix (see groupLag). Without it,
+// every process reads Kafka every interval. Call it before Run.
+func (c *Consumer) ShareLag(rdb redis.UniversalClient, prefix string) {
+	c.lag.share(rdb, prefix)
 }
 
 // partitionFallback counts a reply whose reply.partition its topic lacks
@@ -345,6 +371,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err := c.cl.Ping(ctx); err != nil {
 		return fmt.Errorf("kafka ping: %w", err)
 	}
+	lagCtx, stopLag := context.WithCancel(ctx)
+	lagDone := make(chan struct{})
+	go func() { c.lag.run(lagCtx); close(lagDone) }()
+	defer func() { stopLag(); <-lagDone }()
 	c.ready.Store(true)
 	if c.cbWorker != nil {
 		go c.cbWorker.run(ctx)

@@ -20,6 +20,7 @@ import (
 	"sluice/consumer"
 	"sluice/consumer/llm"
 	"sluice/shared/bus"
+	"sluice/shared/devstack"
 	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 	"sluice/shared/store"
@@ -40,12 +41,13 @@ const (
 // restart) from the shared test stack, and the clients the test drives the
 // consumer with.
 type env struct {
-	redis *miniredis.Miniredis
-	bus   bus.Config
-	store *store.Redis
-	prod  *kgo.Client
-	adm   *kadm.Client
-	log   *slog.Logger
+	redis  *miniredis.Miniredis
+	broker *devstack.Broker
+	bus    bus.Config
+	store  *store.Redis
+	prod   *kgo.Client
+	adm    *kadm.Client
+	log    *slog.Logger
 }
 
 // newEnv starts an embedded Kafka (with topic auto-creation) and Redis for
@@ -62,7 +64,8 @@ func newEnvOn(tb testing.TB, strict bool) *env {
 	cfg := bus.DefaultConfig()
 	cfg.Partitions = numPartitions
 	cfg.Group = group
-	cfg.Brokers = []string{stacktest.Broker(tb, cfg, strict).Addr()}
+	broker := stacktest.Broker(tb, cfg, strict)
+	cfg.Brokers = []string{broker.Addr()}
 
 	mr, rdb := stacktest.Miniredis(tb)
 	st, err := store.New(rdb, store.DefaultConfig())
@@ -80,7 +83,7 @@ func newEnvOn(tb testing.TB, strict bool) *env {
 		tb.Fatalf("producer: %v", err)
 	}
 	tb.Cleanup(prod.Close)
-	return &env{redis: mr, bus: cfg, store: st, prod: prod, adm: kadm.NewClient(prod), log: testLogger(tb)}
+	return &env{redis: mr, broker: broker, bus: cfg, store: st, prod: prod, adm: kadm.NewClient(prod), log: testLogger(tb)}
 }
 
 // testConfig is the consumer's configuration with test-sized timers. The
@@ -105,13 +108,17 @@ type running struct {
 	runErr error         // what Run returned, set before done is closed
 }
 
-// start builds a consumer on e and runs it until the test ends.
-func (e *env) start(tb testing.TB, cfg consumer.Config, ans consumer.Answerer) *running {
+// start builds a consumer on e, passes it to each of setup, and runs it
+// until the test ends.
+func (e *env) start(tb testing.TB, cfg consumer.Config, ans consumer.Answerer, setup ...func(*consumer.Consumer)) *running {
 	tb.Helper()
 	reg := prometheus.NewRegistry()
 	c, err := consumer.New(cfg, e.bus, e.store, ans, e.log, reg)
 	if err != nil {
 		tb.Fatalf("consumer.New: %v", err)
+	}
+	for _, s := range setup {
+		s(c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{c: c, reg: reg, cancel: cancel, done: make(chan struct{})}

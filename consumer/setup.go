@@ -52,10 +52,11 @@ var _ Checks = (*admin.Server)(nil)
 // Open builds the consumer `sluice consumer` runs: it validates s, creates
 // the Redis client (which also carries the LLM quota shared by every
 // consumer), the LLM client with its FAQ, the callback deliverer when
-// callbacks are enabled and, when asked, the topics, and adds the readiness
-// checks "consumer" (in the group, not draining), "kafka" and "redis" (each
-// answers) to checks, which run until ctx ends. Close releases the Redis
-// client too. It returns the settings' problems, an unreadable prompts or
+// callbacks are enabled and, when asked, the topics; the consumer processes
+// share their reads of the group's lag through Redis (ShareLag). It adds the
+// readiness checks "consumer" (in the group, not draining), "kafka" and
+// "redis" (each answers) to checks, which run until ctx ends. Close releases
+// the Redis client too. It returns the settings' problems, an unreadable prompts or
 // FAQ file, or a Kafka cluster it could not create topics on.
 func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Registerer, checks Checks) (*Consumer, error) {
 	if err := s.Validate(); err != nil {
@@ -84,6 +85,7 @@ func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Regi
 		return fail(err)
 	}
 	c.release = st.Close
+	c.ShareLag(rdb, s.Store.Prefix)
 	if s.Callbacks.Policy.Enabled() {
 		d, err := callback.NewDeliverer(s.Callbacks, reg)
 		if err == nil {

@@ -181,6 +181,61 @@ func CreateTopics(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return nil
 }
 
+// Progress is where a consumer group stands on one partition.
+type Progress struct {
+	// Committed is the group's committed offset, or the partition's start
+	// offset when the group committed none: where its next consumer starts.
+	Committed int64
+	// End is the offset after the partition's last record.
+	End int64
+}
+
+// Lag returns the records of the partition not yet committed.
+func (p Progress) Lag() int64 { return max(p.End-p.Committed, 0) }
+
+// GroupProgress reads where group stands on every partition of topic: the
+// end offsets, the group's commits and, when a partition has no commit,
+// the start offsets (two admin requests, a third while a partition has no
+// commit). A group that never committed is at the start of every
+// partition.
+func GroupProgress(ctx context.Context, adm *kadm.Client, group, topic string) (map[int32]Progress, error) {
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("end offsets of %s: %w", topic, err)
+	}
+	committed, err := adm.FetchOffsets(ctx, group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		err = nil // no consumer ever committed: everything is lag
+	}
+	if err != nil {
+		return nil, fmt.Errorf("offsets of group %s: %w", group, err)
+	}
+	var starts kadm.ListedOffsets
+	if len(committed.Offsets()[topic]) < len(ends[topic]) {
+		if starts, err = adm.ListStartOffsets(ctx, topic); err == nil {
+			err = starts.Error()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("start offsets of %s: %w", topic, err)
+		}
+	}
+	out := make(map[int32]Progress, len(ends[topic]))
+	ends.Each(func(e kadm.ListedOffset) {
+		var c int64
+		if st, ok := starts.Lookup(topic, e.Partition); ok {
+			c = st.Offset
+		}
+		if o, ok := committed.Lookup(topic, e.Partition); ok && o.Err == nil && o.At >= 0 {
+			c = o.At
+		}
+		out[e.Partition] = Progress{Committed: c, End: e.Offset}
+	})
+	return out, nil
+}
+
 // LogFetchErrors logs the errors of fetches as warnings with msg, except
 // the cancellation of a poll.
 func LogFetchErrors(log *slog.Logger, msg string, fetches kgo.Fetches) {
