@@ -35,6 +35,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"sluice/consumer/llm"
+	"sluice/shared/admin"
 	"sluice/shared/backoff"
 	"sluice/shared/bus"
 	"sluice/shared/envelope"
@@ -192,6 +193,15 @@ type Consumer struct {
 	ready          atomic.Bool
 	lag            *groupLag
 
+	// A drain is asked for by Drain or by the end of Run's context, and
+	// happens once.
+	draining  atomic.Bool   // readiness false
+	drainAsk  chan struct{} // closed by Drain
+	askOnce   sync.Once
+	drained   chan struct{} // closed once the drain finished, report set
+	drainOnce sync.Once
+	report    admin.DrainReport
+
 	release func() error // closes what Open made for the consumer; nil after New
 
 	work     context.Context // ends on hard stop
@@ -280,6 +290,8 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 
 		fallbackWarned: rate.Sometimes{Interval: 10 * time.Second},
 		lag:            newGroupLag(cfgBus, cfg.LagInterval, log),
+		drainAsk:       make(chan struct{}),
+		drained:        make(chan struct{}),
 	}
 	c.work, c.stopWork = context.WithCancel(context.Background())
 	r := metric.NewRegisterer(reg)
@@ -357,17 +369,22 @@ func (c *Consumer) Client() *kgo.Client { return c.cl }
 // Ready reports whether the consumer is running, not draining, and a
 // member of its group.
 func (c *Consumer) Ready() bool {
-	if !c.ready.Load() {
+	if !c.ready.Load() || c.draining.Load() {
 		return false
 	}
 	_, generation := c.cl.GroupMetadata()
 	return generation >= 0
 }
 
-// Run consumes until ctx ends, then drains: it stops fetching, lets in-flight
-// work finish for up to the drain timeout, and commits what finished. It
-// returns an error when the cluster cannot be reached at start.
+// Run consumes until ctx ends or Drain is called, then drains: it stops
+// fetching, lets in-flight work finish for up to the drain timeout,
+// commits what finished and leaves the group. Drained by Drain, it then
+// waits for ctx to end and returns at once. It returns an error when the
+// cluster cannot be reached at start, or the group refuses the session
+// timeout.
 func (c *Consumer) Run(ctx context.Context) error {
+	// A Drain waiting on a Run that ends without draining is answered.
+	defer c.finishDrain(admin.DrainReport{Drained: true})
 	if err := c.cl.Ping(ctx); err != nil {
 		return fmt.Errorf("kafka ping: %w", err)
 	}
@@ -375,13 +392,24 @@ func (c *Consumer) Run(ctx context.Context) error {
 	lagDone := make(chan struct{})
 	go func() { c.lag.run(lagCtx); close(lagDone) }()
 	defer func() { stopLag(); <-lagDone }()
+
+	// consume ends with ctx or when a drain is asked for.
+	consume, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-c.drainAsk:
+			stop()
+		case <-consume.Done():
+		}
+	}()
 	c.ready.Store(true)
 	if c.cbWorker != nil {
-		go c.cbWorker.run(ctx)
+		go c.cbWorker.run(consume)
 	}
 	c.log.Info("consumer running", "group", c.bus.Group, "topic", c.bus.RequestsTopic, "in_flight", c.cfg.InFlight)
 	paused := false
-	for ctx.Err() == nil {
+	for consume.Err() == nil {
 		free := c.cfg.InFlight - int(c.inflight.Load())
 		if free <= 0 {
 			if !paused {
@@ -391,7 +419,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			select {
 			case <-c.freed:
-			case <-ctx.Done():
+			case <-consume.Done():
 			}
 			continue
 		}
@@ -400,7 +428,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.m.paused.Set(0)
 			paused = false
 		}
-		fetches := c.cl.PollRecords(ctx, free)
+		fetches := c.cl.PollRecords(consume, free)
 		if fetches.IsClientClosed() {
 			c.cl.AllowRebalance()
 			break
@@ -415,22 +443,57 @@ func (c *Consumer) Run(ctx context.Context) error {
 		fetches.EachRecord(func(r *kgo.Record) { c.dispatch(r, now) })
 		c.cl.AllowRebalance()
 	}
-	return c.drain()
+	c.finishDrain(c.drain())
+	<-ctx.Done() // at once unless Drain asked for the drain
+	return nil
 }
 
-// drain waits for in-flight work up to the drain timeout, abandons the rest
-// and commits what finished.
-func (c *Consumer) drain() error {
+// Drain drains the consumer as the end of Run's context does (Kubernetes'
+// preStop hook calls it through GET /drain, before SIGTERM): readiness
+// turns false at once, fetching stops, the records in flight finish for up
+// to the drain timeout (their replies produced), what finished is committed
+// and the consumer leaves its group, so that its partitions move to the
+// others before the process exits. Run then only waits for its context.
+// Drain returns the drain's report once it finished, or a report with
+// Drained false when ctx ends first; every call waits for the same drain.
+func (c *Consumer) Drain(ctx context.Context) admin.DrainReport {
+	c.askOnce.Do(func() {
+		c.draining.Store(true)
+		close(c.drainAsk)
+	})
+	select {
+	case <-c.drained:
+		return c.report
+	case <-ctx.Done():
+		return admin.DrainReport{InFlightLeft: c.inflight.Load()}
+	}
+}
+
+// finishDrain sets the drain's report and answers the Drain calls, once.
+func (c *Consumer) finishDrain(r admin.DrainReport) {
+	c.drainOnce.Do(func() {
+		c.report = r
+		close(c.drained)
+	})
+}
+
+// drain waits for in-flight work up to the drain timeout, abandons the
+// rest, commits what finished and leaves the group.
+func (c *Consumer) drain() admin.DrainReport {
+	start := time.Now()
+	c.draining.Store(true)
 	c.ready.Store(false)
 	c.log.Info("consumer draining", "in_flight", c.inflight.Load(), "timeout", c.cfg.DrainTimeout)
 	done := make(chan struct{})
 	go func() { c.wg.Wait(); close(done) }()
 	t := time.NewTimer(c.cfg.DrainTimeout)
 	defer t.Stop()
+	var left int64
 	select {
 	case <-done:
 	case <-t.C:
-		c.log.Warn("drain timeout: abandoning unfinished records, they stay uncommitted", "in_flight", c.inflight.Load())
+		left = c.inflight.Load()
+		c.log.Warn("drain timeout: abandoning unfinished records, they stay uncommitted", "in_flight", left)
 		c.stopWork()
 		<-done
 	}
@@ -440,11 +503,22 @@ func (c *Consumer) drain() error {
 		c.m.commits.Inc()
 		c.log.Error("final commit", "err", err)
 	}
+	// Leaving now, not at Close, moves the partitions while the process
+	// waits for its SIGTERM. The group's revoke commits again: nothing new.
+	if err := c.cl.LeaveGroupContext(ctx); err != nil {
+		c.log.Warn("leave group", "err", err)
+	}
 	if c.cbWorker != nil {
 		<-c.cbWorker.done // its batch under way, up to the drain timeout
+		lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := c.cbWorker.cl.LeaveGroupContext(lctx); err != nil {
+			c.log.Warn("leave callback group", "err", err)
+		}
+		lcancel()
 	}
-	c.log.Info("consumer drained")
-	return nil
+	took := time.Since(start)
+	c.log.Info("consumer drained", "took", took, "abandoned", left)
+	return admin.DrainReport{Drained: left == 0, InFlightLeft: left, TookMS: took.Milliseconds()}
 }
 
 // Close leaves the group and closes the Kafka client. Call it after Run

@@ -42,12 +42,14 @@ func (s Settings) Validate() error {
 	return p.Err()
 }
 
-// Checks takes the readiness checks of a component (*admin.Server).
-type Checks interface {
+// Admin takes the readiness checks and the drain of a component
+// (*admin.Server).
+type Admin interface {
 	AddCheck(name string, c admin.Check)
+	AddDrain(name string, d admin.Drain)
 }
 
-var _ Checks = (*admin.Server)(nil)
+var _ Admin = (*admin.Server)(nil)
 
 // Open builds the consumer `sluice consumer` runs: it validates s, creates
 // the Redis client (which also carries the LLM quota shared by every
@@ -55,10 +57,11 @@ var _ Checks = (*admin.Server)(nil)
 // callbacks are enabled and, when asked, the topics; the consumer processes
 // share their reads of the group's lag through Redis (ShareLag). It adds the
 // readiness checks "consumer" (in the group, not draining), "kafka" and
-// "redis" (each answers) to checks, which run until ctx ends. Close releases
-// the Redis client too. It returns the settings' problems, an unreadable prompts or
-// FAQ file, or a Kafka cluster it could not create topics on.
-func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Registerer, checks Checks) (*Consumer, error) {
+// "redis" (each answers) to adm, which run until ctx ends, and the
+// consumer's Drain as the drain "consumer" (GET /drain). Close releases the
+// Redis client too. It returns the settings' problems, an unreadable prompts
+// or FAQ file, or a Kafka cluster it could not create topics on.
+func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Registerer, adm Admin) (*Consumer, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -96,9 +99,10 @@ func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Regi
 			return nil, err
 		}
 	}
-	checks.AddCheck("consumer", admin.Flag(c.Ready, "not consuming (starting or draining)"))
-	checks.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return c.Client().Ping(ctx) }))
+	adm.AddCheck("consumer", admin.Flag(c.Ready, "not consuming (starting or draining)"))
+	adm.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return c.Client().Ping(ctx) }))
 	// Without Redis no request can be answered: no history, no result.
-	checks.AddCheck("redis", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return rdb.Ping(ctx).Err() }))
+	adm.AddCheck("redis", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return rdb.Ping(ctx).Err() }))
+	adm.AddDrain("consumer", c.Drain)
 	return c, nil
 }
