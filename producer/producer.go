@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/docs"
+	"sluice/shared/admin"
 	"sluice/shared/auth"
 	"sluice/shared/bus"
 	"sluice/shared/callback"
@@ -198,6 +200,11 @@ type Server struct {
 	draining atomic.Bool // readiness false
 	closing  atomic.Bool // new questions refused
 
+	drainOnce  sync.Once
+	drainStart time.Time     // set by drainOnce
+	drained    chan struct{} // closed once the drain delay has passed
+	drainTook  time.Duration // set before drained is closed
+
 	m metrics
 }
 
@@ -259,7 +266,8 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	if err := cfgBus.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, bus: cfgBus, log: log, reg: reg, auth: v, store: st, now: time.Now, waiters: newWaiters(), poll: newPollKey(cfg.PollSecret)}
+	s := &Server{cfg: cfg, bus: cfgBus, log: log, reg: reg, auth: v, store: st, now: time.Now, waiters: newWaiters(), poll: newPollKey(cfg.PollSecret),
+		drained: make(chan struct{})}
 	r := metric.NewRegisterer(reg)
 	f := promauto.With(r)
 	s.m = newMetrics(f, func() float64 { return float64(s.waiters.len()) })
@@ -417,18 +425,15 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("http serve: %w", err)
 	case <-ctx.Done():
 	}
-	s.draining.Store(true)
-	s.log.Info("producer shutting down", "drain_delay", s.cfg.DrainDelay)
-	if s.cfg.DrainDelay > 0 {
-		// Unready but still serving, while load balancers and Kubernetes
-		// endpoints stop sending new requests here.
-		t := time.NewTimer(s.cfg.DrainDelay)
-		select {
-		case <-t.C:
-		case err := <-errc:
-			t.Stop()
-			return fmt.Errorf("http serve: %w", err)
-		}
+	// Unready but still serving for the drain delay, while load balancers
+	// and Kubernetes endpoints stop sending new requests here; after a
+	// Drain (the preStop hook), only what is left of it.
+	left := s.startDrain()
+	s.log.Info("producer shutting down", "drain_delay", left)
+	select {
+	case <-s.drained:
+	case err := <-errc:
+		return fmt.Errorf("http serve: %w", err)
 	}
 	s.closing.Store(true)
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
@@ -440,6 +445,36 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		s.log.Warn("kafka flush", "err", err)
 	}
 	return nil
+}
+
+// Drain turns readiness false and returns once the drain delay has passed
+// (Kubernetes' preStop hook calls it through GET /drain, before SIGTERM):
+// meanwhile the ingress keeps serving everything, while Endpoints and load
+// balancers stop sending here. The end of Run's context then shuts down
+// without waiting the delay again. Every call waits for the same delay; a
+// call whose ctx ends first returns Drained false.
+func (s *Server) Drain(ctx context.Context) admin.DrainReport {
+	s.startDrain()
+	select {
+	case <-s.drained:
+		return admin.DrainReport{Drained: true, TookMS: s.drainTook.Milliseconds()}
+	case <-ctx.Done():
+		return admin.DrainReport{}
+	}
+}
+
+// startDrain turns readiness false and starts the drain delay, once, and
+// returns how much of it is left.
+func (s *Server) startDrain() time.Duration {
+	s.drainOnce.Do(func() {
+		s.draining.Store(true)
+		s.drainStart = time.Now()
+		time.AfterFunc(s.cfg.DrainDelay, func() {
+			s.drainTook = time.Since(s.drainStart)
+			close(s.drained)
+		})
+	})
+	return max(s.cfg.DrainDelay-time.Since(s.drainStart), 0)
 }
 
 // awaitAssignment waits, up to twice the reply session timeout, until the

@@ -38,20 +38,23 @@ func (s Settings) Validate() error {
 	return p.Err()
 }
 
-// Checks takes the readiness checks of a component (*admin.Server).
-type Checks interface {
+// Admin takes the readiness checks and the drain of a component
+// (*admin.Server).
+type Admin interface {
 	AddCheck(name string, c admin.Check)
+	AddDrain(name string, d admin.Drain)
 }
 
-var _ Checks = (*admin.Server)(nil)
+var _ Admin = (*admin.Server)(nil)
 
 // Open builds the ingress `sluice producer` runs: it validates s, reads the
 // token keys, creates the Redis client and, when asked, the topics, and adds
 // the readiness checks "producer" (serving, not draining) and "kafka" (the
-// brokers answer) to checks, which run until ctx ends. Close releases the
-// Redis client too. It returns the settings' problems, an unreadable key
-// file, or a Kafka cluster it could not create topics on.
-func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Registerer, checks Checks) (*Server, error) {
+// brokers answer) to adm, which run until ctx ends, and the ingress's Drain
+// as the drain "producer" (GET /drain). Close releases the Redis client too.
+// It returns the settings' problems, an unreadable key file, or a Kafka
+// cluster it could not create topics on.
+func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Registerer, adm Admin) (*Server, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -79,7 +82,8 @@ func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Regi
 		return nil, err
 	}
 	srv.release = st.Close
-	checks.AddCheck("producer", admin.Flag(srv.Ready, "not serving (starting or draining)"))
-	checks.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return srv.Client().Ping(ctx) }))
+	adm.AddCheck("producer", admin.Flag(srv.Ready, "not serving (starting or draining)"))
+	adm.AddCheck("kafka", admin.Periodic(ctx, 5*time.Second, func(ctx context.Context) error { return srv.Client().Ping(ctx) }))
+	adm.AddDrain("producer", srv.Drain)
 	return srv, nil
 }
