@@ -70,7 +70,7 @@ func (s *config) consumerSettings() consumer.Settings {
 // admin listener, Kafka and Redis.
 func (s *config) registerService(fs *flag.FlagSet) {
 	registerLog(fs, &s.log)
-	fs.StringVar(&s.adminAddr, "admin-addr", ":9090", "listen address of /metrics, /healthz, /readyz")
+	fs.StringVar(&s.adminAddr, "admin-addr", ":9090", "listen address of /metrics, /healthz, /readyz, /drain")
 	fs.BoolVar(&s.createTopics, "create-topics", true, "create the requests, replies, callbacks and DLQ topics when missing")
 	s.bus.RegisterFlags(fs)
 	s.redis.RegisterFlags(fs)

@@ -6,6 +6,7 @@
 //	sluice mockllm    the OpenAI-compatible mock LLM
 //	sluice token      mint a bearer token with the configured key
 //	sluice loadgen    generate load and measure throughput and latency
+//	sluice drain      drain a running producer or consumer (a preStop hook)
 //
 // Every flag has an environment twin: --kafka-brokers is SLUICE_KAFKA_BROKERS.
 package main
@@ -45,6 +46,8 @@ Commands:
   mockllm    run the OpenAI-compatible mock LLM
   token      mint a bearer token (--sub U --tenant T --ttl 2h)
   loadgen    generate load against the API or straight into Kafka, and measure
+  drain      drain a running producer or consumer through its admin listener
+             (a Kubernetes preStop hook); exits 0 once drained
   version    print the version
 
 Run 'sluice <command> -h' for a command's flags. Every flag has an
@@ -74,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runToken(rest, stdout, stderr)
 	case "loadgen":
 		err = runLoadgen(ctx, rest, stdout, stderr)
+	case "drain":
+		err = runDrain(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":

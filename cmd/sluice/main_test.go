@@ -157,7 +157,7 @@ func TestAllProblemsAtOnce(t *testing.T) {
 // TestHelpNamesOwnSetting: a subcommand's help shows the environment twin
 // of a flag it has.
 func TestHelpNamesOwnSetting(t *testing.T) {
-	for _, cmd := range []string{"dev", "producer", "consumer", "mockllm", "token"} {
+	for _, cmd := range []string{"dev", "producer", "consumer", "mockllm", "token", "drain"} {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), []string{cmd, "-h"}, &out, &errb); code != 0 {
 			t.Fatalf("%s -h: exit %d", cmd, code)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -180,6 +181,38 @@ func shutdownAdmin(adm *admin.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = adm.Shutdown(ctx)
+}
+
+// runDrain calls GET /drain on a producer's or consumer's admin listener and
+// waits for the drain: a preStop hook the distroless image can run (exec),
+// or a drain by hand. It prints the process's report and fails unless the
+// process drained.
+func runDrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var addr string
+	var timeout time.Duration
+	fs := newFlagSet("drain", stderr)
+	// The same flag as the services' listen address, so that in a
+	// container the SLUICE_ADMIN_ADDR it runs with is the one drained.
+	fs.StringVar(&addr, "admin-addr", "127.0.0.1:9090", "admin listener of the process to drain, host:port (an empty or 0.0.0.0 host is this machine)")
+	fs.DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the drain; longer than the process's drain timeout (consumer) or drain delay (producer)")
+	err := configure(fs, args, func() error {
+		var p settings.Problems
+		_, port, err := net.SplitHostPort(addr)
+		p.Check(err == nil && port != "", "admin-addr", "%q is not host:port", addr)
+		p.Check(timeout > 0, "timeout", "must be positive")
+		return p.Err()
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rep, err := admin.RequestDrain(ctx, addr)
+	if err == nil || errors.Is(err, admin.ErrNotDrained) {
+		b, _ := json.Marshal(rep)
+		fmt.Fprintf(stdout, "%s\n", b)
+	}
+	return err
 }
 
 func runToken(args []string, stdout, stderr io.Writer) error {
