@@ -34,8 +34,15 @@ def go_sources():
 def registered_labels(text):
     """metric -> label names, from Name: "..." + []string{...} and NewDesc."""
     labels = {}
-    for m in re.finditer(r'Name:\s*"(\w+)"(.*?)\}\s*(?:,\s*\[\]string\{([^}]*)\}|,\s*func|\))', text, re.S):
-        labels[m.group(1)] = set(re.findall(r'"(\w+)"', m.group(3) or ""))
+    names = list(re.finditer(r'Name:\s*"(\w+)"', text))
+    for i, m in enumerate(names):
+        # The options literal ends at the first "}" followed by the label
+        # names (a vector), a func or another argument, or ")": search only
+        # up to the next metric's name, so that a metric without labels
+        # (a GaugeFunc given a named func) does not take the next one's.
+        seg = text[m.end():names[i + 1].start() if i + 1 < len(names) else len(text)]
+        end = re.search(r'\}\s*(?:,\s*\[\]string\{([^}]*)\}|,\s*\w|\))', seg)
+        labels[m.group(1)] = set(re.findall(r'"(\w+)"', end.group(1) or "")) if end else set()
     for m in re.finditer(r'NewDesc\(\s*"(\w+)",\s*"[^"]*",\s*\[\]string\{([^}]*)\}', text, re.S):
         labels[m.group(1)] = set(re.findall(r'"(\w+)"', m.group(2)))
     return labels
