@@ -237,7 +237,7 @@ func newMetrics(f promauto.Factory, inflight func() float64, budget int) metrics
 	}, inflight)
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_consumer_in_flight_ratio",
-		Help: "Records in flight over the in-flight budget (0 to 1), this process's: leads the group lag, which stays near 0 until the budget is full.",
+		Help: "Records in flight over the in-flight budget (0 to 1), this process's: it leads the group lag, which grows without bound only once the budgets are full.",
 	}, func() float64 { return inflight() / float64(budget) })
 	return metrics{
 		records: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{

@@ -406,7 +406,9 @@ var labelValues = map[string]map[string]string{
 	"sluice_consumer_records_total": {
 		"outcome": "`done`, `expired`, `duplicate` (a redelivery answered from the store), `dead_letter`, `abandoned` (left uncommitted at drain or revoke)",
 	},
-	"sluice_consumer_retries_total": {"step": "`redis_load`, `redis_complete`, `kafka_reply`, `kafka_dlq`, `kafka_callback`"},
+	"sluice_consumer_retries_total":                 {"step": "`redis_load`, `redis_complete`, `kafka_reply`, `kafka_dlq`, `kafka_callback`"},
+	"sluice_consumer_group_lag":                     {"topic": "the requests topic (`chat.requests`)"},
+	"sluice_consumer_oldest_unfinished_age_seconds": {"topic": "the requests topic (`chat.requests`)"},
 	"sluice_consumer_callbacks_total": {
 		"outcome": "`handed_over` (by the answering path), `delivered`, `failed`, `invalid` (an undecodable record; by the callback group)",
 	},
