@@ -10,6 +10,12 @@
 // idempotent on the request id: a re-delivered request republishes the stored
 // reply without calling the LLM or touching the history again.
 //
+// A consumer stops by draining (at the end of Run's context, or earlier
+// through Drain, a Kubernetes preStop hook's GET /drain): it finishes what
+// is in flight, commits and leaves its group. Every consumer process exports
+// the whole group's lag on the requests topic for autoscalers, read by one
+// process per interval (see groupLag).
+//
 // Metrics (on the registerer given to New): see docs/metrics.md, generated
 // from the registries by tests/metrics_doc_test.go.
 package consumer
