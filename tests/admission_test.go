@@ -21,9 +21,13 @@ func TestShortWaitAdmittedWhileAnswersAreFast(t *testing.T) {
 	cc.CommitInterval = time.Second // the default: commits trail answers by half a second
 	s.addConsumer(cc)
 	p := s.addProducer(testProducerConfig())
-	// One answer first: until there is one, the estimate alone decides.
-	if code, _ := s.client(p.url, "shop-1", "first").do(http.MethodPost, "/v1/chat", map[string]any{"text": "在吗", "wait_ms": 5000}, nil); code != http.StatusOK {
-		t.Fatalf("first question: %d", code)
+	// A few answers first: until there are some, the estimate alone
+	// decides, and the very first answer (new connections, a cold
+	// consumer) can be slow on a loaded machine.
+	for i := range 5 {
+		if code, _ := s.client(p.url, "shop-1", "first").do(http.MethodPost, "/v1/chat", map[string]any{"text": "在吗", "wait_ms": 5000}, nil); code != http.StatusOK {
+			t.Fatalf("warm-up question %d: %d", i, code)
+		}
 	}
 
 	var mu sync.Mutex
