@@ -14,7 +14,7 @@ FUZZTIME ?= 3s
 # Flags of `make loadgen`, e.g. LOADGEN_ARGS='--users 200 --duration 20s --mode async'.
 LOADGEN_ARGS ?= --users 50 --duration 10s
 
-.PHONY: all build run test test-short fuzz-short vet fmt bench loadgen clean
+.PHONY: all build run test test-short fuzz-short vet fmt bench loadgen verify-k8s clean
 
 all: build
 
@@ -53,6 +53,12 @@ bench: ## Go benchmarks (see docs/benchmarks.md for the load generator)
 # dev token secret are loadgen's defaults (docs/benchmarks.md).
 loadgen: build ## sluice loadgen against `make run`; flags in LOADGEN_ARGS
 	./$(BIN) loadgen $(LOADGEN_ARGS)
+
+# Server-side dry run of the deploy files on a real kube-apiserver and etcd
+# (docs/kubernetes.md). The first run builds kube-apiserver and caches it;
+# SLUICE_K8S_RENDERED adds directories of YAML to check.
+verify-k8s: ## dry-run the Kubernetes objects on a real kube-apiserver
+	tests/k8s/verify.sh
 
 clean:
 	rm -rf bin
