@@ -4,6 +4,7 @@
 //	sluice producer   the HTTP ingress
 //	sluice consumer   the worker
 //	sluice mockllm    the OpenAI-compatible mock LLM
+//	sluice topics     create the Kafka topics when missing, and exit
 //	sluice token      mint a bearer token with the configured key
 //	sluice loadgen    generate load and measure throughput and latency
 //	sluice drain      drain a running producer or consumer (a preStop hook)
@@ -44,6 +45,7 @@ Commands:
   producer   run the HTTP ingress
   consumer   run the worker that answers requests
   mockllm    run the OpenAI-compatible mock LLM
+  topics     create the Kafka topics when missing, and exit
   token      mint a bearer token (--sub U --tenant T --ttl 2h)
   loadgen    generate load against the API or straight into Kafka, and measure
   drain      drain a running producer or consumer through its admin listener
@@ -73,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runConsumer(ctx, rest, stderr)
 	case "mockllm":
 		err = runMock(ctx, rest, stdout, stderr)
+	case "topics":
+		err = runTopics(ctx, rest, stderr)
 	case "token":
 		err = runToken(rest, stdout, stderr)
 	case "loadgen":
