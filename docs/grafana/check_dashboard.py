@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Checks that docs/grafana/sluice-dashboard.json queries only metrics and
-labels that the Go code registers.
+"""Checks that the Grafana dashboard (charts/sluice/dashboards/sluice-dashboard.json,
+its one copy: the Helm chart ships it) queries only metrics and labels that
+the Go code registers. go test ./charts checks the same with Prometheus'
+parser against docs/metrics.md.
 
 Run from the repository root: python3 docs/grafana/check_dashboard.py
 It reads every PromQL expression of the dashboard (panels and variables),
@@ -15,7 +17,7 @@ import re
 import subprocess
 import sys
 
-DASH = sys.argv[1] if len(sys.argv) > 1 else "docs/grafana/sluice-dashboard.json"
+DASH = sys.argv[1] if len(sys.argv) > 1 else "charts/sluice/dashboards/sluice-dashboard.json"
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "or", "and",
             "unless", "bool", "offset", "inf", "nan"}
 ALWAYS = {"job", "instance"}  # added by Prometheus at scrape time
