@@ -36,6 +36,11 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* The label of the Services of the admin listeners, which the ServiceMonitor selects. */}}
+{{- define "sluice.adminServiceLabel" -}}
+sluice/admin-listener: "true"
+{{- end -}}
+
 {{- define "sluice.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
