@@ -34,8 +34,8 @@ import (
 
 // secretSettings are the settings whose values are secrets: the chart takes
 // them from a Secret, never from a ConfigMap.
-var secretSettings = []string{"SLUICE_JWT_SECRET", "SLUICE_LLM_API_KEY", "SLUICE_LLM_FALLBACK_API_KEY",
-	"SLUICE_CALLBACK_SECRET", "SLUICE_REDIS_PASSWORD"}
+var secretSettings = []string{"SLUICE_JWT_SECRET", "SLUICE_POLL_SECRET", "SLUICE_LLM_API_KEY",
+	"SLUICE_LLM_FALLBACK_API_KEY", "SLUICE_CALLBACK_SECRET", "SLUICE_REDIS_PASSWORD"}
 
 // chartSetSettings are set by the chart from other values (ports, the
 // drain and grace periods, the partition count, the mounted key files), so
@@ -149,6 +149,7 @@ func TestChartSchemaSettings(t *testing.T) {
 // values its settings accept.
 var placeholderSecrets = map[string]string{
 	"SLUICE_JWT_SECRET":           "placeholder-jwt-secret-0123456789",
+	"SLUICE_POLL_SECRET":          "placeholder-poll-secret-0123456789",
 	"SLUICE_CALLBACK_SECRET":      "placeholder-callback-secret-0123456789",
 	"SLUICE_LLM_API_KEY":          "placeholder",
 	"SLUICE_LLM_FALLBACK_API_KEY": "placeholder",

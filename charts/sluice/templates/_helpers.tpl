@@ -128,7 +128,7 @@ config, then the component's config.
 
 {{/* The secret settings each component reads. */}}
 {{- define "sluice.producerSecretKeys" -}}
-{{- list "SLUICE_JWT_SECRET" "SLUICE_CALLBACK_SECRET" "SLUICE_REDIS_PASSWORD" | toJson -}}
+{{- list "SLUICE_JWT_SECRET" "SLUICE_POLL_SECRET" "SLUICE_CALLBACK_SECRET" "SLUICE_REDIS_PASSWORD" | toJson -}}
 {{- end -}}
 {{- define "sluice.consumerSecretKeys" -}}
 {{- list "SLUICE_LLM_API_KEY" "SLUICE_LLM_FALLBACK_API_KEY" "SLUICE_CALLBACK_SECRET" "SLUICE_REDIS_PASSWORD" | toJson -}}
