@@ -8,11 +8,13 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+	"helm.sh/helm/v3/pkg/strvals"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 )
@@ -470,4 +472,164 @@ func schemaType(schema map[string]any, path string) string {
 		return strings.Join(s, ", ")
 	}
 	return "?"
+}
+
+// TestDocumentedInstalls: every `helm install` command of the README,
+// operations.md and the chart's README installs: its values (--set,
+// --set-string, -f of a file the same block writes) pass the schema and
+// the chart's checks.
+func TestDocumentedInstalls(t *testing.T) {
+	found := 0
+	for _, doc := range []string{"../README.md", "../docs/operations.md", "sluice/README.md"} {
+		data, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, block := range shellBlocks(string(data)) {
+			cmd, ok := helmInstall(block)
+			if !ok {
+				continue
+			}
+			found++
+			args, err := shellWords(commandSubstitution.ReplaceAllString(cmd, "0123456789abcdef0123456789abcdef"))
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", doc, err, cmd)
+			}
+			vals := map[string]any{}
+			for i := 0; i < len(args); i++ {
+				next := func() string {
+					i++
+					if i == len(args) {
+						t.Fatalf("%s: %s needs a value", doc, args[i-1])
+					}
+					return args[i]
+				}
+				switch args[i] {
+				case "-f", "--values":
+					name := next()
+					file, ok := heredoc(block, name)
+					if !ok {
+						t.Fatalf("%s: the block does not write %s", doc, name)
+					}
+					var v map[string]any
+					if err := yaml.Unmarshal([]byte(file), &v); err != nil {
+						t.Fatalf("%s: %s: %v", doc, name, err)
+					}
+					vals = mergeValues(vals, v)
+				case "--set":
+					if err := strvals.ParseInto(next(), vals); err != nil {
+						t.Fatalf("%s: %v", doc, err)
+					}
+				case "--set-string":
+					if err := strvals.ParseIntoString(next(), vals); err != nil {
+						t.Fatalf("%s: %v", doc, err)
+					}
+				}
+			}
+			if _, err := Render(vals); err != nil {
+				t.Errorf("%s: the documented install fails: %v\n%s", doc, err, cmd)
+			}
+		}
+	}
+	if found < 3 {
+		t.Errorf("found %d helm install commands in the documents, want one each in the README, operations.md and the chart's README", found)
+	}
+}
+
+var commandSubstitution = regexp.MustCompile(`\$\([^)]*\)`)
+
+// shellBlocks returns the contents of a Markdown document's ```sh blocks.
+func shellBlocks(doc string) []string {
+	var blocks []string
+	var cur *strings.Builder
+	for line := range strings.Lines(doc) {
+		switch {
+		case cur == nil && strings.TrimSpace(line) == "```sh":
+			cur = &strings.Builder{}
+		case cur != nil && strings.TrimSpace(line) == "```":
+			blocks = append(blocks, cur.String())
+			cur = nil
+		case cur != nil:
+			cur.WriteString(line)
+		}
+	}
+	return blocks
+}
+
+// helmInstall returns the helm install command of a shell block, its
+// continuation lines joined.
+func helmInstall(block string) (string, bool) {
+	i := strings.Index(block, "helm install ")
+	if i < 0 {
+		return "", false
+	}
+	var cmd strings.Builder
+	for line := range strings.Lines(block[i:]) {
+		line = strings.TrimRight(line, "\n")
+		if s, ok := strings.CutSuffix(line, `\`); ok {
+			cmd.WriteString(s + " ")
+			continue
+		}
+		cmd.WriteString(line)
+		break
+	}
+	return cmd.String(), true
+}
+
+// heredoc returns what a block writes to name with cat > name <<'END'.
+func heredoc(block, name string) (string, bool) {
+	m := regexp.MustCompile(`(?m)^cat > ` + regexp.QuoteMeta(name) + ` <<'(\w+)'\n`).FindStringSubmatchIndex(block)
+	if m == nil {
+		return "", false
+	}
+	end := block[m[2]:m[3]]
+	body, _, ok := strings.Cut(block[m[1]:], "\n"+end+"\n")
+	return body, ok
+}
+
+// shellWords splits a command as a POSIX shell would, quotes and
+// backslashes included (no expansions).
+func shellWords(s string) ([]string, error) {
+	var words []string
+	var w strings.Builder
+	inWord := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ' || c == '\t':
+			if inWord {
+				words, inWord = append(words, w.String()), false
+				w.Reset()
+			}
+			continue
+		case c == '\'':
+			j := strings.IndexByte(s[i+1:], '\'')
+			if j < 0 {
+				return nil, fmt.Errorf("unclosed ' in %s", s)
+			}
+			w.WriteString(s[i+1 : i+1+j])
+			i += j + 1
+		case c == '"':
+			i++
+			for ; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) && strings.IndexByte("\"\\$`", s[i+1]) >= 0 {
+					i++
+				}
+				w.WriteByte(s[i])
+			}
+			if i == len(s) {
+				return nil, fmt.Errorf("unclosed \" in %s", s)
+			}
+		case c == '\\' && i+1 < len(s):
+			i++
+			w.WriteByte(s[i])
+		default:
+			w.WriteByte(c)
+		}
+		inWord = true
+	}
+	if inWord {
+		words = append(words, w.String())
+	}
+	return words, nil
 }
