@@ -27,16 +27,6 @@ type metric struct {
 	values map[string][]string
 }
 
-// pendingMetrics are consumer signals another branch adds to the binary
-// (issue 11): the chart's autoscalers and alerts use them already. Once
-// docs/metrics.md lists them, the entries here change nothing; remove them
-// then.
-var pendingMetrics = map[string]metric{
-	"sluice_consumer_group_lag":                     {labels: []string{"topic"}},
-	"sluice_consumer_oldest_unfinished_age_seconds": {labels: []string{"topic"}},
-	"sluice_consumer_in_flight_ratio":               {},
-}
-
 // targetLabels are the labels Prometheus adds to every series it scrapes
 // through the ServiceMonitor.
 var targetLabels = []string{"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
@@ -51,8 +41,8 @@ var (
 // exportedMetrics returns every series name Sluice's processes export: the
 // families of docs/metrics.md (a histogram x as x_bucket, x_sum, x_count;
 // sluice_kafka_<role>_* for every role it names), the Go and process
-// collectors, and pendingMetrics not in the document yet.
-func exportedMetrics(t *testing.T) (map[string]metric, []string) {
+// collectors.
+func exportedMetrics(t *testing.T) map[string]metric {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("..", "docs", "metrics.md"))
 	if err != nil {
@@ -112,15 +102,7 @@ func exportedMetrics(t *testing.T) (map[string]metric, []string) {
 	for _, mf := range mfs {
 		add(mf.GetName(), strings.ToLower(mf.GetType().String()), metric{})
 	}
-	var pending []string
-	for name, m := range pendingMetrics {
-		if _, ok := out[name]; !ok {
-			out[name] = m
-			pending = append(pending, name)
-		}
-	}
-	slices.Sort(pending)
-	return out, pending
+	return out
 }
 
 // promQL is an expression of the chart, with where it comes from.
@@ -346,10 +328,7 @@ var plainAlternation = regexp.MustCompile(`^[a-z_]+(\|[a-z_]+)*$`)
 // external metric an HPA asks for is served by an adapter rule, with
 // labels its series have.
 func TestPromQL(t *testing.T) {
-	exported, pending := exportedMetrics(t)
-	if len(pending) > 0 {
-		t.Logf("pending: %v are not in docs/metrics.md yet (issue 11's consumer signals)", pending)
-	}
+	exported := exportedMetrics(t)
 	hpaObjs, err := RenderSet("hpa")
 	if err != nil {
 		t.Fatal(err)
@@ -401,7 +380,7 @@ func TestPromQL(t *testing.T) {
 
 // TestPromQLCheckFindsMistakes: the check names each kind of mistake.
 func TestPromQLCheckFindsMistakes(t *testing.T) {
-	exported, _ := exportedMetrics(t)
+	exported := exportedMetrics(t)
 	for _, tt := range []struct{ expr, want string }{
 		{`sum(rate(sluice_http_requests_total{job="x"}[5m]`, "unclosed"},
 		{`sum(rate(sluice_http_request_total[5m]))`, "sluice_http_request_total is not a metric Sluice exports"},

@@ -68,7 +68,7 @@ func TestChartRefuses(t *testing.T) {
 		{"NoModel", `consumer: {config: {SLUICE_LLM_MODEL: ""}}`, "consumer.config.SLUICE_LLM_MODEL is required"},
 		{"NoTokenKey", `secrets: {values: {SLUICE_JWT_SECRET: ""}}`, "the producer needs a token key"},
 		{"KeyFilesWithoutSecret", `jwtPublicKeys: {files: [a.pem]}`, "jwtPublicKeys.existingSecret, which is empty"},
-		{"ConsumerGraceTooShort", `consumer: {drainTimeoutSeconds: 30}`, "consumer.terminationGracePeriodSeconds 60 is shorter than"},
+		{"ConsumerGraceTooShort", `consumer: {drainTimeoutSeconds: 30}`, "consumer.terminationGracePeriodSeconds 40 is shorter than the drain"},
 		{"ProducerGraceTooShort", `producer: {terminationGracePeriodSeconds: 30}`, "producer.terminationGracePeriodSeconds 30 is shorter than"},
 		{"MoreConsumersThanPartitions", `topics: {partitions: 12}`, "maxReplicas 300 exceeds topics.partitions 12"},
 		{"MinAboveMax", `consumer: {autoscaling: {minReplicas: 20, maxReplicas: 10}}`, "minReplicas 20 exceeds maxReplicas 10"},

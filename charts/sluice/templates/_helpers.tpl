@@ -296,14 +296,14 @@ externalRules:
 {{- fail "jwtPublicKeys.files names keys of jwtPublicKeys.existingSecret, which is empty" -}}
 {{- end -}}
 {{- $p := .Values.producer -}}
-{{- $pneed := add (mul 2 (int $p.drainDelaySeconds)) (int $p.shutdownTimeoutSeconds) 5 -}}
+{{- $pneed := add (int $p.drainDelaySeconds) (int $p.shutdownTimeoutSeconds) 5 -}}
 {{- if lt (int $p.terminationGracePeriodSeconds) (int $pneed) -}}
-{{- fail (printf "producer.terminationGracePeriodSeconds %d is shorter than the preStop drain delay, the drain delay and shutdown timeout after SIGTERM, and 5 s (2 × %d + %d + 5 = %d)" (int $p.terminationGracePeriodSeconds) (int $p.drainDelaySeconds) (int $p.shutdownTimeoutSeconds) (int $pneed)) -}}
+{{- fail (printf "producer.terminationGracePeriodSeconds %d is shorter than the preStop drain delay, the shutdown timeout after SIGTERM and 5 s (%d + %d + 5 = %d)" (int $p.terminationGracePeriodSeconds) (int $p.drainDelaySeconds) (int $p.shutdownTimeoutSeconds) (int $pneed)) -}}
 {{- end -}}
 {{- $c := .Values.consumer -}}
-{{- $cneed := add (mul 2 (int $c.drainTimeoutSeconds)) 5 -}}
+{{- $cneed := add (int $c.drainTimeoutSeconds) 15 -}}
 {{- if lt (int $c.terminationGracePeriodSeconds) (int $cneed) -}}
-{{- fail (printf "consumer.terminationGracePeriodSeconds %d is shorter than the preStop drain, a drain after SIGTERM, and 5 s (2 × %d + 5 = %d)" (int $c.terminationGracePeriodSeconds) (int $c.drainTimeoutSeconds) (int $cneed)) -}}
+{{- fail (printf "consumer.terminationGracePeriodSeconds %d is shorter than the drain, the final commit and leaving the group (10 s) and 5 s (%d + 10 + 5 = %d)" (int $c.terminationGracePeriodSeconds) (int $c.drainTimeoutSeconds) (int $cneed)) -}}
 {{- end -}}
 {{- $a := $c.autoscaling -}}
 {{- if ne $a.mode "off" -}}
