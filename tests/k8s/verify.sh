@@ -84,8 +84,7 @@ fi
 # with the render test writing each values set's output there when
 # SLUICE_RENDER_DIR is set.
 render_chart() {
-  echo "verify-k8s: charts/sluice exists but is not connected: fill in render_chart in tests/k8s/verify.sh" >&2
-  return 1
+  SLUICE_RENDER_DIR="$1" go -C "$root" test -count=1 -run '^TestRenderToDir$' ./charts/ >/dev/null
 }
 # -----------------------------------------------------------------------
 if [[ -d $root/charts/sluice ]]; then
