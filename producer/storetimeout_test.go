@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,7 +24,7 @@ import (
 // 503 within the store timeout instead of hanging on.
 func TestHungRedisBoundedOnPollAndDialog(t *testing.T) {
 	m, _ := stacktest.Miniredis(t)
-	px := newFreezer(t, m.Addr())
+	px := stacktest.NewFreezer(t, m.Addr())
 	cfg := bus.DefaultConfig()
 	cfg.Partitions = 2
 	cfg.Brokers = []string{stacktest.Broker(t, cfg, false).Addr()}
@@ -36,7 +35,7 @@ func TestHungRedisBoundedOnPollAndDialog(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
 	p, err := producer.Open(ctx, producer.Settings{Producer: pcfg, Bus: cfg,
-		Redis: store.ClientConfig{Addrs: []string{px.addr}}, Store: store.DefaultConfig(),
+		Redis: store.ClientConfig{Addrs: []string{px.Addr}}, Store: store.DefaultConfig(),
 		Auth: auth.Config{Secret: secret}}, log, reg, admin.New(reg, log))
 	if err != nil {
 		cancel()
@@ -55,8 +54,8 @@ func TestHungRedisBoundedOnPollAndDialog(t *testing.T) {
 	if r := h.send(t, "GET", "/v1/dialogs/"+dlg0, bearer, "", ""); r.code != http.StatusOK {
 		t.Fatalf("dialog read before Redis hangs: %d %s", r.code, r.body)
 	}
-	px.freeze()
-	t.Cleanup(px.thaw) // before the producer closes: a hung Redis holds its Close's drain
+	px.Freeze()
+	t.Cleanup(px.Thaw) // before the producer closes: a hung Redis holds its Close's drain
 	const dlg = "0123456789abcdef0123456789abcdef"
 	for _, tc := range []struct{ method, path string }{
 		{"GET", "/v1/chat/" + dlg + "/01a1fd8b-6311-729c-8b2d-bb41722db1c5?wait_ms=0"},
@@ -76,82 +75,4 @@ func TestHungRedisBoundedOnPollAndDialog(t *testing.T) {
 			t.Errorf("%s %s with Redis hung took %v, want it bounded by the store timeout", tc.method, tc.path, took)
 		}
 	}
-}
-
-// freezer is a TCP proxy to a Redis that can be frozen: from then on it
-// accepts and holds connections and forwards nothing, as a Redis that hangs.
-type freezer struct {
-	addr   string
-	mu     sync.Mutex
-	frozen bool
-	conns  []net.Conn
-}
-
-func newFreezer(t *testing.T, target string) *freezer {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &freezer{addr: ln.Addr().String()}
-	t.Cleanup(func() {
-		ln.Close()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		for _, c := range f.conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			f.mu.Lock()
-			f.conns = append(f.conns, c)
-			f.mu.Unlock()
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			f.mu.Lock()
-			f.conns = append(f.conns, up)
-			f.mu.Unlock()
-			go f.pipe(up, c)
-			go f.pipe(c, up)
-		}
-	}()
-	return f
-}
-
-func (f *freezer) pipe(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if err != nil {
-			return
-		}
-		f.mu.Lock()
-		frozen := f.frozen
-		f.mu.Unlock()
-		if frozen {
-			continue // swallowed: the Redis hangs
-		}
-		if _, err := dst.Write(buf[:n]); err != nil {
-			return
-		}
-	}
-}
-
-func (f *freezer) freeze() {
-	f.mu.Lock()
-	f.frozen = true
-	f.mu.Unlock()
-}
-
-func (f *freezer) thaw() {
-	f.mu.Lock()
-	f.frozen = false
-	f.mu.Unlock()
 }

@@ -27,6 +27,7 @@ import (
 
 	"sluice/consumer"
 	"sluice/producer"
+	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 )
 
@@ -561,85 +562,15 @@ func TestSlowBodiesReleased(t *testing.T) {
 	}
 }
 
-// freezer is a TCP proxy to a Redis that can be frozen: from then on it
-// holds every connection and forwards nothing, as a Redis that hangs.
-type freezer struct {
-	addr   string
-	mu     sync.Mutex
-	frozen bool
-	conns  []net.Conn
-}
-
-func newFreezer(t *testing.T, target string) *freezer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &freezer{addr: ln.Addr().String()}
-	t.Cleanup(func() {
-		ln.Close()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		for _, c := range f.conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			f.mu.Lock()
-			f.conns = append(f.conns, c, up)
-			f.mu.Unlock()
-			go f.pipe(up, c)
-			go f.pipe(c, up)
-		}
-	}()
-	return f
-}
-
-func (f *freezer) pipe(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if err != nil {
-			return
-		}
-		f.mu.Lock()
-		frozen := f.frozen
-		f.mu.Unlock()
-		if frozen {
-			continue // swallowed: the Redis hangs
-		}
-		if _, err := dst.Write(buf[:n]); err != nil {
-			return
-		}
-	}
-}
-
-func (f *freezer) freeze() {
-	f.mu.Lock()
-	f.frozen = true
-	f.mu.Unlock()
-}
-
 // TestHungRedisBoundsPollAndDialog: with the Redis behind a producer
 // process hanging (connections open, nothing answered), a poll and a
 // dialog read answer 503 within SLUICE_STORE_TIMEOUT and a margin, instead
 // of holding the client for the Redis client's own timeouts.
 func TestHungRedisBoundsPollAndDialog(t *testing.T) {
 	s := newProcessStack(t)
-	fz := newFreezer(t, s.redisAddr)
+	fz := stacktest.NewFreezer(t, s.redisAddr)
 	const storeTimeout = 200 * time.Millisecond
-	_, url := s.startProducer(t, "SLUICE_REDIS_ADDR="+fz.addr, "SLUICE_STORE_TIMEOUT="+storeTimeout.String())
+	_, url := s.startProducer(t, "SLUICE_REDIS_ADDR="+fz.Addr, "SLUICE_STORE_TIMEOUT="+storeTimeout.String())
 	c := s.client(url, "shop-1", "frozen")
 	dialog := newDialog()
 	// A request to poll for (no consumer runs: it stays queued).
@@ -650,7 +581,7 @@ func TestHungRedisBoundsPollAndDialog(t *testing.T) {
 	if code, _ := c.do(http.MethodGet, "/v1/dialogs/"+dialog, nil, nil); code != http.StatusOK {
 		t.Fatalf("dialog read before Redis hangs: %d", code)
 	}
-	fz.freeze()
+	fz.Freeze()
 	// The bound is the behaviour under test: the store timeout with a wide
 	// margin for a loaded machine. Before, the poll took 40 s here and the
 	// dialog read 5 s.

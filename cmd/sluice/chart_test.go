@@ -289,21 +289,9 @@ func checkChart(t *testing.T, r renderedChart) (problems []string) {
 			for _, p := range envProblems {
 				fail(cid, "%s", p)
 			}
-			st := defaultSettings()
-			var fs *flag.FlagSet
-			var validate func() error
-			switch sub := c.Args[0]; sub {
-			case "producer":
-				fs = producerFlags(st, io.Discard)
-				validate = func() error { return st.producerSettings().Validate() }
-			case "consumer":
-				fs = consumerFlags(st, io.Discard)
-				validate = func() error { return st.consumerSettings().Validate() }
-			case "topics":
-				fs = topicsFlags(st, io.Discard)
-				validate = func() error { return st.bus.Validate() }
-			default:
-				fail(cid, "args %v: %q is not a sluice subcommand a pod runs", c.Args, sub)
+			st, fs, validate, ok := serviceCommand(c.Args[0])
+			if !ok || c.Args[0] == "mockllm" {
+				fail(cid, "args %v: %q is not a sluice subcommand a pod runs", c.Args, c.Args[0])
 				continue
 			}
 			for _, k := range slices.Sorted(maps.Keys(env)) {

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -78,26 +76,9 @@ func checkCompose(path string) ([]string, error) {
 			}
 		}
 		lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-		var fs *flag.FlagSet
-		var validate func() error
-		st := defaultSettings()
-		switch sub := svc.Command[0]; sub {
-		case "producer":
-			fs = producerFlags(st, io.Discard)
-			validate = func() error { return st.producerSettings().Validate() }
-		case "consumer":
-			fs = consumerFlags(st, io.Discard)
-			validate = func() error { return st.consumerSettings().Validate() }
-		case "mockllm":
-			fs = mockFlags(st, io.Discard)
-			validate = func() error {
-				if _, port, err := net.SplitHostPort(st.mockAddr); err == nil {
-					listens[name+":"+port] = true
-				}
-				return st.mock.Validate()
-			}
-		default:
-			fail(name, "command %q is not a sluice subcommand a service runs", sub)
+		st, fs, validate, ok := serviceCommand(svc.Command[0])
+		if !ok || svc.Command[0] == "topics" {
+			fail(name, "command %q is not a sluice subcommand a service runs", svc.Command[0])
 			continue
 		}
 		for k := range env {
@@ -113,7 +94,11 @@ func checkCompose(path string) ([]string, error) {
 			fail(name, "settings: %v", err)
 			continue
 		}
-		if svc.Command[0] != "mockllm" {
+		if svc.Command[0] == "mockllm" {
+			if _, port, err := net.SplitHostPort(st.mockAddr); err == nil {
+				listens[name+":"+port] = true
+			}
+		} else {
 			ours = append(ours, sluiceSvc{svc, st})
 		}
 	}
