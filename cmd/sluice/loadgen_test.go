@@ -4,42 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	"sluice/shared/devstack/loadgen"
+	"sluice/shared/devstack/stacktest"
 )
-
-// refusingAddr returns a loopback address that refuses connections. A
-// socket bound there without listening holds the port, so that no other
-// test can take it while this one runs, as it could a closed listener's.
-func refusingAddr(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-}
 
 // TestLoadgenDeadAddress: against an address nothing listens on, sluice
 // loadgen stops by itself, exits 1 and says why; with --json its stdout is
 // still the one result line.
 func TestLoadgenDeadAddress(t *testing.T) {
-	url := "http://" + refusingAddr(t)
+	url := "http://" + stacktest.RefusingAddr(t)
 	for _, tt := range []struct {
 		name string
 		args []string

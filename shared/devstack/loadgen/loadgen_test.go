@@ -10,11 +10,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 
 	"sluice/shared/devstack"
 	"sluice/shared/devstack/loadgen"
+	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 )
 
@@ -170,31 +169,11 @@ func TestFirstDistinctFailures(t *testing.T) {
 	}
 }
 
-// refusingAddr returns a loopback address that refuses connections. A
-// socket bound there without listening holds the port, so that no other
-// test can take it while this one runs, as it could a closed listener's.
-func refusingAddr(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-}
-
 // TestDeadServerBounded: against a closed port each user backs off, so the
 // attempts stay within what the backoff allows in the run's time, and the
 // run stops by itself, naming the transport error.
 func TestDeadServerBounded(t *testing.T) {
-	c := httpConfig("http://" + refusingAddr(t))
+	c := httpConfig("http://" + stacktest.RefusingAddr(t))
 	res, err := loadgen.Run(context.Background(), c, slog.New(slog.DiscardHandler))
 	if !errors.Is(err, loadgen.ErrGaveUp) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("err = %v, want ErrGaveUp naming the refused connection", err)
@@ -428,7 +407,7 @@ func TestKafkaNothingAnswered(t *testing.T) {
 
 // TestKafkaNoBroker: a dead broker address fails the run at once.
 func TestKafkaNoBroker(t *testing.T) {
-	addr := refusingAddr(t)
+	addr := stacktest.RefusingAddr(t)
 	c := loadgen.DefaultConfig()
 	c.Target = loadgen.TargetKafka
 	c.Kafka.Brokers = []string{addr}
