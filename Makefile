@@ -26,7 +26,11 @@ run: build ## sluice dev: embedded Kafka, Redis and mock LLM, producer and consu
 
 test: ## every test, race detector on, then each fuzz target briefly
 	$(GO) vet ./...
-	$(GO) test $(TESTFLAGS) ./...
+	$(GO) test $(TESTFLAGS) $$($(GO) list ./... | grep -v '/tests$$')
+	@# The end-to-end and multi-process tests last, alone: some of them
+	@# measure what the door admits while answers are fast, which 2 cores
+	@# shared with the other packages' tests do not give.
+	$(GO) test $(TESTFLAGS) ./tests
 	@$(MAKE) --no-print-directory fuzz-short
 
 # A failing input is written to the package's testdata/fuzz/<Name>/: commit
