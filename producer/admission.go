@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -40,10 +41,10 @@ type admission struct {
 	minRate  float64
 
 	lag      atomic.Int64
-	accepted atomic.Int64  // requests this replica accepted, in all
-	base     atomic.Int64  // accepted when the current lag was measured
-	latency  atomic.Uint64 // float64 bits: recent time to answer, ns (smoothed)
-	observed atomic.Int64  // when latency was last updated, unix ns
+	accepted atomic.Int64 // requests this replica accepted, in all
+	base     atomic.Int64 // accepted when the current lag was measured
+	answers  answerTimes
+	observed atomic.Int64  // when an answer time was last recorded, unix ns
 	probed   atomic.Int64  // when a probe was last let in, unix ns
 	rate     atomic.Uint64 // float64 bits, records/s
 	stalled  atomic.Int64  // partitions left out of the lag as stalled
@@ -158,22 +159,46 @@ func (a *admission) update(now time.Time, offsets map[int32][2]int64) {
 // observe records how long a wait-mode request accepted by this replica
 // took to be answered.
 func (a *admission) observe(took time.Duration) {
-	for {
-		old := a.latency.Load()
-		prev := math.Float64frombits(old)
-		next := float64(took)
-		if prev != 0 {
-			next = 0.9*prev + 0.1*next // about the last ten answers
-		}
-		if a.latency.CompareAndSwap(old, math.Float64bits(next)) {
-			break
-		}
-	}
+	a.answers.add(took)
 	a.observed.Store(time.Now().UnixNano())
 }
 
+// answerTimes keeps the last len(slots) answer times, lock-free: the hot
+// path stores one, and only a request the estimate would refuse reads them.
+type answerTimes struct {
+	next  atomic.Uint64
+	slots [16]atomic.Int64 // ns; 0 while unused
+}
+
+func (r *answerTimes) add(took time.Duration) {
+	i := (r.next.Add(1) - 1) % uint64(len(r.slots))
+	r.slots[i].Store(max(int64(took), 1))
+}
+
+// median returns the median of the recorded answer times, or false when
+// none was recorded. A median, not a mean: one answer slowed by a
+// collection pause or a cold connection must not make every answer look
+// slow, nor one fast answer a queue look short.
+func (r *answerTimes) median() (time.Duration, bool) {
+	var buf [len(r.slots)]int64
+	n := 0
+	for i := range r.slots {
+		if v := r.slots[i].Load(); v > 0 {
+			buf[n] = v
+			n++
+		}
+	}
+	if n == 0 {
+		return 0, false
+	}
+	ts := buf[:n]
+	slices.Sort(ts)
+	return time.Duration(ts[n/2]), true
+}
+
 // answersFast reports whether this replica's recent wait-mode answers
-// (the last one within 10 s) took on average less than a quarter of wait.
+// (the last one within 10 s) took, by their median, less than a quarter
+// of wait.
 //
 // The lag over the completion rate measures the time to a commit, not to
 // an answer: while the consumers have room, it is their commit delay and
@@ -184,7 +209,11 @@ func (a *admission) observe(took time.Duration) {
 // a low rate. What the requests just answered took says whether there is a
 // queue at all.
 func (a *admission) answersFast(wait time.Duration) bool {
-	return a.fresh() && time.Duration(math.Float64frombits(a.latency.Load())) < wait/4
+	if !a.fresh() {
+		return false
+	}
+	m, ok := a.answers.median()
+	return ok && m < wait/4
 }
 
 // fresh reports whether this replica has an answer time from the last 10 s.

@@ -40,6 +40,32 @@ func TestAdmissionProbesWithoutAnswerTimes(t *testing.T) {
 	}
 }
 
+// TestAdmissionAnswerTimesAreAMedian: a slow first answer (cold
+// connections) or one slow answer among fast ones does not make answers
+// look slow; a majority of slow ones does.
+func TestAdmissionAnswerTimesAreAMedian(t *testing.T) {
+	a := &admission{}
+	a.observe(2 * time.Second) // the first answer of a cold consumer
+	for range 4 {
+		a.observe(10 * time.Millisecond)
+	}
+	if !a.answersFast(300 * time.Millisecond) {
+		t.Error("one slow first answer among five makes answers slow")
+	}
+	for range 9 {
+		a.observe(time.Second)
+	}
+	if a.answersFast(300 * time.Millisecond) {
+		t.Error("ten slow answers of the last fourteen still count as fast")
+	}
+	for range 16 {
+		a.observe(5 * time.Millisecond)
+	}
+	if !a.answersFast(300 * time.Millisecond) {
+		t.Error("sixteen fast answers after slow ones are not fast")
+	}
+}
+
 // TestAdmissionLeavesOutStalledPartitions: a partition whose commit stops
 // while the others' move (its consumer died, the group has not noticed
 // yet) leaves the estimate; when every partition stops, none is left out.

@@ -13,19 +13,22 @@ import (
 // rate measures the time to a commit (half the commit interval and more),
 // not to an answer. A wait-mode request whose wait is shorter than that is
 // still admitted while the answers just given took a fraction of it: with
-// the consumers answering in milliseconds, 20 users asking with wait_ms 300
-// get no 503 once the first question was answered.
+// the consumers answering in milliseconds and committing every 3 s, 20
+// users asking with wait_ms 1000 get no 503 once a few questions were
+// answered. Each user keeps one dialog, so that no question is answered
+// from the hot-answer cache, which admission does not see.
 func TestShortWaitAdmittedWhileAnswersAreFast(t *testing.T) {
 	s := newStack(t, backends()[0], stackOptions{partitions: 4, mock: mockllmConfig(0, 0)})
 	cc := testConsumerConfig()
-	cc.CommitInterval = time.Second // the default: commits trail answers by half a second
+	cc.CommitInterval = 3 * time.Second // commits trail answers by 1.5 s: the estimate is above the wait
 	s.addConsumer(cc)
 	p := s.addProducer(testProducerConfig())
 	// A few answers first: until there are some, the estimate alone
-	// decides, and the very first answer (new connections, a cold
-	// consumer) can be slow on a loaded machine.
+	// decides (with a probe every 100 ms).
+	warm := s.client(p.url, "shop-1", "first")
+	dialog := newDialog()
 	for i := range 5 {
-		if code, _ := s.client(p.url, "shop-1", "first").do(http.MethodPost, "/v1/chat", map[string]any{"text": "在吗", "wait_ms": 5000}, nil); code != http.StatusOK {
+		if code, _ := warm.do(http.MethodPost, "/v1/chat", map[string]any{"text": fmt.Sprintf("在吗 %d", i), "dialog_id": dialog, "wait_ms": 5000}, nil); code != http.StatusOK {
 			t.Fatalf("warm-up question %d: %d", i, code)
 		}
 	}
@@ -36,9 +39,10 @@ func TestShortWaitAdmittedWhileAnswersAreFast(t *testing.T) {
 	var wg sync.WaitGroup
 	for u := range 20 {
 		c := s.client(p.url, "shop-1", fmt.Sprintf("u%d", u))
+		dialog := newDialog()
 		wg.Go(func() {
-			for range 30 {
-				code, _, err := c.tryDo(http.MethodPost, "/v1/chat", map[string]any{"text": "发货了吗", "wait_ms": 300}, nil)
+			for i := range 30 {
+				code, _, err := c.tryDo(http.MethodPost, "/v1/chat", map[string]any{"text": fmt.Sprintf("第%d单发货了吗", i), "dialog_id": dialog, "wait_ms": 1000}, nil)
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err)
