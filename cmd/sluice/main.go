@@ -8,6 +8,7 @@
 //	sluice token      mint a bearer token with the configured key
 //	sluice loadgen    generate load and measure throughput and latency
 //	sluice drain      drain a running producer or consumer (a preStop hook)
+//	sluice lab        the autoscaling lab: consumers scaled by the HPA on a traffic profile
 //
 // Every flag has an environment twin: --kafka-brokers is SLUICE_KAFKA_BROKERS.
 package main
@@ -50,6 +51,8 @@ Commands:
   loadgen    generate load against the API or straight into Kafka, and measure
   drain      drain a running producer or consumer through its admin listener
              (a Kubernetes preStop hook); exits 0 once drained
+  lab        the autoscaling lab: a traffic profile against consumer processes
+             scaled by the Kubernetes HPA algorithm (--sim: a model of it)
   version    print the version
 
 Run 'sluice <command> -h' for a command's flags. Every flag has an
@@ -83,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runLoadgen(ctx, rest, stdout, stderr)
 	case "drain":
 		err = runDrain(ctx, rest, stdout, stderr)
+	case "lab":
+		err = runLab(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":

@@ -86,8 +86,8 @@ func TestLoadProfile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(p, FlashSale(20, 5)) {
-			t.Errorf("LoadProfile(flash-sale) = %+v, want FlashSale(20, 5)", p)
+		if !reflect.DeepEqual(p, FlashSale(3, 30)) {
+			t.Errorf("LoadProfile(flash-sale) = %+v, want FlashSale(3, 30)", p)
 		}
 	})
 	t.Run("File", func(t *testing.T) {

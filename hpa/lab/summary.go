@@ -19,9 +19,11 @@ type Summary struct {
 	Offered        int64   `json:"offered"`
 	Accepted       int64   `json:"accepted"`
 	Answered       int64   `json:"answered"`
+	Expired        int64   `json:"expired"` // accepted, then expired by the pipeline at its deadline
 	Lost           int64   `json:"lost"`
 	DuplicateTurns int64   `json:"duplicate_turns"`
 	Refused        int64   `json:"refused"`
+	Failed         int64   `json:"failed"` // questions that got neither an answer nor a refusal (transport errors, 5xx other than 503)
 	QueueWaitP50Ms float64 `json:"queue_wait_p50_ms"`
 	QueueWaitP99Ms float64 `json:"queue_wait_p99_ms"`
 	MaxReplicas    int     `json:"max_replicas"`
@@ -31,43 +33,62 @@ type Summary struct {
 	ScaleDowns     int     `json:"scale_downs"`
 	DrainedOK      int     `json:"drained_ok"`
 	DrainedFailed  int     `json:"drained_failed"`
-	Out            string  `json:"out"`
+	// The calibration a simulation takes from a lab run: how long a new
+	// consumer took to be ready, and a removed one to drain and exit (mean
+	// seconds), its in-flight budget and the LLM's latency.
+	PodStartS    float64 `json:"pod_start_s"`
+	DrainS       float64 `json:"drain_s"`
+	InFlight     int     `json:"in_flight"`
+	LLMLatencyMs float64 `json:"llm_latency_ms"`
+	// Compare is set on a simulation calibrated from a lab run: how well
+	// it predicts that run.
+	Compare *Comparison `json:"compare,omitempty"`
+	Out     string      `json:"out"`
 }
 
 // summaryJSON is Summary with its floats as jsonFloat. It is kept field for
 // field in step with Summary: TestSummaryJSONFields fails when they differ.
 type summaryJSON struct {
-	Mode           string    `json:"mode"`
-	Profile        string    `json:"profile"`
-	Signal         string    `json:"signal"`
-	TimeFactor     jsonFloat `json:"time_factor"`
-	Offered        int64     `json:"offered"`
-	Accepted       int64     `json:"accepted"`
-	Answered       int64     `json:"answered"`
-	Lost           int64     `json:"lost"`
-	DuplicateTurns int64     `json:"duplicate_turns"`
-	Refused        int64     `json:"refused"`
-	QueueWaitP50Ms jsonFloat `json:"queue_wait_p50_ms"`
-	QueueWaitP99Ms jsonFloat `json:"queue_wait_p99_ms"`
-	MaxReplicas    int       `json:"max_replicas"`
-	FinalReplicas  int       `json:"final_replicas"`
-	PodSeconds     jsonFloat `json:"pod_seconds"`
-	ScaleUps       int       `json:"scale_ups"`
-	ScaleDowns     int       `json:"scale_downs"`
-	DrainedOK      int       `json:"drained_ok"`
-	DrainedFailed  int       `json:"drained_failed"`
-	Out            string    `json:"out"`
+	Mode           string      `json:"mode"`
+	Profile        string      `json:"profile"`
+	Signal         string      `json:"signal"`
+	TimeFactor     jsonFloat   `json:"time_factor"`
+	Offered        int64       `json:"offered"`
+	Accepted       int64       `json:"accepted"`
+	Answered       int64       `json:"answered"`
+	Expired        int64       `json:"expired"`
+	Lost           int64       `json:"lost"`
+	DuplicateTurns int64       `json:"duplicate_turns"`
+	Refused        int64       `json:"refused"`
+	Failed         int64       `json:"failed"`
+	QueueWaitP50Ms jsonFloat   `json:"queue_wait_p50_ms"`
+	QueueWaitP99Ms jsonFloat   `json:"queue_wait_p99_ms"`
+	MaxReplicas    int         `json:"max_replicas"`
+	FinalReplicas  int         `json:"final_replicas"`
+	PodSeconds     jsonFloat   `json:"pod_seconds"`
+	ScaleUps       int         `json:"scale_ups"`
+	ScaleDowns     int         `json:"scale_downs"`
+	DrainedOK      int         `json:"drained_ok"`
+	DrainedFailed  int         `json:"drained_failed"`
+	PodStartS      jsonFloat   `json:"pod_start_s"`
+	DrainS         jsonFloat   `json:"drain_s"`
+	InFlight       int         `json:"in_flight"`
+	LLMLatencyMs   jsonFloat   `json:"llm_latency_ms"`
+	Compare        *Comparison `json:"compare,omitempty"`
+	Out            string      `json:"out"`
 }
 
 // MarshalJSON encodes the summary with a non-finite float as null.
 func (s Summary) MarshalJSON() ([]byte, error) {
 	return json.Marshal(summaryJSON{
 		Mode: s.Mode, Profile: s.Profile, Signal: s.Signal, TimeFactor: jsonFloat(s.TimeFactor),
-		Offered: s.Offered, Accepted: s.Accepted, Answered: s.Answered, Lost: s.Lost,
-		DuplicateTurns: s.DuplicateTurns, Refused: s.Refused,
+		Offered: s.Offered, Accepted: s.Accepted, Answered: s.Answered, Expired: s.Expired, Lost: s.Lost,
+		DuplicateTurns: s.DuplicateTurns, Refused: s.Refused, Failed: s.Failed,
 		QueueWaitP50Ms: jsonFloat(s.QueueWaitP50Ms), QueueWaitP99Ms: jsonFloat(s.QueueWaitP99Ms),
 		MaxReplicas: s.MaxReplicas, FinalReplicas: s.FinalReplicas, PodSeconds: jsonFloat(s.PodSeconds),
 		ScaleUps: s.ScaleUps, ScaleDowns: s.ScaleDowns, DrainedOK: s.DrainedOK, DrainedFailed: s.DrainedFailed,
+		PodStartS: jsonFloat(s.PodStartS), DrainS: jsonFloat(s.DrainS), InFlight: s.InFlight,
+		LLMLatencyMs: jsonFloat(s.LLMLatencyMs), Compare: s.Compare,
 		Out: s.Out,
 	})
 }
@@ -81,11 +102,13 @@ func (s *Summary) UnmarshalJSON(b []byte) error {
 	}
 	*s = Summary{
 		Mode: j.Mode, Profile: j.Profile, Signal: j.Signal, TimeFactor: float64(j.TimeFactor),
-		Offered: j.Offered, Accepted: j.Accepted, Answered: j.Answered, Lost: j.Lost,
-		DuplicateTurns: j.DuplicateTurns, Refused: j.Refused,
+		Offered: j.Offered, Accepted: j.Accepted, Answered: j.Answered, Expired: j.Expired, Lost: j.Lost,
+		DuplicateTurns: j.DuplicateTurns, Refused: j.Refused, Failed: j.Failed,
 		QueueWaitP50Ms: float64(j.QueueWaitP50Ms), QueueWaitP99Ms: float64(j.QueueWaitP99Ms),
 		MaxReplicas: j.MaxReplicas, FinalReplicas: j.FinalReplicas, PodSeconds: float64(j.PodSeconds),
 		ScaleUps: j.ScaleUps, ScaleDowns: j.ScaleDowns, DrainedOK: j.DrainedOK, DrainedFailed: j.DrainedFailed,
+		PodStartS: float64(j.PodStartS), DrainS: float64(j.DrainS), InFlight: j.InFlight,
+		LLMLatencyMs: float64(j.LLMLatencyMs), Compare: j.Compare,
 		Out: j.Out,
 	}
 	return nil

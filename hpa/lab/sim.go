@@ -1,0 +1,250 @@
+package lab
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"sluice/hpa"
+)
+
+// SimConfig is a simulation's settings: a lab run's, plus the pods' start
+// and drain times the lab measured, at any scale.
+type SimConfig struct {
+	Config
+	// PodStart is how long a new consumer takes to take work (the lab's
+	// pod_start_s; on a cluster add the image pull and scheduling).
+	PodStart time.Duration
+	// Step is the simulation's time step. Default 50 ms.
+	Step time.Duration
+}
+
+// cohort is a fluid batch of records that arrived together.
+type cohort struct {
+	arrived float64 // s since the start
+	started float64
+	done    float64
+	n       float64
+}
+
+// pipeModel is the pipeline as the simulation sees it: a FIFO queue in Kafka,
+// records in flight for the LLM's latency on pods of budget InFlight (at
+// most one pod per partition takes work), finished records counted as lag
+// until the next commit, and pods that take PodStart to start. Removed pods
+// stop taking work at once and finish what they hold.
+type pipeModel struct {
+	cfg      SimConfig
+	queue    []cohort
+	inflight []cohort
+	pods     []float64 // ready at, s; current replicas, oldest first
+	rate     float64   // completions/s, smoothed over a commit interval
+}
+
+func (m *pipeModel) ready(t float64) int {
+	n := 0
+	for _, r := range m.pods {
+		if r <= t {
+			n++
+		}
+	}
+	return min(n, int(m.cfg.Partitions))
+}
+
+func total(cs []cohort) float64 {
+	s := 0.0
+	for _, c := range cs {
+		s += c.n
+	}
+	return s
+}
+
+// observe returns the consumers' signals as the adapter would serve them.
+func (m *pipeModel) observe(t float64) observation {
+	ready := m.ready(t)
+	if ready == 0 {
+		return observation{}
+	}
+	q, f := total(m.queue), total(m.inflight)
+	c := m.cfg.CommitInterval.Seconds()
+	o := observation{Pods: ready, Lag: q + f + m.rate*c/2, InFlightRatio: f / float64(ready*m.cfg.InFlight)}
+	oldest := math.Inf(1)
+	if len(m.queue) > 0 {
+		oldest = m.queue[0].arrived
+	}
+	for _, x := range m.inflight {
+		oldest = min(oldest, x.arrived)
+	}
+	if !math.IsInf(oldest, 1) || m.rate > 0 {
+		o.OldestAge = c / 2
+		if !math.IsInf(oldest, 1) {
+			o.OldestAge += max(t-oldest, m.cfg.LLMLatency.Seconds())
+		}
+	}
+	return o
+}
+
+// Simulate runs the model of cfg's pipeline through its profile with the
+// ported HPA, and writes sim.csv, sim.png and sim.json to cfg.Out.
+func Simulate(cfg SimConfig) (Summary, []Sample, error) {
+	if cfg.Partitions == 0 {
+		cfg.Partitions = cfg.MaxReplicas
+	}
+	if cfg.Step == 0 {
+		cfg.Step = 50 * time.Millisecond
+	}
+	if err := cfg.validate(10000); err != nil {
+		return Summary{}, nil, err
+	}
+	metrics, err := metricsFor(cfg.Signal, defaultTargets(cfg.InFlight, cfg.CommitInterval, cfg.LLMLatency))
+	if err != nil {
+		return Summary{}, nil, err
+	}
+	start := time.Unix(0, 0)
+	var now float64
+	clock := func() time.Time { return start.Add(time.Duration(now * cfg.TimeFactor * float64(time.Second))) }
+	as, err := hpa.New(hpa.Spec{MinReplicas: cfg.MinReplicas, MaxReplicas: cfg.MaxReplicas, Metrics: metrics, Behavior: ChartBehavior()}, clock)
+	if err != nil {
+		return Summary{}, nil, err
+	}
+	m := &pipeModel{cfg: cfg}
+	for range cfg.MinReplicas {
+		m.pods = append(m.pods, 0)
+	}
+	dt := cfg.Step.Seconds()
+	L := cfg.LLMLatency.Seconds()
+	period := syncPeriod.Seconds() / cfg.TimeFactor
+	nextSync := period
+	end := cfg.Profile.Duration()
+	sum := Summary{Mode: "sim", Profile: cfg.Profile.Name, Signal: cfg.Signal, TimeFactor: cfg.TimeFactor,
+		PodStartS: cfg.PodStart.Seconds(), InFlight: cfg.InFlight, LLMLatencyMs: float64(cfg.LLMLatency.Milliseconds()), Out: cfg.Out}
+	sum.MaxReplicas = len(m.pods)
+
+	var all []weighted
+	var samples []Sample
+	var cur Sample
+	var curWaits []weighted
+	var last observation
+	desired := len(m.pods)
+	flush := func(t float64) {
+		slices.SortFunc(curWaits, func(a, b weighted) int { return cmp.Compare(a.wait, b.wait) })
+		cur.T = t
+		cur.QueueWaitP50, cur.QueueWaitP99 = wquantile(curWaits, 0.5), wquantile(curWaits, 0.99)
+		cur.Lag, cur.OldestAge, cur.InFlightRatio = last.Lag, last.OldestAge, last.InFlightRatio
+		cur.Replicas, cur.Desired = m.ready(t), desired
+		samples = append(samples, cur)
+		cur, curWaits = Sample{}, nil
+	}
+	var due, offered, refused float64
+	for step := 1; ; step++ {
+		now = float64(step) * dt
+		if now > end && total(m.queue)+total(m.inflight) < 0.5 {
+			break
+		}
+		if now > end+600 {
+			return sum, samples, fmt.Errorf("the queue did not empty within 10 minutes of the profile's end")
+		}
+		ready := m.ready(now)
+		// Arrivals; the producer refuses a wait-mode question whose
+		// estimated queue wait is over 80 % of its wait.
+		if now <= end {
+			a := cfg.Profile.RateAt(now-dt) * dt
+			offered += a
+			cur.Offered += a / dt * dt
+			capacity := float64(ready*cfg.InFlight) / L
+			if capacity <= 0 || total(m.queue)/capacity > 0.8*cfg.Wait.Seconds() {
+				refused += a
+				cur.Refused += a
+			} else {
+				due += a
+				m.queue = append(m.queue, cohort{arrived: now, n: a})
+			}
+		}
+		// Completions.
+		done := 0.0
+		keep := m.inflight[:0]
+		for _, c := range m.inflight {
+			if c.done <= now+1e-9 {
+				done += c.n
+				w := (c.started - c.arrived) * 1000
+				curWaits = append(curWaits, weighted{w, c.n})
+				all = append(all, weighted{w, c.n})
+			} else {
+				keep = append(keep, c)
+			}
+		}
+		m.inflight = keep
+		cur.Completed += done
+		sum.Answered += int64(math.Round(done))
+		alpha := min(dt/cfg.CommitInterval.Seconds(), 1)
+		m.rate = (1-alpha)*m.rate + alpha*done/dt
+		// Starts, from the head of the queue, into free slots of the pods
+		// that take work.
+		free := float64(ready*cfg.InFlight) - total(m.inflight)
+		for free > 1e-9 && len(m.queue) > 0 {
+			h := &m.queue[0]
+			take := min(h.n, free)
+			m.inflight = append(m.inflight, cohort{arrived: h.arrived, started: now, done: now + L, n: take})
+			free -= take
+			h.n -= take
+			if h.n <= 1e-9 {
+				m.queue = m.queue[1:]
+			}
+		}
+		// The autoscaler.
+		sum.PodSeconds += float64(len(m.pods)) * dt
+		if now >= nextSync-1e-9 {
+			nextSync += period
+			last = m.observe(now)
+			d, _ := as.Sync(int32(len(m.pods)), last.values(metrics)) // Desired is safe with a missing metric
+			desired = int(d.Desired)
+			switch {
+			case desired > len(m.pods):
+				sum.ScaleUps++
+				for len(m.pods) < desired {
+					m.pods = append(m.pods, now+cfg.PodStart.Seconds())
+				}
+			case desired < len(m.pods):
+				sum.ScaleDowns++
+				m.pods = m.pods[:desired]
+			}
+			sum.MaxReplicas = max(sum.MaxReplicas, len(m.pods))
+		}
+		if now <= end && math.Floor(now+1e-9) > math.Floor(now-dt+1e-9) {
+			flush(math.Floor(now + 1e-9))
+		}
+	}
+	slices.SortFunc(all, func(a, b weighted) int { return cmp.Compare(a.wait, b.wait) })
+	sum.Offered = int64(math.Round(offered))
+	sum.Refused = int64(math.Round(refused))
+	sum.Accepted = int64(math.Round(due))
+	sum.QueueWaitP50Ms, sum.QueueWaitP99Ms = wquantile(all, 0.5), wquantile(all, 0.99)
+	sum.FinalReplicas = len(m.pods)
+	sum.DrainedOK = sum.ScaleDowns // a model pod always drains
+	title := fmt.Sprintf("Sluice autoscaling simulation: %s, signal %s, time ×%g", cfg.Profile.Name, cfg.Signal, cfg.TimeFactor)
+	return sum, samples, writeOutputs(cfg.Out, "sim", title, samples, sum)
+}
+
+// weighted is a queue wait (ms) shared by n records.
+type weighted struct{ wait, n float64 }
+
+// wquantile returns the nearest-rank q-quantile of weighted values sorted
+// by value; NaN when there are none.
+func wquantile(ws []weighted, q float64) float64 {
+	var tot float64
+	for _, w := range ws {
+		tot += w.n
+	}
+	if tot <= 0 {
+		return math.NaN()
+	}
+	var acc float64
+	for _, w := range ws {
+		acc += w.n
+		if acc >= q*tot {
+			return w.wait
+		}
+	}
+	return ws[len(ws)-1].wait
+}
