@@ -22,7 +22,7 @@ func fullSummary() Summary {
 		ScaleUps: 3, ScaleDowns: 2, DrainedOK: 4, DrainedFailed: 0,
 		PodStartS: 0.6, DrainS: 0.4, InFlight: 4, LLMLatencyMs: 200,
 		Compare: &Comparison{ReplicasMAE: 0.8, MaxReplicasLab: 6, MaxReplicasSim: 7, QueueWaitP99LabMs: 1830.25, QueueWaitP99SimMs: 1500},
-		Out: "/tmp/lab-out",
+		Out:     "/tmp/lab-out",
 	}
 }
 
