@@ -10,9 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"sluice/hpa/lab"
+	"sluice/shared/settings"
 )
 
 // labSettings are the settings of `sluice lab`.
@@ -23,6 +25,7 @@ type labSettings struct {
 	sim       bool
 	calibrate string
 	podStart  time.Duration
+	compare   []string
 }
 
 // labFlags returns the flags of `sluice lab`, bound to s.
@@ -45,6 +48,7 @@ func labFlags(s *labSettings, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&s.sim, "sim", false, "simulate the consumers with a model instead of running processes")
 	fs.StringVar(&s.calibrate, "calibrate", "", "with --sim: a lab run's lab.json, whose pod start time, budget and LLM latency the model takes; its lab.csv beside it is compared with the simulation")
 	fs.DurationVar(&s.podStart, "pod-start", 2*time.Second, "with --sim: how long a new consumer takes to take work (overrides --calibrate when set)")
+	fs.Var(settings.List{P: &s.compare}, "compare", "NAME=FILE.csv,...: plot the replicas and queue waits of earlier runs side by side into --out/compare.png, and exit")
 	return fs
 }
 
@@ -93,6 +97,9 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	if len(s.compare) > 0 {
+		return compareRuns(s.cfg.Out, s.compare)
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	var sum lab.Summary
 	if s.sim {
@@ -139,6 +146,9 @@ func runSim(s labSettings, podStartSet bool) (lab.Summary, error) {
 		if ls.LLMLatencyMs > 0 {
 			sc.LLMLatency = time.Duration(ls.LLMLatencyMs * float64(time.Millisecond))
 		}
+		if ls.ServiceMs > 0 {
+			sc.Service = time.Duration(ls.ServiceMs * float64(time.Millisecond))
+		}
 		if f, err := os.Open(filepath.Join(filepath.Dir(s.calibrate), "lab.csv")); err == nil {
 			labRun, err = lab.ReadCSV(f)
 			f.Close()
@@ -170,4 +180,38 @@ func peakOf(p lab.Profile) float64 {
 		m = max(m, st.Rate)
 	}
 	return max(m, 1e-9)
+}
+
+// compareRuns plots the runs named NAME=FILE.csv side by side into
+// dir/compare.png.
+func compareRuns(dir string, specs []string) error {
+	var runs []lab.NamedRun
+	for _, sp := range specs {
+		name, path, ok := strings.Cut(sp, "=")
+		if !ok {
+			name, path = strings.TrimSuffix(filepath.Base(sp), filepath.Ext(sp)), sp
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return settingError("compare", err)
+		}
+		samples, err := lab.ReadCSV(f)
+		f.Close()
+		if err != nil {
+			return settingError("compare", fmt.Errorf("%s: %w", path, err))
+		}
+		runs = append(runs, lab.NamedRun{Name: name, Samples: samples})
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "compare.png"))
+	if err != nil {
+		return err
+	}
+	if err := lab.PlotCompare(f, "Sluice autoscaling: runs compared", runs); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

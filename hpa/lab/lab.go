@@ -341,7 +341,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Summary, error) {
 		ScaleUps: r.ups, ScaleDowns: r.downs, DrainedOK: r.drainOK, DrainedFailed: r.drainNo,
 		PodStartS: meanSeconds(r.starts), DrainS: meanSeconds(r.drains),
 		InFlight: cfg.InFlight, LLMLatencyMs: float64(cfg.LLMLatency.Milliseconds()),
-		Out: cfg.Out,
+		ServiceMs: 1000 * r.tl.serviceTime(cfg.InFlight, 5),
+		Out:       cfg.Out,
 	}
 	r.mu.Unlock()
 	for text, n := range tr.errs {

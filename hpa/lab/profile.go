@@ -37,9 +37,10 @@ type Step struct {
 // 00:00 does (90 questions/s at the peak: 13 consumers of the lab's
 // default budget at the chart's 0.7 target).
 const (
-	flashSaleName = "flash-sale"
-	flashSaleBase = 3
-	flashSalePeak = 30
+	flashSaleName     = "flash-sale"
+	flashSaleHourName = "flash-sale-hour"
+	flashSaleBase     = 3
+	flashSalePeak     = 30
 )
 
 const (
@@ -68,14 +69,38 @@ func FlashSale(base, peakFactor float64) Profile {
 	return Profile{Name: flashSaleName, Steps: steps}
 }
 
+// FlashSaleHour returns the built-in profile "flash-sale-hour", the
+// flash sale at the pace of a real one, for the simulation at cluster
+// scale with the autoscaler's real periods (time factor 1): base
+// questions/s for 5 minutes, a ramp to base×peakFactor within 10 s, 15
+// minutes at the peak, a decay back to base over 10 minutes, then base
+// until the hour is over, long enough for the 10 %-a-minute scale-down to
+// give back hundreds of pods.
+func FlashSaleHour(base, peakFactor float64) Profile {
+	peak := base * peakFactor
+	steps := []Step{{Second: 0, Rate: base}}
+	for i := 1; i <= 10; i++ {
+		steps = append(steps, Step{Second: float64(300 + i), Rate: base + (peak-base)*float64(i)/10})
+	}
+	for i := 1; i <= 60; i++ {
+		steps = append(steps, Step{Second: float64(1210 + 10*i), Rate: peak - (peak-base)*float64(i)/60})
+	}
+	steps = append(steps, Step{Second: 3600, Rate: base})
+	return Profile{Name: flashSaleHourName, Steps: steps}
+}
+
 // LoadProfile returns the built-in profile for the name "flash-sale"
-// (FlashSale(3, 30): 3 questions/s rising to 90) and otherwise parses
+// (FlashSale(3, 30): 3 questions/s rising to 90) or "flash-sale-hour"
+// (FlashSaleHour(3, 30)), and otherwise parses
 // the profile file at path, named after the file without its extension.
 // It returns an error when the file cannot be read or is not a valid
 // profile (see [ParseProfile]).
 func LoadProfile(path string) (Profile, error) {
-	if path == flashSaleName {
+	switch path {
+	case flashSaleName:
 		return FlashSale(flashSaleBase, flashSalePeak), nil
+	case flashSaleHourName:
+		return FlashSaleHour(flashSaleBase, flashSalePeak), nil
 	}
 	f, err := os.Open(path)
 	if err != nil {

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -201,5 +202,22 @@ func TestScale(t *testing.T) {
 	}
 	if got := q.Duration(); got != p.Duration() {
 		t.Errorf("Scale changed the duration: %g", got)
+	}
+}
+
+// TestFlashSaleHour: the hour-long sale is base for 5 minutes, 30x from
+// 5:10 to 20:10, back to base by 30:10, and lasts the hour.
+func TestFlashSaleHour(t *testing.T) {
+	p, err := LoadProfile("flash-sale-hour")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ at, want float64 }{{0, 3}, {299, 3}, {310, 90}, {1200, 90}, {1810, 3}, {3599, 3}} {
+		if got := p.RateAt(c.at); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("RateAt(%g) = %g, want %g", c.at, got, c.want)
+		}
+	}
+	if p.Duration() != 3600 || p.Name != "flash-sale-hour" {
+		t.Errorf("%s lasts %gs, want flash-sale-hour of 3600s", p.Name, p.Duration())
 	}
 }

@@ -17,6 +17,10 @@ type SimConfig struct {
 	// PodStart is how long a new consumer takes to take work (the lab's
 	// pod_start_s; on a cluster add the image pull and scheduling).
 	PodStart time.Duration
+	// Service is how long a record stays in flight on a consumer: the
+	// LLM's latency plus the consumer's own work (the lab's service_ms).
+	// Default LLMLatency.
+	Service time.Duration
 	// Step is the simulation's time step. Default 50 ms.
 	Step time.Duration
 }
@@ -94,6 +98,9 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	if cfg.Step == 0 {
 		cfg.Step = 50 * time.Millisecond
 	}
+	if cfg.Service == 0 {
+		cfg.Service = cfg.LLMLatency
+	}
 	if err := cfg.validate(10000); err != nil {
 		return Summary{}, nil, err
 	}
@@ -108,17 +115,22 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	if err != nil {
 		return Summary{}, nil, err
 	}
+	// The run starts where the autoscaler would have settled on the
+	// profile's first rate: ready pods at the in-flight target (the lab
+	// starts at its minimum, which its base rate needs).
 	m := &pipeModel{cfg: cfg}
-	for range cfg.MinReplicas {
+	need := math.Ceil(cfg.Profile.RateAt(0) * cfg.Service.Seconds() / (float64(cfg.InFlight) * 0.7))
+	for range max(cfg.MinReplicas, min(int32(need), cfg.MaxReplicas)) {
 		m.pods = append(m.pods, 0)
 	}
 	dt := cfg.Step.Seconds()
-	L := cfg.LLMLatency.Seconds()
+	L := cfg.Service.Seconds()
 	period := syncPeriod.Seconds() / cfg.TimeFactor
 	nextSync := period
 	end := cfg.Profile.Duration()
 	sum := Summary{Mode: "sim", Profile: cfg.Profile.Name, Signal: cfg.Signal, TimeFactor: cfg.TimeFactor,
-		PodStartS: cfg.PodStart.Seconds(), InFlight: cfg.InFlight, LLMLatencyMs: float64(cfg.LLMLatency.Milliseconds()), Out: cfg.Out}
+		PodStartS: cfg.PodStart.Seconds(), InFlight: cfg.InFlight, LLMLatencyMs: float64(cfg.LLMLatency.Milliseconds()),
+		ServiceMs: float64(cfg.Service.Milliseconds()), Out: cfg.Out}
 	sum.MaxReplicas = len(m.pods)
 
 	var all []weighted
@@ -185,7 +197,14 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 		for free > 1e-9 && len(m.queue) > 0 {
 			h := &m.queue[0]
 			take := min(h.n, free)
-			m.inflight = append(m.inflight, cohort{arrived: h.arrived, started: now, done: now + L, n: take})
+			// The LLM's answers do not all take exactly L: spread over a
+			// few steps around it (mean L, on the step grid), or the
+			// records started together would free their slots together
+			// for ever, in pulses.
+			offs := spreadSteps(L, dt)
+			for _, k := range offs {
+				m.inflight = append(m.inflight, cohort{arrived: h.arrived, started: now, done: now + float64(k)*dt, n: take / float64(len(offs))})
+			}
 			free -= take
 			h.n -= take
 			if h.n <= 1e-9 {
@@ -224,6 +243,17 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	sum.DrainedOK = sum.ScaleDowns // a model pod always drains
 	title := fmt.Sprintf("Sluice autoscaling simulation: %s, signal %s, time ×%g", cfg.Profile.Name, cfg.Signal, cfg.TimeFactor)
 	return sum, samples, writeOutputs(cfg.Out, "sim", title, samples, sum)
+}
+
+// spreadSteps returns the steps of dt the parts of a started cohort take:
+// about L on average, spread by up to a third of L either side.
+func spreadSteps(L, dt float64) []int {
+	n := max(int(math.Round(L/dt)), 1)
+	d := n / 3
+	if d == 0 {
+		return []int{n}
+	}
+	return []int{n - d, n - (d+1)/2, n + (d+1)/2, n + d}
 }
 
 // weighted is a queue wait (ms) shared by n records.

@@ -40,6 +40,10 @@ type Summary struct {
 	DrainS       float64 `json:"drain_s"`
 	InFlight     int     `json:"in_flight"`
 	LLMLatencyMs float64 `json:"llm_latency_ms"`
+	// ServiceMs is how long a record stayed in flight on a consumer on
+	// average (in flight over completions per second): the LLM's latency
+	// and the consumer's own work.
+	ServiceMs float64 `json:"service_ms"`
 	// Compare is set on a simulation calibrated from a lab run: how well
 	// it predicts that run.
 	Compare *Comparison `json:"compare,omitempty"`
@@ -74,6 +78,7 @@ type summaryJSON struct {
 	DrainS         jsonFloat   `json:"drain_s"`
 	InFlight       int         `json:"in_flight"`
 	LLMLatencyMs   jsonFloat   `json:"llm_latency_ms"`
+	ServiceMs      jsonFloat   `json:"service_ms"`
 	Compare        *Comparison `json:"compare,omitempty"`
 	Out            string      `json:"out"`
 }
@@ -88,7 +93,7 @@ func (s Summary) MarshalJSON() ([]byte, error) {
 		MaxReplicas: s.MaxReplicas, FinalReplicas: s.FinalReplicas, PodSeconds: jsonFloat(s.PodSeconds),
 		ScaleUps: s.ScaleUps, ScaleDowns: s.ScaleDowns, DrainedOK: s.DrainedOK, DrainedFailed: s.DrainedFailed,
 		PodStartS: jsonFloat(s.PodStartS), DrainS: jsonFloat(s.DrainS), InFlight: s.InFlight,
-		LLMLatencyMs: jsonFloat(s.LLMLatencyMs), Compare: s.Compare,
+		LLMLatencyMs: jsonFloat(s.LLMLatencyMs), ServiceMs: jsonFloat(s.ServiceMs), Compare: s.Compare,
 		Out: s.Out,
 	})
 }
@@ -108,7 +113,7 @@ func (s *Summary) UnmarshalJSON(b []byte) error {
 		MaxReplicas: j.MaxReplicas, FinalReplicas: j.FinalReplicas, PodSeconds: float64(j.PodSeconds),
 		ScaleUps: j.ScaleUps, ScaleDowns: j.ScaleDowns, DrainedOK: j.DrainedOK, DrainedFailed: j.DrainedFailed,
 		PodStartS: float64(j.PodStartS), DrainS: float64(j.DrainS), InFlight: j.InFlight,
-		LLMLatencyMs: float64(j.LLMLatencyMs), Compare: j.Compare,
+		LLMLatencyMs: float64(j.LLMLatencyMs), ServiceMs: float64(j.ServiceMs), Compare: j.Compare,
 		Out: j.Out,
 	}
 	return nil

@@ -141,3 +141,26 @@ func (tl *timeline) waitQuantiles() (p50, p99 float64) {
 	slices.Sort(w)
 	return Quantile(w, 0.5), Quantile(w, 0.99)
 }
+
+// serviceTime returns how long a record stayed in flight on average: the
+// records in flight at each sync (ratio × pods × budget) over the answers
+// per second around it, over the seconds with at least minRate answers.
+func (tl *timeline) serviceTime(budget int, minRate float64) float64 {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	var sum float64
+	n := 0
+	for _, p := range tl.syncs {
+		s := int(p.t)
+		rate := float64(tl.completed[s-1]+tl.completed[s]) / 2
+		if rate < minRate || p.obs.Pods == 0 {
+			continue
+		}
+		sum += p.obs.InFlightRatio * float64(p.obs.Pods*budget) / rate
+		n++
+	}
+	if n == 0 {
+		return math.NaN()
+	}
+	return sum / float64(n)
+}
