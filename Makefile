@@ -58,6 +58,13 @@ bench: ## Go benchmarks (see docs/benchmarks.md for the load generator)
 loadgen: build ## sluice loadgen against `make run`; flags in LOADGEN_ARGS
 	./$(BIN) loadgen $(LOADGEN_ARGS)
 
+# The autoscaling lab (docs/autoscaling.md): the built-in 30x flash sale
+# against consumer processes scaled by the HPA; plot, CSV and summary in
+# LAB_OUT. LAB_ARGS adds flags (--signal lag, --sim, --profile FILE...).
+LAB_OUT ?= bin/lab
+lab: build ## sluice lab: the HPA loop on a flash sale; outputs in LAB_OUT
+	./$(BIN) lab --out $(LAB_OUT) $(LAB_ARGS)
+
 # Server-side dry run of the deploy files on a real kube-apiserver and etcd
 # (docs/kubernetes.md). The first run builds kube-apiserver and caches it;
 # SLUICE_K8S_RENDERED adds directories of YAML to check.

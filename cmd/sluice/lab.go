@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"sluice/hpa"
 	"sluice/hpa/lab"
 	"sluice/shared/settings"
 )
@@ -26,6 +27,7 @@ type labSettings struct {
 	calibrate string
 	podStart  time.Duration
 	compare   []string
+	hpaFile   string
 }
 
 // labFlags returns the flags of `sluice lab`, bound to s.
@@ -42,12 +44,13 @@ func labFlags(s *labSettings, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.CommitInterval, "commit-interval", c.CommitInterval, "the consumers' commit interval")
 	fs.Var(int32Value{&c.MinReplicas}, "min-replicas", "fewest consumers")
 	fs.Var(int32Value{&c.MaxReplicas}, "max-replicas", "most consumers")
-	fs.Var(int32Value{&c.Partitions}, "partitions", "partitions of the requests topic (default --max-replicas)")
+	fs.Var(int32Value{&c.Partitions}, "partitions", "partitions of the requests topic (default 3 × --max-replicas)")
 	fs.DurationVar(&c.Wait, "wait", c.Wait, "wait_ms of the questions")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis to use, under a key prefix of the run's own (default the embedded one)")
 	fs.BoolVar(&s.sim, "sim", false, "simulate the consumers with a model instead of running processes")
 	fs.StringVar(&s.calibrate, "calibrate", "", "with --sim: a lab run's lab.json, whose pod start time, budget and LLM latency the model takes; its lab.csv beside it is compared with the simulation")
 	fs.DurationVar(&s.podStart, "pod-start", 2*time.Second, "with --sim: how long a new consumer takes to take work (overrides --calibrate when set)")
+	fs.StringVar(&s.hpaFile, "hpa", "", "an autoscaling/v2 HorizontalPodAutoscaler manifest whose behavior (and min and max replicas, unless given as flags) the autoscaler takes instead of the chart's; its metrics' targets are not used: the lab derives them from its budget and LLM latency")
 	fs.Var(settings.List{P: &s.compare}, "compare", "NAME=FILE.csv,...: plot the replicas and queue waits of earlier runs side by side into --out/compare.png, and exit")
 	return fs
 }
@@ -89,10 +92,29 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			p = p.Scale(s.peak / peakOf(p))
 		}
 		s.cfg.Profile = p
-		if s.cfg.Out == "" {
-			return settingError("out", errors.New("is required"))
+		if s.hpaFile != "" {
+			b, err := os.ReadFile(s.hpaFile)
+			if err != nil {
+				return settingError("hpa", err)
+			}
+			spec, err := hpa.ParseHPA(b)
+			if err != nil {
+				return settingError("hpa", err)
+			}
+			s.cfg.Behavior = spec.Behavior
+			set := map[string]bool{}
+			fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+			if !set["min-replicas"] {
+				s.cfg.MinReplicas = spec.MinReplicas
+			}
+			if !set["max-replicas"] {
+				s.cfg.MaxReplicas = spec.MaxReplicas
+			}
 		}
-		return nil
+		if s.sim {
+			return nil // Simulate validates, allowing a cluster's pod count
+		}
+		return s.cfg.Validate()
 	})
 	if err != nil {
 		return err

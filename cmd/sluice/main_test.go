@@ -132,6 +132,15 @@ func TestAllProblemsAtOnce(t *testing.T) {
 			"SLUICE_KAFKA_BROKER is not a setting of sluice producer (did you mean SLUICE_KAFKA_BROKERS?)",
 		}},
 		{"UnknownFlag", nil, []string{"consumer", "--in-flite", "3"}, []string{"unknown flag --in-flite (did you mean --in-flight?)"}},
+		{"Lab", nil, []string{"lab", "--signal", "cpu", "--time-factor", "0", "--profile", "nowhere.csv"}, []string{
+			"SLUICE_PROFILE (--profile): load profile: open nowhere.csv",
+		}},
+		{"LabSettings", nil, []string{"lab", "--signal", "cpu", "--time-factor", "0", "--max-replicas", "100"}, []string{
+			`SLUICE_SIGNAL (--signal): "cpu" is not one of chart, lag, age, inflight`,
+			"SLUICE_TIME_FACTOR (--time-factor): must be from 1 to 1000, got 0",
+			"SLUICE_MAX_REPLICAS (--max-replicas): at most 64, got 100",
+			"SLUICE_OUT (--out): is required",
+		}},
 		{"TokenShortSecret", nil, []string{"token", "--jwt-secret", "short", "--sub", "u", "--tenant", "t"}, []string{
 			"SLUICE_JWT_SECRET (--jwt-secret): must be at least 16 bytes",
 		}},
@@ -157,7 +166,7 @@ func TestAllProblemsAtOnce(t *testing.T) {
 // TestHelpNamesOwnSetting: a subcommand's help shows the environment twin
 // of a flag it has.
 func TestHelpNamesOwnSetting(t *testing.T) {
-	for _, cmd := range []string{"dev", "producer", "consumer", "mockllm", "token", "drain"} {
+	for _, cmd := range []string{"dev", "producer", "consumer", "mockllm", "token", "drain", "lab"} {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), []string{cmd, "-h"}, &out, &errb); code != 0 {
 			t.Fatalf("%s -h: exit %d", cmd, code)

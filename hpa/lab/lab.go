@@ -44,6 +44,7 @@ import (
 
 	"sluice/hpa"
 	"sluice/shared/admin"
+	"sluice/shared/settings"
 	"sluice/shared/store"
 )
 
@@ -66,8 +67,10 @@ type Config struct {
 	// CommitInterval of the consumers. Default 1 s.
 	CommitInterval time.Duration
 	// MinReplicas and MaxReplicas bound the consumers (default 2 and 16);
-	// Partitions of the requests topic (default MaxReplicas), so that every
-	// pod can have work.
+	// Partitions of the requests topic (default 3 × MaxReplicas: with as
+	// many partitions as pods, a pod that gets two of them has twice the
+	// others' load on the same budget, and its queue grows while the
+	// group's average looks fine; docs/autoscaling.md).
 	MinReplicas, MaxReplicas int32
 	Partitions               int32
 	// Wait is the wait_ms of the HTTP questions. Default 20 s.
@@ -75,6 +78,9 @@ type Config struct {
 	// RedisAddr, when set, is the Redis the run uses (under a key prefix of
 	// its own); by default the embedded one.
 	RedisAddr string
+	// Behavior is how fast the autoscaler may scale. Default the chart's
+	// (ChartBehavior); --hpa takes it from a manifest.
+	Behavior hpa.Behavior
 }
 
 // syncPeriod is the HPA controller's default sync period
@@ -97,7 +103,7 @@ func ChartBehavior() hpa.Behavior {
 // shows a full scale-up and scale-down at time factor 20.
 func DefaultConfig() Config {
 	return Config{Signal: "chart", TimeFactor: 20, InFlight: 2, LLMLatency: 200 * time.Millisecond,
-		CommitInterval: time.Second, MinReplicas: 2, MaxReplicas: 16, Wait: 20 * time.Second}
+		CommitInterval: time.Second, MinReplicas: 2, MaxReplicas: 16, Wait: 20 * time.Second, Behavior: ChartBehavior()}
 }
 
 // Validate reports every setting of a lab run out of range, each named by
@@ -107,24 +113,19 @@ func (c Config) Validate() error { return c.validate(64) }
 // validate is Validate with at most maxPods consumers: 64 processes on one
 // machine, 10,000 in a simulation.
 func (c Config) validate(maxPods int32) error {
-	var errs []error
-	check := func(ok bool, flag, format string, a ...any) {
-		if !ok {
-			errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...)))
-		}
-	}
-	check(slices.Contains(Signals, c.Signal), "signal", "%q is not one of %s", c.Signal, strings.Join(Signals, ", "))
-	check(c.TimeFactor >= 1 && c.TimeFactor <= 1000, "time-factor", "must be from 1 to 1000, got %g", c.TimeFactor)
-	check(c.InFlight >= 1, "in-flight", "must be at least 1")
-	check(c.LLMLatency > 0, "llm-latency", "must be positive")
-	check(c.CommitInterval > 0, "commit-interval", "must be positive")
-	check(c.MinReplicas >= 1 && c.MinReplicas <= c.MaxReplicas, "min-replicas", "must be from 1 to --max-replicas (%d), got %d", c.MaxReplicas, c.MinReplicas)
-	check(c.MaxReplicas <= maxPods, "max-replicas", "at most %d, got %d", maxPods, c.MaxReplicas)
-	check(c.Partitions == 0 || c.Partitions >= c.MaxReplicas, "partitions", "must be at least --max-replicas, or pods would idle")
-	check(c.Wait >= time.Second, "wait", "must be at least 1s")
-	check(c.Out != "", "out", "is required")
-	check(len(c.Profile.Steps) > 0, "profile", "is empty")
-	return errors.Join(errs...)
+	var p settings.Problems
+	p.Check(slices.Contains(Signals, c.Signal), "signal", "%q is not one of %s", c.Signal, strings.Join(Signals, ", "))
+	p.Check(c.TimeFactor >= 1 && c.TimeFactor <= 1000, "time-factor", "must be from 1 to 1000, got %g", c.TimeFactor)
+	p.Check(c.InFlight >= 1, "in-flight", "must be at least 1, got %d", c.InFlight)
+	p.Check(c.LLMLatency > 0, "llm-latency", "must be positive")
+	p.Check(c.CommitInterval > 0, "commit-interval", "must be positive")
+	p.Check(c.MinReplicas >= 1 && c.MinReplicas <= c.MaxReplicas, "min-replicas", "must be from 1 to --max-replicas (%d), got %d", c.MaxReplicas, c.MinReplicas)
+	p.Check(c.MaxReplicas <= maxPods, "max-replicas", "at most %d, got %d", maxPods, c.MaxReplicas)
+	p.Check(c.Partitions == 0 || c.Partitions >= c.MaxReplicas, "partitions", "must be at least --max-replicas, or pods would idle")
+	p.Check(c.Wait >= time.Second, "wait", "must be at least 1s")
+	p.Check(c.Out != "", "out", "is required")
+	p.Check(len(c.Profile.Steps) > 0, "profile", "is empty")
+	return p.Err()
 }
 
 // labSecret signs the lab users' tokens; the producer is the lab's own.
@@ -190,7 +191,7 @@ var (
 // summary is returned even when the run found lost or duplicated work.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) (Summary, error) {
 	if cfg.Partitions == 0 {
-		cfg.Partitions = cfg.MaxReplicas
+		cfg.Partitions = 3 * cfg.MaxReplicas
 	}
 	if err := cfg.Validate(); err != nil {
 		return Summary{}, err
@@ -293,7 +294,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Summary, error) {
 	defer func() { stopReplies(); <-replyDone }()
 
 	clock := func() time.Time { return start.Add(time.Duration(float64(time.Since(start)) * cfg.TimeFactor)) }
-	as, err := hpa.New(hpa.Spec{MinReplicas: cfg.MinReplicas, MaxReplicas: cfg.MaxReplicas, Metrics: metrics, Behavior: ChartBehavior()}, clock)
+	as, err := hpa.New(hpa.Spec{MinReplicas: cfg.MinReplicas, MaxReplicas: cfg.MaxReplicas, Metrics: metrics, Behavior: cfg.Behavior}, clock)
 	if err != nil {
 		r.stopAll()
 		return Summary{}, err

@@ -93,7 +93,7 @@ func (m *pipeModel) observe(t float64) observation {
 // ported HPA, and writes sim.csv, sim.png and sim.json to cfg.Out.
 func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	if cfg.Partitions == 0 {
-		cfg.Partitions = cfg.MaxReplicas
+		cfg.Partitions = 3 * cfg.MaxReplicas
 	}
 	if cfg.Step == 0 {
 		cfg.Step = 50 * time.Millisecond
@@ -111,7 +111,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	start := time.Unix(0, 0)
 	var now float64
 	clock := func() time.Time { return start.Add(time.Duration(now * cfg.TimeFactor * float64(time.Second))) }
-	as, err := hpa.New(hpa.Spec{MinReplicas: cfg.MinReplicas, MaxReplicas: cfg.MaxReplicas, Metrics: metrics, Behavior: ChartBehavior()}, clock)
+	as, err := hpa.New(hpa.Spec{MinReplicas: cfg.MinReplicas, MaxReplicas: cfg.MaxReplicas, Metrics: metrics, Behavior: cfg.Behavior}, clock)
 	if err != nil {
 		return Summary{}, nil, err
 	}
