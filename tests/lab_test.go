@@ -31,7 +31,7 @@ func TestLabFollowsASpike(t *testing.T) {
 	cfg.Out = t.TempDir()
 	cfg.Binary = sluiceBinary(t)
 	cfg.TimeFactor = 60
-	cfg.InFlight = 2
+	cfg.InFlight, cfg.LLMLatency = 2, 200*time.Millisecond
 	cfg.MinReplicas, cfg.MaxReplicas = 1, 6
 	cfg.Wait = 15 * time.Second
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))

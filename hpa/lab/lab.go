@@ -59,10 +59,14 @@ type Config struct {
 	TimeFactor float64
 	// Binary is the sluice binary the processes run. Default: this one.
 	Binary string
-	// InFlight is each consumer's in-flight budget. Default 2: with the
-	// 200 ms LLM a consumer answers 10 questions/s.
+	// InFlight is each consumer's in-flight budget. Default 8: with the
+	// 800 ms LLM a consumer answers 10 questions/s, so that 13 of them
+	// carry the built-in flash sale's peak at the chart's 0.7. Each pod is
+	// a queue with InFlight servers fed by its own partitions: with a
+	// budget of 2 a pod at 60 % had a queue-wait p99 of 730 ms, with 8 of
+	// 297 ms (docs/autoscaling.md); production's 256 has none to speak of.
 	InFlight int
-	// LLMLatency is the mock LLM's fixed latency. Default 200 ms.
+	// LLMLatency is the mock LLM's fixed latency. Default 800 ms.
 	LLMLatency time.Duration
 	// CommitInterval of the consumers. Default 1 s.
 	CommitInterval time.Duration
@@ -102,7 +106,7 @@ func ChartBehavior() hpa.Behavior {
 // DefaultConfig returns the defaults: a 150-second flash-sale profile
 // shows a full scale-up and scale-down at time factor 20.
 func DefaultConfig() Config {
-	return Config{Signal: "chart", TimeFactor: 20, InFlight: 2, LLMLatency: 200 * time.Millisecond,
+	return Config{Signal: "chart", TimeFactor: 20, InFlight: 8, LLMLatency: 800 * time.Millisecond,
 		CommitInterval: time.Second, MinReplicas: 2, MaxReplicas: 16, Wait: 20 * time.Second, Behavior: ChartBehavior()}
 }
 

@@ -63,7 +63,7 @@ func simConfig(t *testing.T, profile string) SimConfig {
 		t.Fatal(err)
 	}
 	cfg := DefaultConfig()
-	cfg.Profile, cfg.Out, cfg.InFlight = p, t.TempDir(), 4
+	cfg.Profile, cfg.Out, cfg.InFlight, cfg.LLMLatency = p, t.TempDir(), 4, 200*time.Millisecond
 	return SimConfig{Config: cfg, PodStart: time.Second}
 }
 

@@ -65,13 +65,15 @@ type traffic struct {
 	wg                       sync.WaitGroup
 }
 
-// take returns a user with no question under way.
+// take returns a user with no question under way: the one idle longest,
+// so that the questions spread over many dialogs (and partitions) as a
+// storefront's do, rather than a few users asking again and again.
 func (tr *traffic) take(bot bool) (*user, error) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	if n := len(tr.idle); n > 0 {
-		u := tr.idle[n-1]
-		tr.idle = tr.idle[:n-1]
+	if len(tr.idle) > 0 {
+		u := tr.idle[0]
+		tr.idle = tr.idle[1:]
 		return u, nil
 	}
 	tr.users++
