@@ -161,6 +161,7 @@ func runSim(s labSettings, podStartSet bool) (lab.Summary, error) {
 		}
 		if !podStartSet && ls.PodStartS > 0 {
 			sc.PodStart = time.Duration(ls.PodStartS * float64(time.Second))
+			sc.PodWork = time.Duration(ls.PodWorkS * float64(time.Second))
 		}
 		if ls.InFlight > 0 {
 			sc.InFlight = ls.InFlight

@@ -144,6 +144,7 @@ type pod struct {
 	mu      sync.Mutex
 	admin   string // admin listener, once known
 	readyAt time.Time
+	workAt  time.Time     // first seen with records in flight
 	up      chan struct{} // closed once ready, or failed to be
 }
 
@@ -176,6 +177,7 @@ type run struct {
 	drainOK int
 	drainNo int
 	starts  []time.Duration // start to ready, per pod
+	works   []time.Duration // start to first records in flight, per pod
 	drains  []time.Duration // drain request to exit, per pod
 	podSecs float64
 	maxReps int
@@ -344,7 +346,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Summary, error) {
 		QueueWaitP50Ms: p50, QueueWaitP99Ms: p99,
 		MaxReplicas: r.maxReps, FinalReplicas: final, PodSeconds: r.podSecs,
 		ScaleUps: r.ups, ScaleDowns: r.downs, DrainedOK: r.drainOK, DrainedFailed: r.drainNo,
-		PodStartS: meanSeconds(r.starts), DrainS: meanSeconds(r.drains),
+		PodStartS: meanSeconds(r.starts), PodWorkS: meanSeconds(r.works), DrainS: meanSeconds(r.drains),
 		InFlight: cfg.InFlight, LLMLatencyMs: float64(cfg.LLMLatency.Milliseconds()),
 		ServiceMs: 1000 * r.tl.serviceTime(cfg.InFlight, 5),
 		Out:       cfg.Out,
@@ -427,7 +429,9 @@ func (r *run) autoscale(ctx context.Context, as *hpa.Autoscaler, metrics []hpa.M
 			r.podSecs += float64(cur) * now.Sub(last).Seconds()
 			r.mu.Unlock()
 			last = now
-			obs := scrape(ctx, r.cl, r.adminAddrs(), r.topic)
+			pods, addrs := r.scraped()
+			obs, per := scrape(ctx, r.cl, addrs, r.topic)
+			r.noteWork(pods, per, now)
 			// As the controller does, a sync with a missing metric still
 			// scales when the others ask for more; Desired is always safe.
 			d, err := as.Sync(int32(cur), obs.values(metrics))
@@ -469,16 +473,44 @@ func (r *run) readyCount() int {
 	return n
 }
 
-func (r *run) adminAddrs() []string {
+// scraped returns the pods whose admin listener is known, and its
+// addresses.
+func (r *run) scraped() ([]*pod, []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var ps []*pod
 	var as []string
 	for _, p := range r.pods {
 		if a := p.adminAddr(); a != "" {
+			ps = append(ps, p)
 			as = append(as, a)
 		}
 	}
-	return as
+	return ps, as
+}
+
+// noteWork records, for each pod seen with records in flight for the
+// first time, how long it took from its start to take work: its start,
+// the group's rebalance and a first fetch. It is the pod start a
+// simulation takes (pod_work_s); readiness alone comes before the
+// partitions do.
+func (r *run) noteWork(pods []*pod, per []podMetrics, now time.Time) {
+	for i, p := range pods {
+		if !per[i].ok || per[i].ratio <= 0 {
+			continue
+		}
+		p.mu.Lock()
+		first := p.workAt.IsZero()
+		if first {
+			p.workAt = now
+		}
+		p.mu.Unlock()
+		if first {
+			r.mu.Lock()
+			r.works = append(r.works, now.Sub(p.started))
+			r.mu.Unlock()
+		}
+	}
 }
 
 // scaleTo starts or removes consumers until n run. New ones start at once

@@ -107,14 +107,20 @@ func (o observation) values(specs []hpa.MetricSpec) []hpa.MetricValue {
 
 // scrape reads the /metrics of every admin address at once, as Prometheus
 // does, and aggregates them as the adapter rules do: avg of the in-flight
-// ratio, max of the group's lag and age on topic.
-func scrape(ctx context.Context, cl *http.Client, addrs []string, topic string) observation {
+// ratio, max of the group's lag and age on topic. It also returns each
+// address's own figures.
+func scrape(ctx context.Context, cl *http.Client, addrs []string, topic string) (observation, []podMetrics) {
 	ms := make([]podMetrics, len(addrs))
 	var wg sync.WaitGroup
 	for i, a := range addrs {
 		wg.Go(func() { ms[i] = scrapeOne(ctx, cl, a, topic) })
 	}
 	wg.Wait()
+	return aggregate(ms), ms
+}
+
+// aggregate is what the adapter rules make of the pods' figures.
+func aggregate(ms []podMetrics) observation {
 	var o observation
 	for _, m := range ms {
 		if !m.ok {

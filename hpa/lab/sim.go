@@ -14,9 +14,13 @@ import (
 // and drain times the lab measured, at any scale.
 type SimConfig struct {
 	Config
-	// PodStart is how long a new consumer takes to take work (the lab's
-	// pod_start_s; on a cluster add the image pull and scheduling).
-	PodStart time.Duration
+	// PodStart is how long a new consumer takes to be ready and scraped
+	// (the lab's pod_start_s; on a cluster add the image pull and
+	// scheduling), PodWork how long until it takes work: its start, the
+	// group's rebalance and a first fetch (the lab's pod_work_s; default
+	// PodStart). In between it counts in the in-flight ratio's average
+	// with nothing in flight, as in the lab.
+	PodStart, PodWork time.Duration
 	// Service is how long a record stays in flight on a consumer: the
 	// LLM's latency plus the consumer's own work (the lab's service_ms).
 	// Default LLMLatency.
@@ -36,20 +40,37 @@ type cohort struct {
 // pipeModel is the pipeline as the simulation sees it: a FIFO queue in Kafka,
 // records in flight for the LLM's latency on pods of budget InFlight (at
 // most one pod per partition takes work), finished records counted as lag
-// until the next commit, and pods that take PodStart to start. Removed pods
-// stop taking work at once and finish what they hold.
+// until the next commit, and pods that take PodStart to be ready and
+// PodWork to take work. Removed pods stop taking work at once and finish
+// what they hold.
 type pipeModel struct {
 	cfg      SimConfig
 	queue    []cohort
 	inflight []cohort
-	pods     []float64 // ready at, s; current replicas, oldest first
-	rate     float64   // completions/s, smoothed over a commit interval
+	pods     []simPod // current replicas, oldest first
+	rate     float64  // completions/s, smoothed over a commit interval
 }
 
+// simPod is a consumer of the model: when it is ready (scraped) and when
+// it takes work, s since the start.
+type simPod struct{ ready, work float64 }
+
+// ready returns how many pods are ready (scraped) at t.
 func (m *pipeModel) ready(t float64) int {
 	n := 0
-	for _, r := range m.pods {
-		if r <= t {
+	for _, p := range m.pods {
+		if p.ready <= t {
+			n++
+		}
+	}
+	return n
+}
+
+// working returns how many pods take work at t: at most one per partition.
+func (m *pipeModel) working(t float64) int {
+	n := 0
+	for _, p := range m.pods {
+		if p.work <= t {
 			n++
 		}
 	}
@@ -101,6 +122,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	if cfg.Service == 0 {
 		cfg.Service = cfg.LLMLatency
 	}
+	cfg.PodWork = max(cfg.PodWork, cfg.PodStart)
 	if err := cfg.validate(10000); err != nil {
 		return Summary{}, nil, err
 	}
@@ -121,7 +143,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	m := &pipeModel{cfg: cfg}
 	need := math.Ceil(cfg.Profile.RateAt(0) * cfg.Service.Seconds() / (float64(cfg.InFlight) * 0.7))
 	for range max(cfg.MinReplicas, min(int32(need), cfg.MaxReplicas)) {
-		m.pods = append(m.pods, 0)
+		m.pods = append(m.pods, simPod{})
 	}
 	dt := cfg.Step.Seconds()
 	L := cfg.Service.Seconds()
@@ -129,7 +151,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	nextSync := period
 	end := cfg.Profile.Duration()
 	sum := Summary{Mode: "sim", Profile: cfg.Profile.Name, Signal: cfg.Signal, TimeFactor: cfg.TimeFactor,
-		PodStartS: cfg.PodStart.Seconds(), InFlight: cfg.InFlight, LLMLatencyMs: float64(cfg.LLMLatency.Milliseconds()),
+		PodStartS: cfg.PodStart.Seconds(), PodWorkS: cfg.PodWork.Seconds(), InFlight: cfg.InFlight, LLMLatencyMs: float64(cfg.LLMLatency.Milliseconds()),
 		ServiceMs: float64(cfg.Service.Milliseconds()), Out: cfg.Out}
 	sum.MaxReplicas = len(m.pods)
 
@@ -148,7 +170,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 		samples = append(samples, cur)
 		cur, curWaits = Sample{}, nil
 	}
-	var due, offered, refused float64
+	var due, offered, refused, answered float64
 	for step := 1; ; step++ {
 		now = float64(step) * dt
 		if now > end && total(m.queue)+total(m.inflight) < 0.5 {
@@ -157,7 +179,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 		if now > end+600 {
 			return sum, samples, fmt.Errorf("the queue did not empty within 10 minutes of the profile's end")
 		}
-		ready := m.ready(now)
+		ready := m.working(now)
 		// Arrivals; the producer refuses a wait-mode question whose
 		// estimated queue wait is over 80 % of its wait.
 		if now <= end {
@@ -188,7 +210,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 		}
 		m.inflight = keep
 		cur.Completed += done
-		sum.Answered += int64(math.Round(done))
+		answered += done
 		alpha := min(dt/cfg.CommitInterval.Seconds(), 1)
 		m.rate = (1-alpha)*m.rate + alpha*done/dt
 		// Starts, from the head of the queue, into free slots of the pods
@@ -222,7 +244,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 			case desired > len(m.pods):
 				sum.ScaleUps++
 				for len(m.pods) < desired {
-					m.pods = append(m.pods, now+cfg.PodStart.Seconds())
+					m.pods = append(m.pods, simPod{ready: now + cfg.PodStart.Seconds(), work: now + cfg.PodWork.Seconds()})
 				}
 			case desired < len(m.pods):
 				sum.ScaleDowns++
@@ -236,6 +258,7 @@ func Simulate(cfg SimConfig) (Summary, []Sample, error) {
 	}
 	slices.SortFunc(all, func(a, b weighted) int { return cmp.Compare(a.wait, b.wait) })
 	sum.Offered = int64(math.Round(offered))
+	sum.Answered = int64(math.Round(answered))
 	sum.Refused = int64(math.Round(refused))
 	sum.Accepted = int64(math.Round(due))
 	sum.QueueWaitP50Ms, sum.QueueWaitP99Ms = wquantile(all, 0.5), wquantile(all, 0.99)

@@ -37,6 +37,7 @@ type Summary struct {
 	// consumer took to be ready, and a removed one to drain and exit (mean
 	// seconds), its in-flight budget and the LLM's latency.
 	PodStartS    float64 `json:"pod_start_s"`
+	PodWorkS     float64 `json:"pod_work_s"` // from start to the first records in flight: start, rebalance, first fetch
 	DrainS       float64 `json:"drain_s"`
 	InFlight     int     `json:"in_flight"`
 	LLMLatencyMs float64 `json:"llm_latency_ms"`
@@ -75,6 +76,7 @@ type summaryJSON struct {
 	DrainedOK      int         `json:"drained_ok"`
 	DrainedFailed  int         `json:"drained_failed"`
 	PodStartS      jsonFloat   `json:"pod_start_s"`
+	PodWorkS       jsonFloat   `json:"pod_work_s"`
 	DrainS         jsonFloat   `json:"drain_s"`
 	InFlight       int         `json:"in_flight"`
 	LLMLatencyMs   jsonFloat   `json:"llm_latency_ms"`
@@ -92,7 +94,7 @@ func (s Summary) MarshalJSON() ([]byte, error) {
 		QueueWaitP50Ms: jsonFloat(s.QueueWaitP50Ms), QueueWaitP99Ms: jsonFloat(s.QueueWaitP99Ms),
 		MaxReplicas: s.MaxReplicas, FinalReplicas: s.FinalReplicas, PodSeconds: jsonFloat(s.PodSeconds),
 		ScaleUps: s.ScaleUps, ScaleDowns: s.ScaleDowns, DrainedOK: s.DrainedOK, DrainedFailed: s.DrainedFailed,
-		PodStartS: jsonFloat(s.PodStartS), DrainS: jsonFloat(s.DrainS), InFlight: s.InFlight,
+		PodStartS: jsonFloat(s.PodStartS), PodWorkS: jsonFloat(s.PodWorkS), DrainS: jsonFloat(s.DrainS), InFlight: s.InFlight,
 		LLMLatencyMs: jsonFloat(s.LLMLatencyMs), ServiceMs: jsonFloat(s.ServiceMs), Compare: s.Compare,
 		Out: s.Out,
 	})
@@ -112,7 +114,7 @@ func (s *Summary) UnmarshalJSON(b []byte) error {
 		QueueWaitP50Ms: float64(j.QueueWaitP50Ms), QueueWaitP99Ms: float64(j.QueueWaitP99Ms),
 		MaxReplicas: j.MaxReplicas, FinalReplicas: j.FinalReplicas, PodSeconds: float64(j.PodSeconds),
 		ScaleUps: j.ScaleUps, ScaleDowns: j.ScaleDowns, DrainedOK: j.DrainedOK, DrainedFailed: j.DrainedFailed,
-		PodStartS: float64(j.PodStartS), DrainS: float64(j.DrainS), InFlight: j.InFlight,
+		PodStartS: float64(j.PodStartS), PodWorkS: float64(j.PodWorkS), DrainS: float64(j.DrainS), InFlight: j.InFlight,
 		LLMLatencyMs: float64(j.LLMLatencyMs), ServiceMs: float64(j.ServiceMs), Compare: j.Compare,
 		Out: j.Out,
 	}

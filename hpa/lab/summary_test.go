@@ -20,7 +20,7 @@ func fullSummary() Summary {
 		QueueWaitP50Ms: 4.5, QueueWaitP99Ms: 1830.25,
 		MaxReplicas: 6, FinalReplicas: 2, PodSeconds: 512.5,
 		ScaleUps: 3, ScaleDowns: 2, DrainedOK: 4, DrainedFailed: 0,
-		PodStartS: 0.6, DrainS: 0.4, InFlight: 4, LLMLatencyMs: 200, ServiceMs: 230,
+		PodStartS: 0.6, PodWorkS: 1.5, DrainS: 0.4, InFlight: 4, LLMLatencyMs: 200, ServiceMs: 230,
 		Compare: &Comparison{ReplicasMAE: 0.8, MaxReplicasLab: 6, MaxReplicasSim: 7, QueueWaitP99LabMs: 1830.25, QueueWaitP99SimMs: 1500},
 		Out:     "/tmp/lab-out",
 	}
