@@ -27,6 +27,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -81,6 +83,10 @@ type Config struct {
 	// sluice_consumer_oldest_unfinished_age_seconds: by one consumer
 	// process per interval, shared through Redis. Default 5 s.
 	LagInterval time.Duration
+	// BulkMinShare is the share of the in-flight budget the bulk lane keeps
+	// however busy the interactive lane is, so that bots are never starved.
+	// Default 0.1.
+	BulkMinShare float64
 }
 
 // DefaultConfig returns the defaults.
@@ -94,6 +100,7 @@ func DefaultConfig() Config {
 		SessionTimeout: 6 * time.Second,
 		OrderBy:        OrderByKey,
 		LagInterval:    5 * time.Second,
+		BulkMinShare:   0.1,
 	}
 }
 
@@ -114,6 +121,7 @@ func (c Config) Validate() error {
 	p.Check(c.SessionTimeout >= time.Second, "session-timeout", "must be at least 1s")
 	p.Check(c.OrderBy == OrderByKey || c.OrderBy == OrderByPartition, "order-by", "must be %q or %q, got %q", OrderByKey, OrderByPartition, c.OrderBy)
 	p.Check(c.LagInterval >= 100*time.Millisecond, "lag-interval", "must be at least 100ms")
+	p.Check(c.BulkMinShare >= 0 && c.BulkMinShare <= 1, "bulk-min-share", "must be from 0 to 1, got %g", c.BulkMinShare)
 	return p.Err()
 }
 
@@ -127,6 +135,17 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout")
 	fs.StringVar(&c.OrderBy, "order-by", c.OrderBy, "serialize records by dialog (key) or, for comparison, one at a time per partition (partition)")
 	fs.DurationVar(&c.LagInterval, "lag-interval", c.LagInterval, "how often the consumer group's lag is read from Kafka (by one consumer per interval, shared through Redis)")
+	fs.Float64Var(&c.BulkMinShare, "bulk-min-share", c.BulkMinShare, "share of the in-flight budget the bulk lane keeps however busy the interactive lane is (0 to 1)")
+}
+
+// bulkMin is how many records of the bulk lane may be in flight whatever
+// the interactive lane does: BulkMinShare of the budget, at least one when
+// the share is not 0.
+func (c Config) bulkMin() int {
+	if c.BulkMinShare <= 0 {
+		return 0
+	}
+	return max(int(math.Ceil(c.BulkMinShare*float64(c.InFlight))), 1)
 }
 
 // refusedSession returns a settings error when the group coordinator
@@ -192,6 +211,8 @@ type Consumer struct {
 	keys map[string][]*work // records waiting behind the running one, by key
 
 	inflight       atomic.Int64
+	inflightBulk   atomic.Int64 // of inflight, records of the bulk lane
+	lanes          *lanes
 	fallbackWarned rate.Sometimes // the reply partition fallback warning, at most every 10 s
 	freed          chan struct{}
 	idle           chan *work     // unbuffered: a send succeeds when a worker waits
@@ -250,7 +271,7 @@ func newMetrics(f promauto.Factory, inflight func() float64, budget int) metrics
 			Name: "sluice_consumer_records_total", Help: "Request records finished, by outcome.",
 		}, []string{"outcome"}), "done", "expired", "duplicate", "dead_letter", "abandoned"),
 		paused: f.NewGauge(prometheus.GaugeOpts{
-			Name: "sluice_consumer_paused", Help: "1 while fetching is paused because the in-flight budget is full.",
+			Name: "sluice_consumer_paused", Help: "1 while the in-flight budget is full: the bulk lane's fetching is paused, the interactive lane's next records wait fetched.",
 		}),
 		process: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "sluice_consumer_process_duration_seconds", Help: "From poll to reply produced.",
@@ -299,16 +320,18 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		drainAsk:       make(chan struct{}),
 		drained:        make(chan struct{}),
 	}
+	c.lanes = &lanes{c: c}
 	c.work, c.stopWork = context.WithCancel(context.Background())
 	r := metric.NewRegisterer(reg)
 	c.m = newMetrics(promauto.With(r), func() float64 { return float64(c.inflight.Load()) }, cfg.InFlight)
+	r.MustRegister(laneCollector{c})
 	r.MustRegister(c.lag)
 	if err := r.Err(); err != nil {
 		return nil, fmt.Errorf("register consumer metrics: %w", err)
 	}
 	cl, err := bus.NewClient(cfgBus, "consumer", log, reg,
 		kgo.ConsumerGroup(cfgBus.Group),
-		kgo.ConsumeTopics(cfgBus.RequestsTopic),
+		kgo.ConsumeTopics(cfgBus.RequestsTopic, cfgBus.BulkTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		// How long a rebalance waits for members to rejoin: enough for our
@@ -323,6 +346,9 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		kgo.OnPartitionsRevoked(c.revoked),
 		kgo.OnPartitionsLost(c.lost),
 		kgo.FetchMaxBytes(16<<20),
+		// A paused lane's topic is fetched again only once the fetch under
+		// way returns: bound how long an empty fetch waits for records.
+		kgo.FetchMaxWait(fetchMaxWait),
 		kgo.RecordPartitioner(bus.ReplyPartitioner(c.partitionFallback)),
 		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
 		kgo.ProducerLinger(0),
@@ -414,44 +440,268 @@ func (c *Consumer) Run(ctx context.Context) error {
 		go c.cbWorker.run(consume)
 	}
 	c.log.Info("consumer running", "group", c.bus.Group, "topic", c.bus.RequestsTopic, "in_flight", c.cfg.InFlight)
-	paused := false
-	for consume.Err() == nil {
-		free := c.cfg.InFlight - int(c.inflight.Load())
-		if free <= 0 {
-			if !paused {
-				c.cl.PauseFetchTopics(c.bus.RequestsTopic)
-				c.m.paused.Set(1)
-				paused = true
-			}
-			select {
-			case <-c.freed:
-			case <-consume.Done():
-			}
-			continue
-		}
-		if paused {
-			c.cl.ResumeFetchTopics(c.bus.RequestsTopic)
-			c.m.paused.Set(0)
-			paused = false
-		}
-		fetches := c.cl.PollRecords(consume, free)
-		if fetches.IsClientClosed() {
-			c.cl.AllowRebalance()
-			break
-		}
-		if err := refusedSession(fetches); err != nil {
-			c.cl.AllowRebalance()
-			c.ready.Store(false)
-			return err
-		}
-		bus.LogFetchErrors(c.log, "fetch error", fetches)
-		now := time.Now()
-		fetches.EachRecord(func(r *kgo.Record) { c.dispatch(r, now) })
-		c.cl.AllowRebalance()
+	if err := c.lanes.run(consume); err != nil {
+		c.ready.Store(false)
+		return err
 	}
+	c.lanes.drop(nil) // never started: the next owner fetches them
 	c.finishDrain(c.drain())
 	<-ctx.Done() // at once unless Drain asked for the drain
 	return nil
+}
+
+// fetchMaxWait is how long the brokers hold a fetch that finds no
+// records: the longest a resumed lane waits for its first fetch.
+const fetchMaxWait = 250 * time.Millisecond
+
+// Lanes, as indexes of lanes.held.
+const (
+	interactive = iota
+	bulk
+)
+
+// laneCollector exports the per-lane gauges.
+type laneCollector struct{ c *Consumer }
+
+var (
+	laneInFlightDesc = prometheus.NewDesc("sluice_consumer_lane_in_flight",
+		"Records handed to workers and not finished, by lane.", []string{"lane"}, nil)
+	laneHeldDesc = prometheus.NewDesc("sluice_consumer_held_records",
+		"Records fetched and waiting for a slot of the in-flight budget, by lane (at most twice the budget in all).", []string{"lane"}, nil)
+)
+
+func (lc laneCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- laneInFlightDesc
+	ch <- laneHeldDesc
+}
+
+func (lc laneCollector) Collect(ch chan<- prometheus.Metric) {
+	c := lc.c
+	b := float64(c.inflightBulk.Load())
+	ch <- prometheus.MustNewConstMetric(laneInFlightDesc, prometheus.GaugeValue, float64(c.inflight.Load())-b, "interactive")
+	ch <- prometheus.MustNewConstMetric(laneInFlightDesc, prometheus.GaugeValue, b, "bulk")
+	ch <- prometheus.MustNewConstMetric(laneHeldDesc, prometheus.GaugeValue, float64(c.lanes.heldOf(interactive)), "interactive")
+	ch <- prometheus.MustNewConstMetric(laneHeldDesc, prometheus.GaugeValue, float64(c.lanes.heldOf(bulk)), "bulk")
+}
+
+// lanes takes records from the two lanes into the in-flight budget,
+// interactive first. The consumer drains what the client fetched into
+// held records, at most twice the budget, even while the budget is full
+// (the client fetches again only once its fetched records are taken), and
+// starts held records as slots free: the interactive lane's first, except
+// for the bulk lane's minimum share of the budget (Config.BulkMinShare),
+// which bulk records keep whenever some are held; and when no interactive
+// record is waiting, bulk records take every free slot.
+//
+// Fetching a lane's topic is paused while enough of it is held: the bulk
+// lane's at its minimum share while interactive records wait (a budget's
+// worth otherwise), the interactive lane's at a budget's worth. The client
+// drops a paused topic's fetched records and fetches them again later, so
+// a bulk backlog waits in Kafka, not in memory.
+//
+// Held records are not in the tracker and never marked: a revoked
+// partition's are dropped (its new owner fetches them from the committed
+// offset), and so are all at a drain.
+type lanes struct {
+	c      *Consumer
+	paused [2]bool
+
+	mu   sync.Mutex       // held is also dropped by revoke and lost
+	held [2][]*kgo.Record // fetched and not started, by lane, in fetch order
+}
+
+func (l *lanes) topic(lane int) string {
+	if lane == bulk {
+		return l.c.bus.BulkTopic
+	}
+	return l.c.bus.RequestsTopic
+}
+
+// run takes and starts records until ctx ends or the client is closed. It
+// returns the error that must stop Run.
+func (l *lanes) run(ctx context.Context) error {
+	c := l.c
+	for ctx.Err() == nil {
+		free := c.cfg.InFlight - int(c.inflight.Load())
+		c.m.paused.Set(b2f(free <= 0))
+		room := 2*c.cfg.InFlight - l.heldCount()
+		got := 0
+		if room > 0 {
+			n, closed, err := l.take(nil, room)
+			if closed || err != nil {
+				return err
+			}
+			got = n
+		}
+		started := 0
+		if free > 0 {
+			started = l.start(free)
+		}
+		l.fetchControl()
+		if got > 0 || started > 0 {
+			continue
+		}
+		if closed, err := l.wait(ctx, room); closed || err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// wait waits for a slot to free or, when there is room to hold more, for
+// the next records, which it holds.
+func (l *lanes) wait(ctx context.Context, room int) (closed bool, err error) {
+	if room <= 0 {
+		select {
+		case <-l.c.freed:
+		case <-ctx.Done():
+		}
+		return false, nil
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-l.c.freed:
+			// Put the signal back for the next round's free count.
+			select {
+			case l.c.freed <- struct{}{}:
+			default:
+			}
+			cancel()
+		case <-pctx.Done():
+		}
+	}()
+	_, closed, err = l.take(pctx, room)
+	return closed, err
+}
+
+// take polls up to most records (without waiting when ctx is nil) and
+// holds them by lane. It returns how many it got.
+func (l *lanes) take(ctx context.Context, most int) (got int, closed bool, err error) {
+	c := l.c
+	fetches := c.cl.PollRecords(ctx, most)
+	defer c.cl.AllowRebalance()
+	if fetches.IsClientClosed() {
+		return 0, true, nil
+	}
+	if err := refusedSession(fetches); err != nil {
+		return 0, false, err
+	}
+	bus.LogFetchErrors(c.log, "fetch error", fetches)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fetches.EachRecord(func(r *kgo.Record) {
+		lane := interactive
+		if r.Topic == c.bus.BulkTopic {
+			lane = bulk
+		}
+		l.held[lane] = append(l.held[lane], r)
+		got++
+	})
+	return got, false, nil
+}
+
+// start starts up to free held records: interactive first, but for the
+// slots the bulk lane's minimum share has unused while bulk records are
+// held; bulk records take what is left when no interactive one waits.
+func (l *lanes) start(free int) int {
+	c := l.c
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	owed := max(c.cfg.bulkMin()-int(c.inflightBulk.Load()), 0)
+	reserve := 0
+	if len(l.held[bulk]) > 0 {
+		reserve = min(owed, free)
+	}
+	now := time.Now()
+	n := l.startLane(interactive, free-reserve, now)
+	free -= n
+	allow := owed
+	if len(l.held[interactive]) == 0 {
+		allow = free
+	}
+	return n + l.startLane(bulk, min(allow, free), now)
+}
+
+// startLane starts up to n held records of lane, oldest first. Call with
+// l.mu held.
+func (l *lanes) startLane(lane, n int, now time.Time) int {
+	n = max(min(n, len(l.held[lane])), 0)
+	for _, r := range l.held[lane][:n] {
+		l.c.dispatch(r, now)
+	}
+	l.held[lane] = l.held[lane][n:]
+	if len(l.held[lane]) == 0 {
+		l.held[lane] = nil
+	}
+	return n
+}
+
+// fetchControl pauses a lane's topic while enough of it is held and
+// resumes it once it runs short.
+func (l *lanes) fetchControl() {
+	c := l.c
+	l.mu.Lock()
+	hi, hb := len(l.held[interactive]), len(l.held[bulk])
+	l.mu.Unlock()
+	bulkCap := c.cfg.InFlight
+	if hi > 0 {
+		bulkCap = max(c.cfg.bulkMin(), 1)
+	}
+	// Pause at the cap, resume at half of it: a resumed topic is fetched
+	// only once the fetch under way returns (up to fetchMaxWait when the
+	// other lane has nothing), which the held half covers.
+	for lane, held := range [2]int{hi, hb} {
+		limit := [2]int{c.cfg.InFlight, bulkCap}[lane]
+		switch {
+		case held >= limit && !l.paused[lane]:
+			c.cl.PauseFetchTopics(l.topic(lane))
+			l.paused[lane] = true
+		case held <= limit/2 && l.paused[lane]:
+			c.cl.ResumeFetchTopics(l.topic(lane))
+			l.paused[lane] = false
+		}
+	}
+}
+
+func (l *lanes) heldOf(lane int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.held[lane])
+}
+
+func (l *lanes) heldCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.held[interactive]) + len(l.held[bulk])
+}
+
+// drop forgets the held records of parts (revoked or lost), or all of
+// them when parts is nil.
+func (l *lanes) drop(parts map[string][]int32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for lane, held := range l.held {
+		if parts == nil {
+			l.held[lane] = nil
+			continue
+		}
+		kept := held[:0]
+		for _, r := range held {
+			if !slices.Contains(parts[r.Topic], r.Partition) {
+				kept = append(kept, r)
+			}
+		}
+		l.held[lane] = kept
+	}
 }
 
 // Drain drains the consumer as the end of Run's context does (Kubernetes'
@@ -550,6 +800,9 @@ func (c *Consumer) dispatch(r *kgo.Record, now time.Time) {
 		w.key = fmt.Sprintf("\x00%s/%d/%d", r.Topic, r.Partition, r.Offset) // unordered
 	}
 	c.inflight.Add(1)
+	if r.Topic == c.bus.BulkTopic {
+		c.inflightBulk.Add(1)
+	}
 	c.mu.Lock()
 	if q, busy := c.keys[w.key]; busy {
 		c.keys[w.key] = append(q, w)
@@ -607,6 +860,9 @@ func (c *Consumer) runKey(w *work) {
 
 func (c *Consumer) handle(w *work) {
 	defer func() {
+		if w.rec.Topic == c.bus.BulkTopic {
+			c.inflightBulk.Add(-1)
+		}
 		c.inflight.Add(-1)
 		select {
 		case c.freed <- struct{}{}:
@@ -729,7 +985,7 @@ func (c *Consumer) complete(ctx context.Context, d store.Dialog, req *envelope.R
 // be dead-lettered after the LLM was paid for.
 func (c *Consumer) checkReplyTopic(req *envelope.Request) error {
 	switch req.Reply.Topic {
-	case c.bus.RequestsTopic, c.bus.DLQTopic, c.bus.CallbacksTopic:
+	case c.bus.RequestsTopic, c.bus.BulkTopic, c.bus.DLQTopic, c.bus.CallbacksTopic:
 		return fmt.Errorf("reply.topic %q is one of Sluice's own topics (requests, dead letters or callbacks): the reply would loop back", req.Reply.Topic)
 	}
 	return nil
@@ -894,6 +1150,7 @@ func permanent(err error) bool {
 // revoked runs while the group takes partitions away: it lets their
 // in-flight work finish up to the revoke timeout, commits, and forgets them.
 func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, parts map[string][]int32) {
+	c.lanes.drop(parts)
 	t := time.NewTimer(c.cfg.RevokeTimeout)
 	defer t.Stop()
 wait:
@@ -925,6 +1182,7 @@ wait:
 
 // lost forgets partitions taken away without a chance to commit.
 func (c *Consumer) lost(_ context.Context, _ *kgo.Client, parts map[string][]int32) {
+	c.lanes.drop(parts)
 	c.markMu.Lock()
 	c.tracker.release(parts)
 	c.markMu.Unlock()

@@ -29,6 +29,7 @@ import (
 	"sluice/producer"
 	"sluice/shared/bus"
 	"sluice/shared/callback"
+	"sluice/shared/envelope"
 )
 
 var (
@@ -238,6 +239,7 @@ func newProcessStack(t *testing.T) *processStack {
 	env = []string{
 		"SLUICE_KAFKA_BROKERS=" + strings.Join(s.brokers, ","),
 		"SLUICE_REQUESTS_TOPIC=" + s.bus.RequestsTopic,
+		"SLUICE_BULK_TOPIC=" + s.bus.BulkTopic,
 		"SLUICE_REPLIES_TOPIC=" + s.bus.RepliesTopic,
 		"SLUICE_DLQ_TOPIC=" + s.bus.DLQTopic,
 		"SLUICE_CONSUMER_GROUP=" + s.bus.Group,
@@ -385,6 +387,58 @@ func TestConsumerSIGKILLUnderLoad(t *testing.T) {
 		t.Fatalf("answered %d, failed %d of %d", ok, bad, 200*10)
 	}
 	checkHistories(t, dialogs, 10)
+}
+
+// TestBothLanesSurviveConsumerSIGKILL kills one of two consumer processes
+// while both lanes have records in flight: 300 bulk questions produced
+// straight to the bulk topic, as bots do, and shoppers asking over HTTP.
+// Every shopper gets an answer, every bot question is answered on the
+// bot's reply topic, and no dialog holds a turn twice.
+func TestBothLanesSurviveConsumerSIGKILL(t *testing.T) {
+	s := newProcessStack(t)
+	a := s.startConsumer(t)
+	s.startConsumer(t)
+	p := s.addProducer(testProducerConfig())
+
+	botReplies := "bot.replies." + randomHex(4)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...), kgo.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	bots := map[string]*client{}
+	var ids []string
+	var recs []*kgo.Record
+	for i := range 300 {
+		user := fmt.Sprintf("bot-%d", i)
+		dialog := newDialog()
+		bots[dialog] = s.client(p.url, "shop-1", user)
+		now := time.Now().UTC()
+		req := envelope.Request{V: envelope.Version, RequestID: randomHex(16), Tenant: "shop-1", User: user, DialogID: dialog,
+			Text: fmt.Sprintf("where is order %d?", i), CreatedAt: now, Deadline: now.Add(5 * time.Minute),
+			Reply: envelope.ReplyTo{Topic: botReplies, Partition: envelope.AnyPartition}}
+		b, err := json.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, req.RequestID)
+		recs = append(recs, &kgo.Record{Topic: s.bus.BulkTopic, Key: []byte(req.Key()), Value: b})
+	}
+	if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	ok, bad, dialogs := s.load(t, p.url, 100, 8, 200, func() { _ = a.cmd.Process.Kill() })
+	if bad != 0 || ok != 100*8 {
+		t.Fatalf("shoppers: answered %d, failed %d of %d", ok, bad, 100*8)
+	}
+	counts := replyCounts(t, s.brokers, botReplies, ids, 2*time.Minute)
+	for _, id := range ids {
+		if counts[id] == 0 {
+			t.Errorf("bot question %s never answered", id)
+		}
+	}
+	checkHistories(t, dialogs, 8)
+	checkHistories(t, bots, 1)
 }
 
 // TestCallbackSurvivesConsumerSIGKILL: a callback handed over stays on the

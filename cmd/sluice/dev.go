@@ -161,7 +161,7 @@ func startStandIns(st *config, d devSettings, log *slog.Logger, reg prometheus.R
 	if d.has("broker") {
 		b, err := devstack.StartBroker(devstack.BrokerConfig{
 			Addr: d.kafkaAddr, Partitions: st.bus.Partitions, DataDir: d.dataDir,
-			Topics: []string{st.bus.RequestsTopic, st.bus.RepliesTopic, st.bus.DLQTopic, st.bus.CallbacksTopic},
+			Topics: st.bus.Topics(),
 		}, log)
 		if err != nil {
 			return stop, settingError("dev-kafka-addr", err)

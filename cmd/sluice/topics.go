@@ -38,7 +38,7 @@ func runTopics(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := bus.CreateTopics(ctx, st.bus, log); err != nil {
 		return err
 	}
-	log.Info("topics exist", "topics", []string{st.bus.RequestsTopic, st.bus.RepliesTopic, st.bus.DLQTopic, st.bus.CallbacksTopic},
+	log.Info("topics exist", "topics", st.bus.Topics(),
 		"partitions_of_created", st.bus.Partitions, "replication_factor", st.bus.ReplicationFactor)
 	return nil
 }

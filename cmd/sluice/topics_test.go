@@ -43,7 +43,7 @@ func TestTopicsCreatesMissingTopics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"chat.callbacks", "chat.replies", "chat.requests.dlq", "shop.requests"}
+	want := []string{"chat.callbacks", "chat.replies", "chat.requests.bulk", "chat.requests.dlq", "shop.requests"}
 	if got := topics.Names(); !slices.Equal(got, want) {
 		t.Fatalf("topics %v, want %v", got, want)
 	}

@@ -31,8 +31,14 @@ import (
 // Config names the cluster, topics and group.
 type Config struct {
 	Brokers []string
-	// RequestsTopic receives chat requests. Default "chat.requests".
+	// RequestsTopic receives chat requests of the interactive lane (the
+	// storefront). Default "chat.requests".
 	RequestsTopic string
+	// BulkTopic receives chat requests of the bulk lane (order and
+	// logistics bots that can wait), in the same v1 envelope. Consumers
+	// take them with what the interactive lane leaves of their budget.
+	// Default "chat.requests.bulk".
+	BulkTopic string
 	// RepliesTopic receives the answers for the HTTP ingress. Default "chat.replies".
 	RepliesTopic string
 	// DLQTopic receives request records that cannot be processed. Default
@@ -62,6 +68,7 @@ func DefaultConfig() Config {
 	return Config{
 		Brokers:           []string{"127.0.0.1:9092"},
 		RequestsTopic:     "chat.requests",
+		BulkTopic:         "chat.requests.bulk",
 		RepliesTopic:      "chat.replies",
 		DLQTopic:          "chat.requests.dlq",
 		Group:             "sluice",
@@ -82,11 +89,13 @@ func (c Config) Validate() error {
 		_, port, err := net.SplitHostPort(b)
 		p.Check(err == nil && port != "", "kafka-brokers", "%q is not host:port", b)
 	}
-	for flag, name := range map[string]string{"requests-topic": c.RequestsTopic, "replies-topic": c.RepliesTopic,
+	for flag, name := range map[string]string{"requests-topic": c.RequestsTopic, "bulk-topic": c.BulkTopic, "replies-topic": c.RepliesTopic,
 		"dlq-topic": c.DLQTopic, "callbacks-topic": c.CallbacksTopic,
 		"consumer-group": c.Group, "reply-group": c.ReplyGroup, "callback-group": c.CallbackGroup} {
 		p.Check(name != "", flag, "must not be empty")
 	}
+	p.Check(c.BulkTopic == "" || c.BulkTopic != c.RequestsTopic && c.BulkTopic != c.RepliesTopic && c.BulkTopic != c.DLQTopic && c.BulkTopic != c.CallbacksTopic,
+		"bulk-topic", "must differ from the requests, replies, dead-letter and callbacks topics")
 	p.Check(c.Group == "" || c.Group != c.ReplyGroup && c.Group != c.CallbackGroup, "consumer-group",
 		"the consumer, reply and callback groups must differ")
 	p.Check(c.ReplyGroup == "" || c.ReplyGroup != c.CallbackGroup, "reply-group", "the reply and callback groups must differ")
@@ -98,7 +107,8 @@ func (c Config) Validate() error {
 // The broker list has no default: a service must be told where Kafka is.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(settings.List{P: &c.Brokers}, "kafka-brokers", "Kafka bootstrap brokers, comma-separated host:port")
-	fs.StringVar(&c.RequestsTopic, "requests-topic", c.RequestsTopic, "topic of chat requests")
+	fs.StringVar(&c.RequestsTopic, "requests-topic", c.RequestsTopic, "topic of chat requests, interactive lane")
+	fs.StringVar(&c.BulkTopic, "bulk-topic", c.BulkTopic, "topic of chat requests, bulk lane (bots that can wait)")
 	fs.StringVar(&c.RepliesTopic, "replies-topic", c.RepliesTopic, "topic of replies for the HTTP ingress")
 	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic of unprocessable request records")
 	fs.StringVar(&c.Group, "consumer-group", c.Group, "consumer group of the consumers")
@@ -148,12 +158,18 @@ func NewClient(cfg Config, role string, log *slog.Logger, reg prometheus.Registe
 	return cl, nil
 }
 
-// EnsureTopics creates the requests, replies and DLQ topics when missing.
+// Topics returns every topic Sluice creates: both lanes' requests, the
+// replies, the dead letters and the callbacks.
+func (c Config) Topics() []string {
+	return []string{c.RequestsTopic, c.BulkTopic, c.RepliesTopic, c.DLQTopic, c.CallbacksTopic}
+}
+
+// EnsureTopics creates Sluice's topics (Topics) when missing.
 // Existing topics are left as they are.
 func EnsureTopics(ctx context.Context, cl *kgo.Client, cfg Config) error {
 	adm := kadm.NewClient(cl)
 	resp, err := adm.CreateTopics(ctx, cfg.Partitions, cfg.ReplicationFactor, nil,
-		cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic, cfg.CallbacksTopic)
+		cfg.Topics()...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}

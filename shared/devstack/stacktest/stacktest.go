@@ -45,6 +45,7 @@ const DefaultRedisAddr = "127.0.0.1:6379"
 func Isolate(cfg bus.Config) bus.Config {
 	suffix := randomHex(4)
 	cfg.RequestsTopic += "." + suffix
+	cfg.BulkTopic += "." + suffix
 	cfg.RepliesTopic += "." + suffix
 	cfg.DLQTopic += "." + suffix
 	cfg.CallbacksTopic += "." + suffix
@@ -81,7 +82,7 @@ func Broker(tb testing.TB, cfg bus.Config, strict bool) *devstack.Broker {
 	tb.Helper()
 	b, err := devstack.StartBroker(devstack.BrokerConfig{
 		Addr: "127.0.0.1:0", Partitions: cfg.Partitions, NoAutoCreate: strict,
-		Topics: []string{cfg.RequestsTopic, cfg.RepliesTopic, cfg.DLQTopic, cfg.CallbacksTopic},
+		Topics: cfg.Topics(),
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatalf("start the embedded broker: %v", err)

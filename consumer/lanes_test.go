@@ -1,0 +1,142 @@
+package consumer_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"sluice/consumer/llm"
+	"sluice/shared/envelope"
+)
+
+// releaser holds every answer until the test releases it, one at a time,
+// and tells which lane each call came from.
+type releaser struct {
+	release chan struct{}
+}
+
+func (r *releaser) answer(ctx context.Context, req *envelope.Request, _ []envelope.Turn) (llm.Answer, error) {
+	select {
+	case <-r.release:
+		return llm.Answer{Text: answerText(req), Source: envelope.SourceLLM}, nil
+	case <-ctx.Done():
+		return llm.Answer{}, ctx.Err()
+	}
+}
+
+// produceLane produces n requests of their own dialogs to topic, texts
+// starting with prefix.
+func (e *env) produceLane(tb testing.TB, topic, prefix string, first, n int) []envelope.Request {
+	tb.Helper()
+	var reqs []envelope.Request
+	var recs []*kgo.Record
+	for i := range n {
+		req := newRequest(first+i, fmt.Sprintf("%s %d", prefix, i))
+		rec := requestRecord(tb, req, -1)
+		rec.Topic = topic
+		reqs, recs = append(reqs, req), append(recs, rec)
+	}
+	e.produce(tb, recs...)
+	return reqs
+}
+
+func lane(req *envelope.Request) string { return strings.Fields(req.Text)[0] }
+
+// TestInteractiveLaneGoesFirst: with the budget full of bulk records and
+// shoppers' questions waiting, each freed slot goes to a shopper until the
+// bulk lane is down to its minimum share; the next goes to a bulk record,
+// which is never starved.
+func TestInteractiveLaneGoesFirst(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.InFlight = 4
+	cfg.BulkMinShare = 0.25 // one slot
+	r := &releaser{release: make(chan struct{})}
+	entered := make(chan *envelope.Request, 64)
+	ans := &fakeAnswerer{AnswerFn: r.answer, Entered: entered}
+	t.Cleanup(func() { close(r.release) }) // before the consumer's stop
+
+	e.produceLane(t, e.bus.BulkTopic, "bulk", 0, 20)
+	run := e.start(t, cfg, ans)
+	for _, req := range awaitEntered(t, entered, 4) {
+		if lane(req) != "bulk" {
+			t.Fatalf("%q started with only bulk records queued", req.Text)
+		}
+	}
+	// Shoppers ask while the budget is full of bulk records.
+	e.produceLane(t, e.bus.RequestsTopic, "shop", 100, 6)
+	// The consumer holds what the client fetched even while the budget is
+	// full, up to twice the budget in all (4 bulk records are held): wait
+	// until four shoppers' records are held.
+	run.awaitGauge(t, "sluice_consumer_held_records", "interactive", 4)
+	var got []string
+	for range 4 {
+		r.release <- struct{}{}
+		got = append(got, lane(awaitEntered(t, entered, 1)[0]))
+	}
+	if want := []string{"shop", "shop", "shop", "bulk"}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("freed slots went to %v, want %v: shoppers first, down to the bulk lane's one slot", got, want)
+	}
+}
+
+// TestBulkTakesIdleBudget: with no shopper waiting, bulk records take every
+// slot, and a long bulk backlog is answered to the end, each record once.
+func TestBulkTakesIdleBudget(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.InFlight = 4
+	// An LLM that takes 20 ms, so that calls overlap.
+	ans := &fakeAnswerer{AnswerFn: func(ctx context.Context, req *envelope.Request, _ []envelope.Turn) (llm.Answer, error) {
+		select {
+		case <-time.After(20 * time.Millisecond):
+			return llm.Answer{Text: answerText(req), Source: envelope.SourceLLM}, nil
+		case <-ctx.Done():
+			return llm.Answer{}, ctx.Err()
+		}
+	}}
+	reqs := e.produceLane(t, e.bus.BulkTopic, "bulk", 0, 200)
+	e.start(t, cfg, ans)
+	replies := e.reader(t, repliesTopic).replies(t, len(reqs))
+	for _, req := range reqs {
+		if n := len(replies[req.RequestID]); n != 1 {
+			t.Errorf("%s answered %d times, want once", req.RequestID, n)
+		}
+	}
+	if _, most := ans.Concurrency(); most != cfg.InFlight {
+		t.Errorf("at most %d bulk records at once with nothing else to do, want the whole budget (%d)", most, cfg.InFlight)
+	}
+}
+
+// awaitGauge waits until the consumer's gauge name{lane} reads want.
+func (r *running) awaitGauge(tb testing.TB, name, lane string, want float64) {
+	tb.Helper()
+	deadline := time.Now().Add(waitFor)
+	var got float64
+	for time.Now().Before(deadline) {
+		fams, err := r.reg.Gather()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, f := range fams {
+			if f.GetName() != name {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "lane" && l.GetValue() == lane {
+						got = m.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		if got == want {
+			return
+		}
+		time.Sleep(10 * time.Millisecond) // a gauge has no event to await
+	}
+	tb.Fatalf("%s{lane=%q} = %g, want %g", name, lane, got, want)
+}
