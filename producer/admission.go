@@ -63,13 +63,13 @@ type partitionProgress struct {
 func newAdmission(f promauto.Factory, cl *kgo.Client, topic, group string, interval time.Duration, minRate float64) *admission {
 	a := &admission{adm: kadm.NewClient(cl), topic: topic, group: group, interval: interval, minRate: minRate}
 	f.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "sluice_producer_queue_lag", Help: "Requests on Kafka not yet committed by the consumers (as last measured, plus those this replica accepted since).",
+		Name: "sluice_producer_queue_lag", Help: "Requests of the interactive lane (chat.requests) on Kafka not yet committed by the consumers (as last measured, plus those this replica accepted since).",
 	}, func() float64 { return float64(a.backlog()) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_completion_rate", Help: "Requests/s the consumers complete (smoothed, as last measured).",
 	}, func() float64 { return math.Float64frombits(a.rate.Load()) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "sluice_producer_estimated_wait_seconds", Help: "Estimated queue wait of a new request.",
+		Name: "sluice_producer_estimated_wait_seconds", Help: "Estimated queue wait of a new request of the interactive lane.",
 	}, func() float64 { return a.estimate().Seconds() })
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_stalled_partitions",

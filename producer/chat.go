@@ -40,6 +40,11 @@ type ChatRequest struct {
 	Mode        string `json:"mode,omitempty"`
 	WaitMS      *int64 `json:"wait_ms,omitempty"`
 	CallbackURL string `json:"callback_url,omitempty"`
+	// Lane is envelope.LaneInteractive (the default) or envelope.LaneBulk.
+	Lane string `json:"lane,omitempty"`
+	// DeadlineMS asks for a deadline this many milliseconds after
+	// acceptance; it is clamped to the lane's request TTL, the default.
+	DeadlineMS *int64 `json:"deadline_ms,omitempty"`
 }
 
 // DoneBody is the 200 answer of POST /v1/chat and of a poll, and the body
@@ -151,8 +156,56 @@ func (s *Server) decodeChat(c echo.Context) (ChatRequest, time.Duration, error) 
 	if req.CallbackURL != "" && req.Mode != ModeCallback {
 		return req, 0, badRequest("callback_url is only allowed with mode callback")
 	}
+	lane, err := laneOf(req.Lane, identity(c))
+	if err != nil {
+		return req, 0, err
+	}
+	req.Lane = lane
+	if req.DeadlineMS != nil && *req.DeadlineMS <= 0 {
+		return req, 0, badRequest("deadline_ms must be positive")
+	}
 	wait, err := s.waitParam(req.WaitMS)
 	return req, wait, err
+}
+
+// ttl returns how long after acceptance body's question is still worth
+// answering: its lane's request TTL, or the deadline_ms it asked for when
+// shorter. A longer one is clamped, not refused: a bot that asks for an
+// hour gets the longest the server keeps a result for a poll.
+func (s *Server) ttl(body ChatRequest) time.Duration {
+	ttl := s.cfg.RequestTTL
+	if body.Lane == envelope.LaneBulk {
+		ttl = s.cfg.BulkRequestTTL
+	}
+	// Compared in milliseconds: a huge deadline_ms would overflow a
+	// Duration.
+	if body.DeadlineMS != nil && *body.DeadlineMS < ttl.Milliseconds() {
+		ttl = time.Duration(*body.DeadlineMS) * time.Millisecond
+	}
+	return ttl
+}
+
+// laneOf returns the lane of a question that asked for lane ("": none)
+// with id's token: a token whose lane claim is bulk asks in the bulk lane
+// only, so that a bot's credentials cannot jump the storefront's queue.
+// It returns 400 for an unknown lane and 403 for the interactive lane
+// asked with a bulk token.
+func laneOf(lane string, id auth.Identity) (string, error) {
+	switch lane {
+	case "":
+		if id.Lane == envelope.LaneBulk {
+			return envelope.LaneBulk, nil
+		}
+		return envelope.LaneInteractive, nil
+	case envelope.LaneBulk:
+		return lane, nil
+	case envelope.LaneInteractive:
+		if id.Lane == envelope.LaneBulk {
+			return "", forbidden("lane interactive is not allowed for this token: its claim lane is bulk")
+		}
+		return lane, nil
+	}
+	return "", badRequest(fmt.Sprintf("lane must be %s or %s, got %q", envelope.LaneInteractive, envelope.LaneBulk, lane))
 }
 
 func (s *Server) waitParam(ms *int64) (time.Duration, error) {
@@ -202,11 +255,15 @@ func (s *Server) postChat(c echo.Context) error {
 	}
 	// A question holding personal data is one person's, not a frequent
 	// one: it is never answered from, nor kept in, the hot-answer cache.
-	cacheable := s.hot != nil && body.Mode == ModeWait && pii.Mask(body.Text) == body.Text
+	// Nor is a bulk question: a bot's questions are about its own orders,
+	// not the storefront's frequent ones, and a burst of them would evict
+	// the shoppers' answers.
+	bulk := body.Lane == envelope.LaneBulk
+	cacheable := s.hot != nil && body.Mode == ModeWait && !bulk && pii.Mask(body.Text) == body.Text
 	if done, ok := s.fromHot(c, id, body, newDialog, cacheable); ok {
 		return c.JSON(http.StatusOK, done)
 	}
-	if err := s.admitRequest(body.Mode, wait); err != nil {
+	if err := s.admitRequest(body.Mode, wait, body.Lane, s.ttl(body)); err != nil {
 		return err
 	}
 	req, rec, err := s.newRequest(c, id, body)
@@ -237,6 +294,7 @@ func (s *Server) postChat(c echo.Context) error {
 		// expired if Kafka refuses the record after all.
 		s.log.Warn("produce request unconfirmed, answering 202", "request_id", req.RequestID, "timeout", s.cfg.ProduceTimeout)
 		s.m.accepted.With("unconfirmed").Inc()
+		s.m.laneAccepted.With(body.Lane).Inc()
 		s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
 		return s.queued(c, req.DialogID, req.RequestID)
 	case err != nil:
@@ -245,9 +303,10 @@ func (s *Server) postChat(c echo.Context) error {
 		return unavailable("the request queue is unavailable, retry shortly", 1)
 	}
 	s.m.accepted.With(body.Mode).Inc()
+	s.m.laneAccepted.With(body.Lane).Inc()
 
 	if wake != nil {
-		if res, ok := s.awaitAnswer(ctx, wake, wait, d, req.RequestID, req.CreatedAt); ok {
+		if res, ok := s.awaitAnswer(ctx, wake, wait, d, req.RequestID, req.CreatedAt, !bulk); ok {
 			if cacheable && newDialog && res.Status == envelope.StatusDone &&
 				(res.Source == envelope.SourceLLM || res.Source == envelope.SourceFAQ) {
 				s.hot.put(context.WithoutCancel(ctx), id.Tenant, body.Text, hotEntry{Answer: res.Answer, Source: res.Source, Handoff: res.Handoff})
@@ -295,24 +354,29 @@ func (s *Server) door(c echo.Context, id auth.Identity) (ChatRequest, time.Durat
 }
 
 // newRequest returns the request record of id's question body, created
-// now, with its reply coming to a partition this replica reads. It carries
-// the client's traceparent.
+// now, with its reply coming to a partition this replica reads, on the
+// topic of its lane, with its deadline (ttl). It carries the client's
+// traceparent.
 func (s *Server) newRequest(c echo.Context, id auth.Identity, body ChatRequest) (envelope.Request, *kgo.Record, error) {
 	rid, err := uuid.NewV7()
 	if err != nil {
 		return envelope.Request{}, nil, fmt.Errorf("request id: %w", err)
 	}
 	now := s.now().UTC()
+	topic := s.bus.RequestsTopic
+	if body.Lane == envelope.LaneBulk {
+		topic = s.bus.BulkTopic
+	}
 	req := envelope.Request{
 		V: envelope.Version, RequestID: rid.String(), Tenant: id.Tenant, User: id.User,
-		DialogID: body.DialogID, Text: body.Text, CreatedAt: now, Deadline: now.Add(s.cfg.RequestTTL),
+		DialogID: body.DialogID, Text: body.Text, CreatedAt: now, Deadline: now.Add(s.ttl(body)),
 		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: s.router.partition(), CallbackURL: body.CallbackURL},
 	}
 	value, err := json.Marshal(&req)
 	if err != nil {
 		return envelope.Request{}, nil, fmt.Errorf("encode request: %w", err)
 	}
-	rec := &kgo.Record{Key: []byte(req.Key()), Value: value}
+	rec := &kgo.Record{Topic: topic, Key: []byte(req.Key()), Value: value}
 	if tp := c.Request().Header.Get(envelope.HeaderTraceparent); tp != "" {
 		rec.Headers = []kgo.RecordHeader{{Key: envelope.HeaderTraceparent, Value: []byte(tp)}}
 	}
@@ -320,9 +384,11 @@ func (s *Server) newRequest(c echo.Context, id auth.Identity, body ChatRequest) 
 }
 
 // awaitAnswer waits up to wait for the answer of the wait-mode request
-// requestID, created at created, and feeds how long it took to admission.
-// It reports false when the wait ran out.
-func (s *Server) awaitAnswer(ctx context.Context, wake <-chan *envelope.Reply, wait time.Duration, d store.Dialog, requestID string, created time.Time) (envelope.Reply, bool) {
+// requestID, created at created, and, when observe, feeds how long it took
+// to admission. (Answers of the bulk lane say nothing of the interactive
+// queue, which admission estimates.) It reports false when the wait ran
+// out.
+func (s *Server) awaitAnswer(ctx context.Context, wake <-chan *envelope.Reply, wait time.Duration, d store.Dialog, requestID string, created time.Time, observe bool) (envelope.Reply, bool) {
 	// When the wait runs out, the marker goes on before the client learns
 	// the poll_url (a request answered within its wait is never polled, so
 	// the hot path saves a round trip), and the same script returns the
@@ -333,11 +399,15 @@ func (s *Server) awaitAnswer(ctx context.Context, wake <-chan *envelope.Reply, w
 		s.m.answered.With("timed_out").Inc()
 		// How long it will take is unknown: count it as the longest a
 		// request may take, so that answers look slow for a while.
-		s.admit.observe(s.cfg.RequestTTL)
+		if observe {
+			s.admit.observe(s.cfg.RequestTTL)
+		}
 		return envelope.Reply{}, false
 	}
 	s.m.answered.With("answered").Inc()
-	s.admit.observe(s.now().Sub(created))
+	if observe {
+		s.admit.observe(s.now().Sub(created))
+	}
 	return res, true
 }
 
@@ -477,15 +547,28 @@ const admissionHeadroom = 80
 // admitRequest refuses, at once, a request the queue cannot serve in time:
 // a waiting one whose wait the estimated queue wait exceeds (beyond the
 // headroom, unless this replica's answers are fast), any one whose
-// deadline it exceeds, and async or callback ones while the backlog is over
-// its bound.
-func (s *Server) admitRequest(mode string, wait time.Duration) error {
+// deadline, ttl from now, it exceeds, and async or callback ones while the
+// backlog is over its bound.
+//
+// A request of the bulk lane is refused only while the bulk topic's
+// backlog is over the bound, whatever its mode: the estimate is the
+// interactive queue's, which bulk requests do not wait in, and their long
+// deadline is not checked against an estimate of their own yet.
+func (s *Server) admitRequest(mode string, wait time.Duration, lane string, ttl time.Duration) error {
+	if lane == envelope.LaneBulk {
+		if n := s.bulkAdmit.backlog(); n > s.cfg.MaxLag {
+			s.m.rejected.With("backlog").Inc()
+			return unavailable(fmt.Sprintf("overloaded: %d bulk requests queued, the bound is %d", n, s.cfg.MaxLag), 60)
+		}
+		s.bulkAdmit.admitted()
+		return nil
+	}
 	est := s.admit.estimate()
 	retry := func(over time.Duration) int { return int(min(max(math.Ceil(over.Seconds()), 1), 60)) }
 	switch {
-	case est > s.cfg.RequestTTL:
+	case est > ttl:
 		s.m.rejected.With("queue_wait").Inc()
-		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds the request's deadline", est.Round(time.Second)), retry(est-s.cfg.RequestTTL))
+		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds the request's deadline", est.Round(time.Second)), retry(est-ttl))
 	case mode == ModeWait && wait > 0 && est > wait*admissionHeadroom/100 && !s.admit.answersFast(wait) && !s.admit.probe():
 		s.m.rejected.With("queue_wait").Inc()
 		return unavailable(fmt.Sprintf("overloaded: the queue wait (about %s) exceeds wait_ms; retry later or use mode async", est.Round(100*time.Millisecond)), retry(est-wait))
@@ -545,9 +628,11 @@ func doneBody(r envelope.Reply, created time.Time) DoneBody { return envelope.Do
 
 // mayBeUnderWay reports whether a request accepted with id requestID may
 // still be answered: its deadline (with a minute for clocks) has not passed.
+// The poll URL does not say the request's lane: the longer deadline, the
+// bulk lane's, counts.
 func (s *Server) mayBeUnderWay(requestID string) bool {
 	created, ok := createdAt(requestID)
-	return ok && s.now().Before(created.Add(s.cfg.RequestTTL+time.Minute))
+	return ok && s.now().Before(created.Add(max(s.cfg.RequestTTL, s.cfg.BulkRequestTTL)+time.Minute))
 }
 
 // pollChat answers GET {poll_url}?wait_ms=N: 200 when final, 202 when still

@@ -16,6 +16,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.WaitDefault, "wait-default", c.WaitDefault, "wait of wait mode when the request names none")
 	fs.DurationVar(&c.WaitMax, "wait-max", c.WaitMax, "largest wait_ms accepted")
 	fs.DurationVar(&c.RequestTTL, "request-ttl", c.RequestTTL, "how long after acceptance a request is still answered (its deadline)")
+	fs.DurationVar(&c.BulkRequestTTL, "bulk-request-ttl", c.BulkRequestTTL, "request TTL of the bulk lane (bots that can wait); at least --request-ttl, at most --result-ttl")
 	fs.IntVar(&c.MaxTextChars, "max-text-chars", c.MaxTextChars, "longest question, in characters")
 	fs.Int64Var(&c.BodyLimit, "body-limit", c.BodyLimit, "largest request body, in bytes")
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", c.ReadTimeout, "bound of reading a request's headers, and its body once the handler starts; a slower client gets 408 or loses the connection")

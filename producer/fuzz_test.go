@@ -58,8 +58,8 @@ func (sc chatSchema) valid(body []byte) (string, bool) {
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return "", false
 	}
-	var text, dialogID, mode, callbackURL string
-	var waitMS *int64
+	var text, dialogID, mode, callbackURL, lane string
+	var waitMS, deadlineMS *int64
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
@@ -82,11 +82,19 @@ func (sc chatSchema) valid(body []byte) (string, bool) {
 			ok = str(&mode)
 		case strings.EqualFold(key, "callback_url"):
 			ok = str(&callbackURL)
+		case strings.EqualFold(key, "lane"):
+			ok = str(&lane)
 		case strings.EqualFold(key, "wait_ms"):
 			var n int64
 			ok = null || json.Unmarshal(raw, &n) == nil
 			if waitMS = &n; null {
 				waitMS = nil
+			}
+		case strings.EqualFold(key, "deadline_ms"):
+			var n int64
+			ok = null || json.Unmarshal(raw, &n) == nil
+			if deadlineMS = &n; null {
+				deadlineMS = nil
 			}
 		}
 		if !ok {
@@ -107,6 +115,12 @@ func (sc chatSchema) valid(body []byte) (string, bool) {
 		return "", false
 	}
 	if waitMS != nil && (*waitMS < 0 || *waitMS > sc.waitMax.Milliseconds()) {
+		return "", false
+	}
+	if lane != "" && lane != envelope.LaneInteractive && lane != envelope.LaneBulk {
+		return "", false
+	}
+	if deadlineMS != nil && *deadlineMS <= 0 {
 		return "", false
 	}
 	switch mode {
@@ -155,6 +169,11 @@ func FuzzPostChat(f *testing.F) {
 		{"application/json", `[]`},
 		{"application/json", ``},
 		{"application/json", `{"text":"` + strings.Repeat("a", 1100) + `"}`},
+		{"application/json", `{"text":"hi","mode":"async","lane":"bulk","deadline_ms":3600000}`},
+		{"application/json", `{"text":"hi","LANE":"interactive","deadline_ms":1}`},
+		{"application/json", `{"text":"hi","mode":"async","lane":"Bulk"}`},
+		{"application/json", `{"text":"hi","mode":"async","deadline_ms":0}`},
+		{"application/json", `{"text":"hi","mode":"async","deadline_ms":1e3}`},
 	} {
 		f.Add(s.ctype, []byte(s.body))
 	}

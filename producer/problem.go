@@ -36,6 +36,10 @@ func unauthorized(detail string) error {
 	return &apiError{status: http.StatusUnauthorized, slug: "unauthorized", detail: detail}
 }
 
+func forbidden(detail string) error {
+	return &apiError{status: http.StatusForbidden, slug: "forbidden", detail: detail}
+}
+
 func notFound(detail string) error {
 	return &apiError{status: http.StatusNotFound, slug: "not-found", detail: detail}
 }

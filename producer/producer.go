@@ -1,8 +1,10 @@
 // Package producer is Sluice's HTTP ingress. It authenticates and validates
-// chat questions, puts them on the requests topic keyed by tenant/user/dialog,
-// and answers the client when the reply comes back on this replica's reply
-// partitions: at once (wait mode), or through a long-poll of the poll_url
-// that any replica can answer from the result store.
+// chat questions, puts them on the requests topic of their lane
+// (interactive: chat.requests; bulk: chat.requests.bulk) keyed by
+// tenant/user/dialog, and answers the client when the reply comes back on
+// this replica's reply partitions: at once (wait mode), or through a
+// long-poll of the poll_url that any replica can answer from the result
+// store.
 //
 // The ingress stays thin: no LLM call and no history read on the hot path.
 //
@@ -48,6 +50,11 @@ type Config struct {
 	// RequestTTL is how long after acceptance a request is still worth
 	// answering; it becomes the request's deadline. Default 30 s.
 	RequestTTL time.Duration
+	// BulkRequestTTL is RequestTTL for requests of the bulk lane: bots
+	// that can wait minutes, whose requests may queue behind a backlog.
+	// At least RequestTTL; the result store must keep results as long
+	// (Settings.Validate). Default 10 min.
+	BulkRequestTTL time.Duration
 	// MaxTextChars bounds a question, counted in characters. Default 2000.
 	MaxTextChars int
 	// BodyLimit bounds a request body in bytes. Default 16 KiB.
@@ -131,6 +138,7 @@ func DefaultConfig() Config {
 		WaitDefault:         3 * time.Second,
 		WaitMax:             30 * time.Second,
 		RequestTTL:          30 * time.Second,
+		BulkRequestTTL:      10 * time.Minute,
 		MaxTextChars:        2000,
 		BodyLimit:           16 << 10,
 		ReadTimeout:         5 * time.Second,
@@ -156,6 +164,7 @@ func (c Config) Validate() error {
 	p.Check(c.WaitMax > 0, "wait-max", "must be positive")
 	p.Check(c.WaitDefault >= 0 && c.WaitDefault <= c.WaitMax, "wait-default", "%v must be within 0..wait max %v", c.WaitDefault, c.WaitMax)
 	p.Check(c.RequestTTL > 0, "request-ttl", "must be positive")
+	p.Check(c.BulkRequestTTL >= c.RequestTTL, "bulk-request-ttl", "%v must be at least the request TTL (SLUICE_REQUEST_TTL) %v", c.BulkRequestTTL, c.RequestTTL)
 	p.Check(c.MaxTextChars >= 1, "max-text-chars", "must be at least 1")
 	p.Check(c.BodyLimit >= 256, "body-limit", "must be at least 256 bytes")
 	p.Check(c.ReadTimeout >= 100*time.Millisecond, "read-timeout", "must be at least 100ms")
@@ -188,10 +197,13 @@ type Server struct {
 	now    func() time.Time
 	router *replyRouter
 	notify *notifier
-	admit  *admission
-	limit  *limiter
-	hot    *hotAnswers // nil when disabled
-	poll   pollKey     // nil: poll URLs are unsigned
+	admit  *admission // of the interactive lane, chat.requests
+	// bulkAdmit measures the bulk topic's backlog; its estimate is
+	// unused (admitRequest).
+	bulkAdmit *admission
+	limit     *limiter
+	hot       *hotAnswers // nil when disabled
+	poll      pollKey     // nil: poll URLs are unsigned
 
 	release func() error // closes what Open made for the server; nil after New
 
@@ -214,6 +226,7 @@ type metrics struct {
 	requests        *prometheus.CounterVec
 	duration        *prometheus.HistogramVec
 	accepted        metric.Children[prometheus.Counter] // by mode
+	laneAccepted    metric.Children[prometheus.Counter] // by lane
 	answered        metric.Children[prometheus.Counter] // by how
 	replies         metric.Children[prometheus.Counter] // by outcome
 	storeErrors     *prometheus.CounterVec
@@ -238,6 +251,9 @@ func newMetrics(f promauto.Factory, waiters func() float64) metrics {
 		accepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback (put on Kafka), cache (answered from the hot-answer cache) or unconfirmed (answered 202 when Kafka had not acknowledged within the produce timeout).",
 		}, []string{"mode"}), ModeWait, ModeAsync, ModeCallback, "cache", "unconfirmed"),
+		laneAccepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_lane_accepted_total", Help: "Requests put on Kafka (acknowledged or unconfirmed), by lane: interactive (chat.requests) or bulk (chat.requests.bulk).",
+		}, []string{"lane"}), envelope.LaneInteractive, envelope.LaneBulk),
 		answered: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_answered_total", Help: "Wait-mode outcomes: answered within the wait, or timed out to 202.",
 		}, []string{"how"}), "answered", "timed_out"),
@@ -283,6 +299,9 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	}
 	s.cl = cl
 	s.admit = newAdmission(f, cl, cfgBus.RequestsTopic, cfgBus.Group, cfg.AdmissionInterval, cfg.AdmissionMinRate)
+	// Its gauges are not registered: they would be the interactive lane's
+	// names, and a per-lane estimate is the next step.
+	s.bulkAdmit = newAdmission(promauto.With(nil), cl, cfgBus.BulkTopic, cfgBus.Group, cfg.AdmissionInterval, cfg.AdmissionMinRate)
 	s.limit = newLimiter(f, st.Pipe(), st.Prefix()+":rl", cfg.UserRate, cfg.TenantRate, cfg.GlobalRate, log.Warn)
 	if cfg.HotTTL > 0 {
 		s.hot = newHotAnswers(f, st.Client(), st.Prefix(), cfg.HotSize, cfg.HotTTL)
@@ -400,6 +419,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	go router.run(bg)
 	go nt.run(bg)
 	go s.admit.run(bg)
+	go s.bulkAdmit.run(bg)
 	if len(s.cfg.ReplyPartitions) == 0 {
 		// Serve once the reply group gave this replica its share; until then
 		// answers would arrive through the store's notification only.

@@ -35,6 +35,10 @@ func (s Settings) Validate() error {
 	p.Add(s.Store.Validate())
 	p.Add(s.Auth.Validate())
 	p.Add(s.Producer.Validate())
+	// A poll must find a bulk request's result, or its queued marker,
+	// until its deadline: both live ResultTTL.
+	p.Check(s.Store.ResultTTL <= 0 || s.Store.ResultTTL >= s.Producer.BulkRequestTTL, "result-ttl",
+		"%v must be at least the bulk request TTL (SLUICE_BULK_REQUEST_TTL) %v", s.Store.ResultTTL, s.Producer.BulkRequestTTL)
 	return p.Err()
 }
 

@@ -47,7 +47,7 @@ Commands:
   consumer   run the worker that answers requests
   mockllm    run the OpenAI-compatible mock LLM
   topics     create the Kafka topics when missing, and exit
-  token      mint a bearer token (--sub U --tenant T --ttl 2h)
+  token      mint a bearer token (--sub U --tenant T --ttl 2h [--lane bulk])
   loadgen    generate load against the API or straight into Kafka, and measure
   drain      drain a running producer or consumer through its admin listener
              (a Kubernetes preStop hook); exits 0 once drained

@@ -36,6 +36,9 @@ func TestSettingErrorsNameTheSetting(t *testing.T) {
 		{"ConsumerBadBreakerRatio", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_BASE_URL": "http://llm", "SLUICE_LLM_MODEL": "m"}, []string{"consumer", "--llm-breaker-failure-ratio", "1.5"}, "SLUICE_LLM_BREAKER_FAILURE_RATIO (--llm-breaker-failure-ratio): must be within 0..1"},
 		{"ConsumerLLMScheme", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_MODEL": "m"}, []string{"consumer", "--llm-base-url", "ftp://llm"}, `SLUICE_LLM_BASE_URL (--llm-base-url): "ftp://llm" must start with http:// or https://`},
 		{"TokenNoSecret", nil, []string{"token", "--sub", "u", "--tenant", "t"}, "SLUICE_JWT_SECRET (--jwt-secret): is required"},
+		{"TokenBadLane", map[string]string{"SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"token", "--sub", "u", "--tenant", "t", "--lane", "express"}, `SLUICE_LANE (--lane): must be interactive or bulk, got "express"`},
+		{"ProducerBulkTTLShort", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer", "--bulk-request-ttl", "10s"}, "SLUICE_BULK_REQUEST_TTL (--bulk-request-ttl): 10s must be at least the request TTL (SLUICE_REQUEST_TTL) 30s"},
+		{"ProducerResultTTLShort", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer", "--result-ttl", "5m"}, "SLUICE_RESULT_TTL (--result-ttl): 5m0s must be at least the bulk request TTL (SLUICE_BULK_REQUEST_TTL) 10m0s"},
 		{"UnknownCommand", nil, []string{"frobnicate"}, `unknown command "frobnicate"`},
 	}
 	for _, tt := range tests {
@@ -67,8 +70,16 @@ func TestTokenMintsVerifiableToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, err := v.Verify(strings.TrimSpace(out.String()))
-	if err != nil || id.User != "alice" || id.Tenant != "shop-1" {
+	if err != nil || id.User != "alice" || id.Tenant != "shop-1" || id.Lane != "" {
 		t.Fatalf("minted token verifies as %+v, %v", id, err)
+	}
+
+	out.Reset()
+	if code := run(context.Background(), []string{"token", "--sub", "bot", "--tenant", "shop-1", "--lane", "bulk"}, &out, &errb); code != 0 {
+		t.Fatalf("--lane bulk: exit %d: %s", code, errb.String())
+	}
+	if id, err := v.Verify(strings.TrimSpace(out.String())); err != nil || id.Lane != "bulk" {
+		t.Fatalf("token minted with --lane bulk verifies as %+v, %v", id, err)
 	}
 }
 

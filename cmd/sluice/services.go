@@ -21,6 +21,7 @@ import (
 	"sluice/shared/admin"
 	"sluice/shared/auth"
 	"sluice/shared/devstack/mockllm"
+	"sluice/shared/envelope"
 	"sluice/shared/settings"
 )
 
@@ -216,13 +217,14 @@ func runDrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func runToken(args []string, stdout, stderr io.Writer) error {
-	var secret, sub, tenant string
+	var secret, sub, tenant, lane string
 	var ttl time.Duration
 	fs := newFlagSet("token", stderr)
 	fs.StringVar(&secret, "jwt-secret", "", "HS256 secret to sign with, the producer's SLUICE_JWT_SECRET (at least 16 bytes); make run (sluice dev) signs with "+devSecret)
 	fs.StringVar(&sub, "sub", "", "user id (claim sub)")
 	fs.StringVar(&tenant, "tenant", "", "tenant id (claim tenant)")
 	fs.DurationVar(&ttl, "ttl", time.Hour, "validity")
+	fs.StringVar(&lane, "lane", "", "claim lane: bulk restricts the caller to the bulk lane (bots); interactive or empty: no restriction")
 	err := configure(fs, args, func() error {
 		var p settings.Problems
 		p.Check(secret != "", "jwt-secret", "is required (make run's is %s)", devSecret)
@@ -230,12 +232,13 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 		p.Check(sub != "", "sub", "is required")
 		p.Check(tenant != "", "tenant", "is required")
 		p.Check(ttl > 0, "ttl", "must be positive")
+		p.Check(lane == "" || envelope.ValidLane(lane), "lane", "must be %s or %s, got %q", envelope.LaneInteractive, envelope.LaneBulk, lane)
 		return p.Err()
 	})
 	if err != nil {
 		return err
 	}
-	tok, err := auth.Mint(secret, tenant, sub, ttl, time.Now())
+	tok, err := auth.MintLane(secret, tenant, sub, lane, ttl, time.Now())
 	if err != nil {
 		return usageError(err)
 	}

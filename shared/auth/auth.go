@@ -1,7 +1,10 @@
 // Package auth verifies and mints the bearer tokens of Sluice's HTTP API.
 //
 // A token is a JWT with the claims sub (user id), tenant (tenant id) and exp,
-// all required. The accepted signing algorithms are pinned: HS256 with the
+// all required, and the optional claim lane: "bulk" restricts the caller to
+// the bulk lane (bot credentials cannot jump the storefront's queue);
+// "interactive", or no claim, leaves the caller both lanes. Any other value
+// makes the token invalid. The accepted signing algorithms are pinned: HS256 with the
 // shared secret, plus RS256, ES256 and EdDSA when public keys are configured.
 // "none" and any other algorithm are refused.
 package auth
@@ -41,11 +44,17 @@ type Config struct {
 type Identity struct {
 	Tenant string
 	User   string
+	// Lane is the token's lane claim: envelope.LaneBulk restricts the
+	// caller to the bulk lane; "" (or envelope.LaneInteractive) leaves it
+	// both.
+	Lane string
 }
 
 // Claims are Sluice's token claims.
 type Claims struct {
 	Tenant string `json:"tenant"`
+	// Lane is optional: "interactive" or "bulk".
+	Lane string `json:"lane,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -138,13 +147,25 @@ func (v *Verifier) Verify(token string) (Identity, error) {
 		return Identity{}, fmt.Errorf("%w: claim tenant is required", ErrInvalidToken)
 	case !envelope.ValidID(c.Subject) || !envelope.ValidID(c.Tenant):
 		return Identity{}, fmt.Errorf("%w: sub and tenant must be 1-%d of [A-Za-z0-9._@|+-]", ErrInvalidToken, envelope.MaxIDLen)
+	case c.Lane != "" && !envelope.ValidLane(c.Lane):
+		// Refused, not ignored: a restriction the issuer meant and this
+		// version cannot read must not lift it.
+		return Identity{}, fmt.Errorf("%w: claim lane must be %s or %s", ErrInvalidToken, envelope.LaneInteractive, envelope.LaneBulk)
 	}
-	return Identity{Tenant: c.Tenant, User: c.Subject}, nil
+	return Identity{Tenant: c.Tenant, User: c.Subject, Lane: c.Lane}, nil
 }
 
-// Mint returns an HS256 token for user of tenant valid for ttl. It returns an
-// error when the ids are not valid ids or the secret is empty.
+// Mint returns an HS256 token for user of tenant valid for ttl, without a
+// lane claim. It returns an error when the ids are not valid ids or the
+// secret is empty.
 func Mint(secret, tenant, user string, ttl time.Duration, now time.Time) (string, error) {
+	return MintLane(secret, tenant, user, "", ttl, now)
+}
+
+// MintLane is Mint with the lane claim: "" for none, envelope.LaneBulk to
+// restrict the caller to the bulk lane, or envelope.LaneInteractive. It
+// returns an error for any other lane, as for Mint.
+func MintLane(secret, tenant, user, lane string, ttl time.Duration, now time.Time) (string, error) {
 	if secret == "" {
 		return "", errors.New("no jwt secret configured")
 	}
@@ -158,8 +179,12 @@ func Mint(secret, tenant, user string, ttl time.Duration, now time.Time) (string
 	if ttl <= 0 {
 		return "", errors.New("ttl must be positive")
 	}
+	if lane != "" && !envelope.ValidLane(lane) {
+		return "", fmt.Errorf("lane must be %s or %s, got %q", envelope.LaneInteractive, envelope.LaneBulk, lane)
+	}
 	c := Claims{
 		Tenant: tenant,
+		Lane:   lane,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   user,
 			IssuedAt:  jwt.NewNumericDate(now),

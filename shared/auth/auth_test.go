@@ -121,6 +121,31 @@ func TestMintVerifyHS256(t *testing.T) {
 	}
 }
 
+// TestMintLane: the lane claim is carried into the identity; no claim is
+// no restriction.
+func TestMintLane(t *testing.T) {
+	v := mustVerifier(t, auth.Config{Secret: secret})
+	for _, lane := range []string{"", "interactive", "bulk"} {
+		t.Run("Lane="+lane, func(t *testing.T) {
+			tok, err := auth.MintLane(secret, "t1", "bot", lane, time.Minute, time.Now())
+			if err != nil {
+				t.Fatalf("MintLane: %v", err)
+			}
+			wantIdentity(t, v, tok, auth.Identity{Tenant: "t1", User: "bot", Lane: lane})
+			parsed, _, err := jwt.NewParser().ParseUnverified(tok, jwt.MapClaims{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, ok := parsed.Claims.(jwt.MapClaims)["lane"]; ok != (lane != "") || ok && got != lane {
+				t.Errorf("claim lane = %v (present %v), want %q", got, ok, lane)
+			}
+		})
+	}
+	if tok, err := auth.MintLane(secret, "t1", "bot", "express", time.Minute, time.Now()); err == nil {
+		t.Errorf("MintLane with lane express = %q, want error", tok)
+	}
+}
+
 func TestMintErrors(t *testing.T) {
 	now := time.Now()
 	tests := []struct {
@@ -185,6 +210,9 @@ func TestVerifyHS256Rejections(t *testing.T) {
 		{"TenantWithBrace", sign(t, jwt.SigningMethodHS256, with(func(c jwt.MapClaims) { c["tenant"] = "{t1}" }), []byte(secret))},
 		{"SubTooLong", sign(t, jwt.SigningMethodHS256, with(func(c jwt.MapClaims) { c["sub"] = strings.Repeat("u", 129) }), []byte(secret))},
 		{"TenantNotString", sign(t, jwt.SigningMethodHS256, with(func(c jwt.MapClaims) { c["tenant"] = 42 }), []byte(secret))},
+		{"UnknownLane", sign(t, jwt.SigningMethodHS256, with(func(c jwt.MapClaims) { c["lane"] = "express" }), []byte(secret))},
+		{"LaneUpperCase", sign(t, jwt.SigningMethodHS256, with(func(c jwt.MapClaims) { c["lane"] = "BULK" }), []byte(secret))},
+		{"LaneNotString", sign(t, jwt.SigningMethodHS256, with(func(c jwt.MapClaims) { c["lane"] = true }), []byte(secret))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { wantRejected(t, v, tt.token) })

@@ -120,6 +120,21 @@ func ValidTopic(s string) bool {
 	return true
 }
 
+// Lanes of chat requests. A lane is the requests topic a request is put
+// on, not a field of the envelope: the consumers start interactive requests
+// first and give bulk ones what is left (docs/kafka.md, "Two lanes").
+const (
+	// LaneInteractive is the storefront's lane, chat.requests: a person
+	// waits for the answer.
+	LaneInteractive = "interactive"
+	// LaneBulk is the lane of bots that can wait minutes,
+	// chat.requests.bulk.
+	LaneBulk = "bulk"
+)
+
+// ValidLane reports whether s names a lane.
+func ValidLane(s string) bool { return s == LaneInteractive || s == LaneBulk }
+
 // ReplyTo says where the answer to a request goes.
 type ReplyTo struct {
 	Topic string `json:"topic"`
