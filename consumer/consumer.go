@@ -439,7 +439,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.cbWorker != nil {
 		go c.cbWorker.run(consume)
 	}
-	c.log.Info("consumer running", "group", c.bus.Group, "topic", c.bus.RequestsTopic, "in_flight", c.cfg.InFlight)
+	c.log.Info("consumer running", "group", c.bus.Group, "topic", c.bus.RequestsTopic, "bulk_topic", c.bus.BulkTopic, "in_flight", c.cfg.InFlight, "bulk_min_share", c.cfg.BulkMinShare)
 	if err := c.lanes.run(consume); err != nil {
 		c.ready.Store(false)
 		return err
