@@ -44,6 +44,8 @@ import (
 
 	"sluice/hpa"
 	"sluice/shared/admin"
+	"sluice/shared/devstack"
+	"sluice/shared/devstack/proc"
 	"sluice/shared/settings"
 	"sluice/shared/store"
 )
@@ -138,7 +140,7 @@ const labSecret = "sluice-lab-secret-not-for-production"
 // pod is one consumer process.
 type pod struct {
 	n       int
-	p       *proc
+	p       *proc.Process
 	started time.Time
 
 	mu      sync.Mutex
@@ -184,15 +186,6 @@ type run struct {
 	drainWG sync.WaitGroup
 }
 
-var (
-	apiLine   = regexp.MustCompile(`API\s+(http://\S+)`)
-	kafkaLine = regexp.MustCompile(`SLUICE_KAFKA_BROKERS=(\S+)`)
-	redisLine = regexp.MustCompile(`SLUICE_REDIS_ADDR=(\S+)`)
-	llmLine   = regexp.MustCompile(`SLUICE_LLM_BASE_URL=(\S+)`)
-	upLine    = regexp.MustCompile(`Press Ctrl-C to stop`)
-	adminLine = regexp.MustCompile(`msg="admin listening" addr=(\S+)`)
-)
-
 // Run runs the lab and writes its CSV, plot and summary to cfg.Out. The
 // summary is returned even when the run found lost or duplicated work.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) (Summary, error) {
@@ -229,40 +222,34 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Summary, error) {
 	if cfg.RedisAddr != "" {
 		devArgs = append(devArgs, "--redis-addr", cfg.RedisAddr)
 	}
-	dev, err := startProc("sluice dev", cfg.Binary, base, devArgs...)
+	dev, err := proc.Start("sluice dev", cfg.Binary, base, devArgs...)
 	if err != nil {
 		return Summary{}, err
 	}
 	defer func() {
-		if _, err := dev.stop(20 * time.Second); err != nil {
+		if _, err := dev.Stop(20 * time.Second); err != nil {
 			log.Warn("stopping sluice dev", "err", err)
 		}
 	}()
-	line := func(re *regexp.Regexp) (string, error) {
-		m, err := dev.waitLine(ctx, re, time.Minute)
-		if err != nil {
-			return "", err
-		}
-		return m[1], nil
-	}
-	if _, err := dev.waitLine(ctx, upLine, time.Minute); err != nil {
+	line := func(re *regexp.Regexp) (string, error) { return dev.Addr(ctx, re, time.Minute) }
+	if _, err := dev.WaitLine(ctx, proc.BannerUp, time.Minute); err != nil {
 		return Summary{}, err
 	}
-	api, err := line(apiLine)
+	api, err := line(proc.BannerAPI)
 	if err != nil {
 		return Summary{}, err
 	}
-	brokers, err := line(kafkaLine)
+	brokers, err := line(proc.BannerKafka)
 	if err != nil {
 		return Summary{}, err
 	}
-	llmURL, err := line(llmLine)
+	llmURL, err := line(proc.BannerLLM)
 	if err != nil {
 		return Summary{}, err
 	}
 	redisAddr := cfg.RedisAddr
 	if redisAddr == "" {
-		if redisAddr, err = line(redisLine); err != nil {
+		if redisAddr, err = line(proc.BannerRedis); err != nil {
 			return Summary{}, err
 		}
 	}
@@ -333,7 +320,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (Summary, error) {
 		return Summary{}, err
 	}
 	if cfg.RedisAddr != "" {
-		cleanup(ctx, st, prefix)
+		// The embedded Redis goes with the dev process; a shared one keeps
+		// nothing of the run.
+		if _, err := devstack.DeleteKeys(ctx, st.Client(), prefix+":*", "rate:"+prefix+":*"); err != nil {
+			log.Warn("lab: deleting the run's keys", "err", err)
+		}
 	}
 
 	samples := r.tl.samples(end)
@@ -523,7 +514,7 @@ func (r *run) scaleTo(ctx context.Context, n int) {
 	for len(r.pods) < n {
 		r.next++
 		p := &pod{n: r.next, started: time.Now(), up: make(chan struct{})}
-		pr, err := startProc(fmt.Sprintf("consumer-%d", p.n), r.cfg.Binary, r.env, "consumer")
+		pr, err := proc.Start(fmt.Sprintf("consumer-%d", p.n), r.cfg.Binary, r.env, "consumer")
 		if err != nil {
 			r.log.Error("lab: start consumer", "err", err)
 			return
@@ -545,36 +536,26 @@ func (r *run) scaleTo(ctx context.Context, n int) {
 // as the kubelet's readiness probe does.
 func (r *run) becomeReady(ctx context.Context, p *pod) {
 	defer close(p.up)
-	m, err := p.p.waitLine(ctx, adminLine, time.Minute)
+	addr, err := p.p.Addr(ctx, proc.AdminListening, time.Minute)
 	if err != nil {
 		r.log.Error("lab: consumer did not start", "pod", p.n, "err", err)
 		return
 	}
 	p.mu.Lock()
-	p.admin = m[1]
+	p.admin = addr
 	p.mu.Unlock()
-	for ctx.Err() == nil {
-		resp, err := r.cl.Get("http://" + m[1] + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				now := time.Now()
-				p.mu.Lock()
-				p.readyAt = now
-				p.mu.Unlock()
-				r.mu.Lock()
-				r.starts = append(r.starts, now.Sub(p.started))
-				r.mu.Unlock()
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-p.p.done:
-			return
-		case <-time.After(50 * time.Millisecond):
-		}
+	// No bound but the run's: a consumer that never gets ready is what
+	// awaitReady and the autoscaler see.
+	if p.p.AwaitReady(ctx, r.cl, addr, 24*time.Hour) != nil {
+		return
 	}
+	now := time.Now()
+	p.mu.Lock()
+	p.readyAt = now
+	p.mu.Unlock()
+	r.mu.Lock()
+	r.starts = append(r.starts, now.Sub(p.started))
+	r.mu.Unlock()
 }
 
 // awaitReady waits until every current pod is ready.
@@ -588,7 +569,7 @@ func (r *run) awaitReady(ctx context.Context, d time.Duration) error {
 		select {
 		case <-p.up:
 			if !p.ready() {
-				return fmt.Errorf("consumer %d did not become ready; its last lines:\n%s", p.n, p.p.tail(20))
+				return fmt.Errorf("consumer %d did not become ready; its last lines:\n%s", p.n, p.p.Tail(20))
 			}
 		case <-t.C:
 			return fmt.Errorf("consumer %d not ready within %s", p.n, d)
@@ -616,7 +597,7 @@ func (r *run) drain(p *pod) {
 	} else {
 		err = errors.New("never listened")
 	}
-	killed, exit := p.p.stop(30 * time.Second)
+	killed, exit := p.p.Stop(30 * time.Second)
 	took := time.Since(t0)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -626,7 +607,7 @@ func (r *run) drain(p *pod) {
 		return
 	}
 	r.drainNo++
-	r.log.Error("lab: consumer drain failed", "pod", p.n, "drain", err, "exit", exit, "last_lines", p.p.tail(10))
+	r.log.Error("lab: consumer drain failed", "pod", p.n, "drain", err, "exit", exit, "last_lines", p.p.Tail(10))
 }
 
 // stopAll removes every consumer through the drain.

@@ -66,20 +66,3 @@ func verify(ctx context.Context, st *store.Redis, acc []accepted) (verdict, erro
 	}
 	return v, nil
 }
-
-// cleanup deletes the run's keys from a shared Redis.
-func cleanup(ctx context.Context, st *store.Redis, prefix string) {
-	rdb := st.Client()
-	iter := rdb.Scan(ctx, 0, prefix+":*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-		if len(keys) == 1000 {
-			rdb.Del(ctx, keys...)
-			keys = keys[:0]
-		}
-	}
-	if len(keys) > 0 {
-		rdb.Del(ctx, keys...)
-	}
-}
