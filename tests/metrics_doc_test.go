@@ -536,7 +536,8 @@ exported from the start, counters at 0). What to alert on:
 		b.WriteString(`
 ## Kafka clients
 
-franz-go's kprom plugin, one set per client: ` + "`sluice_kafka_<role>_<metric>`" + `.
+franz-go's kprom plugin, one set per client: ` + "`sluice_kafka_<role>_<metric>`" + `;
+and ` + "`requests_total`" + `, Sluice's own count of the requests each client writes.
 Series by ` + "`node_id`" + ` (broker) and ` + "`topic`" + ` appear as the client connects,
 writes and reads; error and disconnect counters once such an event occurs.
 
