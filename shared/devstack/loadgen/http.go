@@ -44,6 +44,29 @@ type httpRun struct {
 	fails                             *failures
 }
 
+// newHTTPRun returns the state of a run whose users share tr; giveUp
+// cancels the run.
+func newHTTPRun(c Config, tr *http.Transport, giveUp context.CancelCauseFunc) *httpRun {
+	return &httpRun{
+		c:      c,
+		hc:     &http.Client{Transport: tr, Timeout: time.Duration(c.WaitMS)*time.Millisecond + c.Timeout},
+		url:    strings.TrimSuffix(c.URL, "/") + "/v1/chat",
+		giveUp: giveUp,
+		fails:  newFailures(),
+	}
+}
+
+// newTransport returns the HTTP transport of a run: at most conns
+// connections (0: no bound), idle ones kept up to idle.
+func newTransport(conns, idle int) *http.Transport {
+	return &http.Transport{
+		// A dead host must fail a request, not hang it until the run ends.
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: idle,
+		MaxConnsPerHost:     conns,
+	}
+}
+
 // runHTTP runs c.Users closed-loop users against c.URL until c.Duration or
 // c.Count is reached, ctx ends, or they give up.
 func runHTTP(ctx context.Context, c Config) (Result, error) {
@@ -52,20 +75,9 @@ func runHTTP(ctx context.Context, c Config) (Result, error) {
 	runCtx, cancel := context.WithTimeout(base, c.Duration)
 	defer cancel()
 
-	tr := &http.Transport{
-		// A dead host must fail a request, not hang it until the run ends.
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: c.Users,
-		MaxConnsPerHost:     c.Users,
-	}
+	tr := newTransport(c.Users, c.Users)
 	defer tr.CloseIdleConnections()
-	r := &httpRun{
-		c:      c,
-		hc:     &http.Client{Transport: tr, Timeout: time.Duration(c.WaitMS)*time.Millisecond + c.Timeout},
-		url:    strings.TrimSuffix(c.URL, "/") + "/v1/chat",
-		giveUp: giveUp,
-		fails:  newFailures(),
-	}
+	r := newHTTPRun(c, tr, giveUp)
 	tokens := make([]string, c.Users)
 	for u := range tokens {
 		tok, err := auth.Mint(c.Secret, c.Tenant, fmt.Sprintf("user-%d", u), c.Duration+time.Hour, time.Now())
@@ -80,8 +92,13 @@ func runHTTP(ctx context.Context, c Config) (Result, error) {
 		wg.Go(func() { r.user(runCtx, tok) })
 	}
 	wg.Wait()
-	secs := time.Since(start).Seconds()
+	return r.result(base, time.Since(start).Seconds())
+}
 
+// result returns what the run measured in secs, and why it failed: it gave
+// up (base's cause), or nothing was answered.
+func (r *httpRun) result(base context.Context, secs float64) (Result, error) {
+	c := r.c
 	res := Result{Target: TargetHTTP, Mode: c.Mode, Users: c.Users, Seconds: secs,
 		Answered: r.answered.Load(), Queued: r.queued.Load(), Refused: r.refused.Load(), Errors: r.failed.Load()}
 	res.Sent = res.Answered + res.Queued + res.Refused + res.Errors
@@ -116,7 +133,7 @@ func (r *httpRun) user(ctx context.Context, tok string) {
 		if r.c.Count > 0 && r.begun.Add(1) > int64(r.c.Count) {
 			return
 		}
-		out, retryAfter := r.ask(ctx, tok, body)
+		out, retryAfter, _ := r.ask(ctx, tok, body, time.Time{}, false)
 		var pause time.Duration
 		switch {
 		case out == outCut:
@@ -138,26 +155,37 @@ func (r *httpRun) user(ctx context.Context, tok string) {
 }
 
 // ask sends one request and counts how it ended. For a refusal it also
-// returns the Retry-After, 0 when there is none.
-func (r *httpRun) ask(ctx context.Context, tok string, body []byte) (outcome, time.Duration) {
+// returns the Retry-After, 0 when there is none; for a success, the body
+// when keep is set. Its latency counts from due, or when it is zero from
+// the moment it is sent.
+func (r *httpRun) ask(ctx context.Context, tok string, body []byte, due time.Time, keep bool) (outcome, time.Duration, []byte) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.url, bytes.NewReader(body))
 	if err != nil {
 		r.failed.Add(1)
 		r.fail("request", err.Error())
-		return outFailed, 0
+		return outFailed, 0, nil
 	}
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set("Content-Type", "application/json")
-	t0 := time.Now()
+	t0 := due
+	if t0.IsZero() {
+		t0 = time.Now()
+	}
 	resp, err := r.hc.Do(req)
 	if err != nil {
-		return r.transportError(ctx, err), 0
+		return r.transportError(ctx, err), 0, nil
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusAccepted:
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			return r.transportError(ctx, err), 0
+		var kept []byte
+		if keep {
+			kept, err = io.ReadAll(resp.Body)
+		} else {
+			_, err = io.Copy(io.Discard, resp.Body)
+		}
+		if err != nil {
+			return r.transportError(ctx, err), 0, nil
 		}
 		r.lat.add(time.Since(t0))
 		if resp.StatusCode == http.StatusOK {
@@ -166,22 +194,22 @@ func (r *httpRun) ask(ctx context.Context, tok string, body []byte) (outcome, ti
 			r.queued.Add(1)
 		}
 		r.fails.succeeded()
-		return outOK, 0
+		return outOK, 0, kept
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	if err != nil && ctx.Err() != nil {
-		return outCut, 0
+		return outCut, 0, nil
 	}
 	kind := "http_" + strconv.Itoa(resp.StatusCode)
 	text := statusText(resp.StatusCode, b)
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		r.refused.Add(1)
 		r.fail(kind, text)
-		return outRefused, backoff.RetryAfter(resp.Header, time.Now())
+		return outRefused, backoff.RetryAfter(resp.Header, time.Now()), nil
 	}
 	r.failed.Add(1)
 	r.fail(kind, text)
-	return outFailed, 0
+	return outFailed, 0, nil
 }
 
 // transportError counts err unless the run's end caused it.

@@ -7,6 +7,9 @@
 //   - http: closed-loop users against POST /v1/chat. Each user asks, waits
 //     for the answer, asks again, and starts a new dialog every Turns
 //     questions. Its bearer token is minted with Secret.
+//     With Rate set, open loop instead: Rate requests a second, each sent
+//     when its time comes whatever the earlier ones do, by the user of
+//     Users that has been idle longest (see runOpen).
 //   - kafka: Count v1 requests produced straight to the requests topic, as a
 //     bot would, then the replies topic read until every one is answered:
 //     the consumers alone are measured.
@@ -113,6 +116,20 @@ type Config struct {
 	// long with none succeeding in between; 0 never gives up. Default 5 s.
 	GiveUp time.Duration
 
+	// Rate, when positive, makes an http run open loop: this many
+	// requests a second, evenly spaced, for Warmup and then Duration; only
+	// the requests sent within Duration are counted. Users are then the
+	// distinct users the requests are spread over.
+	Rate float64
+	// Warmup is the uncounted start of an open-loop run.
+	Warmup time.Duration
+	// OnWindow, when set, is called as an open-loop run's counted window
+	// begins (begin true: before its first request is sent) and ends
+	// (begin false: once every request of it has finished), from the
+	// run's own goroutine: `sluice bench` reads the processes' CPU time
+	// there. It holds up the requests while it runs.
+	OnWindow func(begin bool)
+
 	// Kafka names the cluster and topics (target kafka). The client is built
 	// by bus.NewClient, so it has the settings every Sluice client has.
 	Kafka bus.Config
@@ -170,6 +187,8 @@ func (c Config) Validate() error {
 		p.Check(c.Mode == "wait" || c.Mode == "async", "mode", "%q must be wait or async", c.Mode)
 		p.Check(c.WaitMS >= 0, "wait-ms", "must not be negative, got %d", c.WaitMS)
 		p.Check(c.Turns >= 1, "turns", "must be at least 1, got %d", c.Turns)
+		p.Check(c.Rate >= 0 && c.Rate <= maxRate, "rate", "must be from 0 (closed loop) to %d requests/s, got %g", maxRate, c.Rate)
+		p.Check(c.Warmup >= 0, "warmup", "must not be negative, got %v", c.Warmup)
 		p.Check(c.Secret != "", "jwt-secret", "is required to mint the users' tokens")
 		if c.Timeout <= 0 {
 			p.Add(fmt.Errorf("request timeout must be positive, got %v", c.Timeout))
@@ -189,10 +208,12 @@ func (c Config) Validate() error {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Target, "target", c.Target, "http: closed-loop users against the API; kafka: requests produced straight to Kafka, replies counted")
 	fs.StringVar(&c.URL, "url", c.URL, "API base URL (target http)")
-	fs.IntVar(&c.Users, "users", c.Users, "concurrent users, each asking, waiting for the answer, asking again (target http)")
+	fs.IntVar(&c.Users, "users", c.Users, "concurrent users, each asking, waiting for the answer, asking again (target http); with --rate, the distinct users the requests are spread over")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long to run (target http)")
 	fs.IntVar(&c.Count, "count", c.Count, fmt.Sprintf("stop after this many requests (0: duration only; target kafka: requests to produce, default %d)", DefaultKafkaCount))
 	fs.StringVar(&c.Mode, "mode", c.Mode, "request mode: wait or async (target http)")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "open loop: send this many requests a second, each when its time comes, whatever the answers do (target http; 0: closed-loop users)")
+	fs.DurationVar(&c.Warmup, "warmup", c.Warmup, "with --rate: run this long before --duration, uncounted")
 	fs.IntVar(&c.WaitMS, "wait-ms", c.WaitMS, "wait_ms of wait-mode requests")
 	fs.StringVar(&c.Secret, "jwt-secret", c.Secret, "HS256 secret to mint the users' tokens with")
 	fs.StringVar(&c.Tenant, "tenant", c.Tenant, "tenant of the users")
@@ -215,8 +236,11 @@ func Run(ctx context.Context, c Config, log *slog.Logger) (Result, error) {
 	if err := c.Validate(); err != nil {
 		return Result{Target: c.Target}, err
 	}
-	if c.Target == TargetKafka {
+	switch {
+	case c.Target == TargetKafka:
 		return runKafka(ctx, c, log)
+	case c.Rate > 0:
+		return runOpen(ctx, c)
 	}
 	return runHTTP(ctx, c)
 }
@@ -224,9 +248,11 @@ func Run(ctx context.Context, c Config, log *slog.Logger) (Result, error) {
 // Result is what a run measured. Its JSON is the line `sluice loadgen
 // --json` prints.
 type Result struct {
-	Target  string  `json:"target"`
-	Mode    string  `json:"mode,omitempty"`
-	Users   int     `json:"users,omitempty"`
+	Target string `json:"target"`
+	Mode   string `json:"mode,omitempty"`
+	Users  int    `json:"users,omitempty"`
+	// Rate is the offered rate of an open-loop run, requests/s.
+	Rate    float64 `json:"rate,omitempty"`
 	Seconds float64 `json:"seconds"`
 	// Sent counts the requests that finished: answered, queued, refused
 	// or failed (target kafka: every request, produced or not).
@@ -239,11 +265,18 @@ type Result struct {
 	Refused int64 `json:"refused"`
 	// Errors counts every other failure: transport errors, other HTTP
 	// statuses (target kafka: records that could not be produced).
-	Errors     int64   `json:"errors"`
-	PerSecond  float64 `json:"answered_per_second"`
-	AcceptedPS float64 `json:"accepted_per_second,omitempty"`
+	Errors int64 `json:"errors"`
+	// Missed counts the requests an open-loop run did not send because
+	// maxOpenInFlight were under way: the target had stopped answering.
+	Missed int64 `json:"missed,omitempty"`
+	// MaxSendLagMS is how late the latest open-loop request was sent
+	// after its time: the load generator's own delay.
+	MaxSendLagMS float64 `json:"max_send_lag_ms,omitempty"`
+	PerSecond    float64 `json:"answered_per_second"`
+	AcceptedPS   float64 `json:"accepted_per_second,omitempty"`
 	// Latency of answered and queued requests (target kafka: from produce
-	// to reply).
+	// to reply; open loop: from the time the request was due, so that a
+	// late load generator does not hide a slow target).
 	P50MS float64 `json:"p50_ms"`
 	P90MS float64 `json:"p90_ms"`
 	P99MS float64 `json:"p99_ms"`

@@ -307,6 +307,7 @@ func TestValidate(t *testing.T) {
 		{"Tenant", func(c *loadgen.Config) { c.Tenant = "a/b" }, []string{`SLUICE_TENANT (--tenant): "a/b"`}},
 		{"Backoff", func(c *loadgen.Config) { c.BackoffMax = c.Backoff / 2 }, []string{"backoff must be positive"}},
 		{"Every", func(c *loadgen.Config) { c.GiveUp = -time.Second; c.Turns = 0 }, []string{"--give-up-after", "--turns"}},
+		{"Rate", func(c *loadgen.Config) { c.Rate = -1; c.Warmup = -time.Second }, []string{"SLUICE_RATE (--rate)", "SLUICE_WARMUP (--warmup)"}},
 		{"Kafka", func(c *loadgen.Config) { c.Target = "kafka"; c.Kafka.Brokers = []string{"localhost"}; c.Dialogs = 0 },
 			[]string{`SLUICE_KAFKA_BROKERS (--kafka-brokers): "localhost"`, "SLUICE_DIALOGS (--dialogs)"}},
 		// Settings of the other target do not matter.

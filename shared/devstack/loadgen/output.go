@@ -22,10 +22,18 @@ func (r Result) WriteJSON(w io.Writer) error {
 // the failures by kind and the first distinct ones.
 func (r Result) WriteText(w io.Writer) error {
 	var b strings.Builder
-	if r.Target == TargetHTTP {
+	switch {
+	case r.Target == TargetHTTP && r.Rate > 0:
+		fmt.Fprintf(&b, "target http, open loop %g/s, mode %s, %d users: %.1f s counted, sent %d, answered %d (200), queued %d (202), refused %d (429/503), errors %d",
+			r.Rate, r.Mode, r.Users, r.Seconds, r.Sent, r.Answered, r.Queued, r.Refused, r.Errors)
+		if r.Missed > 0 {
+			fmt.Fprintf(&b, ", missed %d (too many under way)", r.Missed)
+		}
+		fmt.Fprintf(&b, "; sent up to %.1f ms late\n", r.MaxSendLagMS)
+	case r.Target == TargetHTTP:
 		fmt.Fprintf(&b, "target http, mode %s, %d users: %.1f s, sent %d, answered %d (200), queued %d (202), refused %d (429/503), errors %d\n",
 			r.Mode, r.Users, r.Seconds, r.Sent, r.Answered, r.Queued, r.Refused, r.Errors)
-	} else {
+	default:
 		fmt.Fprintf(&b, "target %s: %.1f s, sent %d, answered %d, errors %d\n", r.Target, r.Seconds, r.Sent, r.Answered, r.Errors)
 	}
 	fmt.Fprintf(&b, "answered/s %.0f", r.PerSecond)
