@@ -37,6 +37,10 @@ type devSettings struct {
 	llmAddr   string
 	tenant    string
 	user      string
+	// adminAsked: --admin-addr (or its twin) was given. The stand-ins
+	// alone then serve the admin listener too (the mock LLM's metrics,
+	// pprof); by default they leave its port to the services run beside.
+	adminAsked bool
 }
 
 func (d devSettings) has(role string) bool { return slices.Contains(d.roles, role) }
@@ -87,6 +91,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := configure(fs, args, func() error { return errors.Join(st.log.validate(), d.validate(), st.mock.Validate()) }); err != nil {
 		return err
 	}
+	fs.Visit(func(f *flag.Flag) { d.adminAsked = d.adminAsked || f.Name == "admin-addr" })
 	if st.auth.Secret == "" && len(st.auth.PublicKeyFiles) == 0 {
 		st.auth.Secret = devSecret
 	}
@@ -185,7 +190,8 @@ func startStandIns(st *config, d devSettings, log *slog.Logger, reg prometheus.R
 }
 
 // startDevServices starts the consumer and the producer that d's roles ask
-// for, and the admin listener, and describes them in banner. It returns the
+// for, and the admin listener (with neither, only when --admin-addr is
+// given), and describes them in banner. It returns the
 // API's URL ("" without a producer); stop, never nil, closes them once sv
 // has stopped them.
 func startDevServices(ctx context.Context, st *config, d devSettings, log *slog.Logger, reg prometheus.Registerer,
@@ -224,7 +230,7 @@ func startDevServices(ctx context.Context, st *config, d devSettings, log *slog.
 			fmt.Fprintf(banner, "  Rate limits       %s per user\n", st.producer.UserRate)
 		}
 	}
-	if d.has("producer") || d.has("consumer") {
+	if d.has("producer") || d.has("consumer") || d.adminAsked {
 		addr, err := listenAdmin(st.adminAddr, adm, sv)
 		if err != nil {
 			return apiURL, stop, err

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +107,59 @@ func TestDevBrokerRole(t *testing.T) {
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("dev exit code %d after cancel: %s", code, errb.String())
+	}
+}
+
+// TestDevStandInsAdmin: the stand-ins alone serve the admin listener (the
+// mock LLM's metrics, pprof for a profile of the broker) only when
+// --admin-addr asks for it, so that by default its port stays free for a
+// producer or consumer started beside them.
+func TestDevStandInsAdmin(t *testing.T) {
+	adminLine := regexp.MustCompile(`Admin\s+http://(\S+)/metrics`)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		admin bool
+	}{
+		{"Asked", []string{"--admin-addr", "127.0.0.1:0"}, true},
+		{"NotAsked", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			var out, errb syncBuffer
+			done := make(chan int, 1)
+			go func() {
+				done <- run(ctx, append([]string{"dev", "--roles", "llm", "--dev-llm-addr", "127.0.0.1:0"}, tc.args...), &out, &errb)
+			}()
+			deadline := time.After(30 * time.Second)
+			for !strings.Contains(out.String(), "Press Ctrl-C to stop") {
+				select {
+				case code := <-done:
+					t.Fatalf("dev exited %d: %s", code, errb.String())
+				case <-deadline:
+					t.Fatalf("dev did not come up:\n%s", out.String())
+				case <-time.After(10 * time.Millisecond): // output has no event to await
+				}
+			}
+			m := adminLine.FindStringSubmatch(out.String())
+			if (m != nil) != tc.admin {
+				t.Fatalf("admin listener in the banner: %v, want %v:\n%s", m != nil, tc.admin, out.String())
+			}
+			if m != nil {
+				resp, err := http.Get("http://" + m[1] + "/debug/pprof/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("GET /debug/pprof/: %d", resp.StatusCode)
+				}
+			}
+			cancel()
+			if code := <-done; code != 0 {
+				t.Fatalf("dev exit code %d after cancel: %s", code, errb.String())
+			}
+		})
 	}
 }
 
