@@ -14,7 +14,7 @@ FUZZTIME ?= 3s
 # Flags of `make loadgen`, e.g. LOADGEN_ARGS='--users 200 --duration 20s --mode async'.
 LOADGEN_ARGS ?= --users 50 --duration 10s
 
-.PHONY: all build run test test-short fuzz-short vet fmt bench loadgen verify-k8s clean
+.PHONY: all build run test test-short fuzz-short vet fmt bench bench-cpu loadgen lab verify-k8s clean
 
 all: build
 
@@ -50,8 +50,17 @@ vet:
 fmt:
 	gofmt -s -w $$(git ls-files '*.go')
 
-bench: ## Go benchmarks (see docs/benchmarks.md for the load generator)
+bench: ## Go benchmarks of the hot functions (make bench-cpu measures the processes)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# CPU time and system calls per answered request of each process (issue 15,
+# docs/benchmarks.md "CPU per answer"): sluice bench starts the broker, a
+# producer and a consumer as separate processes and drives 600/s and 2000/s
+# open loop, 3 runs each; on a quiet machine only. BENCH_ARGS adds flags,
+# e.g. BENCH_ARGS='--rates 600 --runs 5 --profile-dir bin/prof --json'.
+BENCH_ARGS ?=
+bench-cpu: build ## sluice bench: CPU µs and syscalls per answer at fixed rates
+	./$(BIN) bench $(BENCH_ARGS)
 
 # Against `make run` in another terminal: the API on 127.0.0.1:8080 and the
 # dev token secret are loadgen's defaults (docs/benchmarks.md).

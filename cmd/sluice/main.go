@@ -9,6 +9,7 @@
 //	sluice loadgen    generate load and measure throughput and latency
 //	sluice drain      drain a running producer or consumer (a preStop hook)
 //	sluice lab        the autoscaling lab: consumers scaled by the HPA on a traffic profile
+//	sluice bench      CPU and system calls per answer of each process at fixed open-loop rates
 //
 // Every flag has an environment twin: --kafka-brokers is SLUICE_KAFKA_BROKERS.
 package main
@@ -53,6 +54,8 @@ Commands:
              (a Kubernetes preStop hook); exits 0 once drained
   lab        the autoscaling lab: a traffic profile against consumer processes
              scaled by the Kubernetes HPA algorithm (--sim: a model of it)
+  bench      CPU time and system calls per answered request of the producer,
+             consumer and broker processes at fixed open-loop rates
   version    print the version
 
 Run 'sluice <command> -h' for a command's flags. Every flag has an
@@ -88,6 +91,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runDrain(ctx, rest, stdout, stderr)
 	case "lab":
 		err = runLab(ctx, rest, stdout, stderr)
+	case "bench":
+		err = runBench(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":

@@ -168,3 +168,49 @@ func AuxvValue(b []byte, wordSize int, typ uint64) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// Machine is the CPU time of every core of the machine together, from the
+// "cpu" line of /proc/stat, in clock ticks.
+type Machine struct {
+	// Busy is the time not idle: user, nice, system, irq, softirq, steal.
+	Busy uint64
+	// Total is Busy plus idle and iowait.
+	Total uint64
+}
+
+// ReadMachine reads the machine's CPU time from /proc/stat.
+func ReadMachine() (Machine, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return Machine{}, fmt.Errorf("read machine cpu time: %w", err)
+	}
+	return ParseMachine(b)
+}
+
+// Sub returns m minus an earlier reading n.
+func (m Machine) Sub(n Machine) Machine {
+	return Machine{Busy: m.Busy - n.Busy, Total: m.Total - n.Total}
+}
+
+// ParseMachine reads the contents of /proc/stat: its first line, "cpu"
+// followed by user, nice, system, idle, iowait, irq, softirq and steal
+// (guest time is within user already, and not added again).
+func ParseMachine(b []byte) (Machine, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	fields := bytes.Fields(line)
+	if len(fields) < 9 || string(fields[0]) != "cpu" {
+		return Machine{}, errors.New(`/proc/stat: no "cpu" line of 8 counters first`)
+	}
+	var m Machine
+	for i, f := range fields[1:9] {
+		v, err := strconv.ParseUint(string(f), 10, 64)
+		if err != nil {
+			return Machine{}, fmt.Errorf("/proc/stat: cpu field %d: %w", i+1, err)
+		}
+		m.Total += v
+		if i != 3 && i != 4 { // idle, iowait
+			m.Busy += v
+		}
+	}
+	return m, nil
+}

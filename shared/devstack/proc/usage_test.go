@@ -149,3 +149,22 @@ func TestReadSelf(t *testing.T) {
 		t.Error("read the usage of pid -1")
 	}
 }
+
+func TestParseMachine(t *testing.T) {
+	m, err := proc.ParseMachine(fixture(t, "stat-machine"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := uint64(232876 + 1203 + 61234 + 2345 + 17)
+	if m.Busy != busy || m.Total != busy+5123456+4321 {
+		t.Errorf("got %+v, want busy %d, total %d", m, busy, busy+5123456+4321)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 2 3 x 5 6 7 8\n"} {
+		if m, err := proc.ParseMachine([]byte(bad)); err == nil {
+			t.Errorf("%q parsed as %+v", bad, m)
+		}
+	}
+	if _, err := proc.ReadMachine(); runtime.GOOS == "linux" && err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,247 @@
+// Package bench measures what an answer costs: CPU time and system calls
+// per answered request of each of Sluice's processes at fixed, open-loop
+// rates, and the Kafka requests per answer. A figure per answer does not
+// drift with the machine as throughput at saturation does, and it is what
+// a deployment pays at the loads it runs at most of the time. `sluice
+// bench` is its command; docs/benchmarks.md ("CPU per answer") holds the
+// figures and the conditions.
+//
+// Run starts the split deployment as separate OS processes of the sluice
+// binary: `sluice dev --roles broker,llm` (the embedded Kafka broker and
+// the mock LLM answering at once), one `sluice producer` and one `sluice
+// consumer`, against the machine's Redis at 127.0.0.1:6379 when it answers
+// (under a key prefix of the run's own, deleted afterwards), else the
+// embedded one (then in the dev process). For each rate it runs the
+// in-process load generator open loop (loadgen.Config.Rate: wait-mode
+// questions, each distinct, spread over many users and dialogs) Runs
+// times, and around each run's counted window reads:
+//
+//   - each process's CPU time, utime+stime of /proc/PID/stat, in clock
+//     ticks (proc.ClockTicks: 100 a second on Linux), and its read and
+//     write system calls, syscr+syscw of /proc/PID/io;
+//   - the Kafka requests the producer's and the consumer's clients wrote,
+//     by kind, from their own counters on /metrics
+//     (sluice_kafka_<role>_requests_total{key}, package bus);
+//   - the machine's Redis's CPU time and commands (INFO), when it is the
+//     machine's;
+//   - the machine's CPU time (/proc/stat), so that CPU used by anything
+//     else during the window is reported and a busy machine shows.
+//
+// The figures are per answered request (HTTP 200) of the window. With
+// ProfileDir set, one more run per rate, not counted, takes a CPU profile
+// of each process over its window from its admin listener's
+// /debug/pprof/profile.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"sluice/shared/devstack/loadgen"
+	"sluice/shared/settings"
+)
+
+// Redis choices of Config.Redis besides an address.
+const (
+	// RedisAuto uses the machine's Redis at DefaultRedis when it answers,
+	// else the embedded one.
+	RedisAuto = "auto"
+	// RedisEmbedded uses the embedded Redis of the dev process.
+	RedisEmbedded = "embedded"
+	// DefaultRedis is where RedisAuto looks for the machine's Redis.
+	DefaultRedis = "127.0.0.1:6379"
+)
+
+// Config is a bench run's settings.
+type Config struct {
+	// Rates are the offered loads, requests/s. Default 600 and 2000.
+	Rates []float64
+	// Duration is the counted window of each run. Default 20 s.
+	Duration time.Duration
+	// Warmup runs the load before each window, uncounted. Default 5 s.
+	Warmup time.Duration
+	// Runs is how many times each rate is measured. Default 3.
+	Runs int
+	// UserInterval is how often one user asks: a rate of r is spread over
+	// r × UserInterval users. Default 10 s, well within the producer's
+	// per-user limit of 30 a minute (which stays on).
+	UserInterval time.Duration
+	// Turns is how many questions a dialog has. Default 4.
+	Turns int
+	// WaitMS is the questions' wait_ms. Default 5000.
+	WaitMS int
+	// Redis is RedisAuto (default), RedisEmbedded or the host:port of a
+	// Redis to use under a key prefix of the run's own.
+	Redis string
+	// Partitions of the topics. Default 12, as Sluice creates them.
+	Partitions int32
+	// Env adds SLUICE_X=value settings to the producer and the consumer:
+	// the knob a change under test turns (SLUICE_KAFKA_LINGER=5ms).
+	Env []string
+	// ProfileDir, when set, receives a CPU profile of each process per
+	// rate, <role>-<rate>.pprof, from one more run that is not counted.
+	ProfileDir string
+	// Binary is the sluice binary the processes run. Default: this one.
+	Binary string
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Rates: []float64{600, 2000}, Duration: 20 * time.Second, Warmup: 5 * time.Second, Runs: 3,
+		UserInterval: 10 * time.Second, Turns: 4, WaitMS: 5000, Redis: RedisAuto, Partitions: 12}
+}
+
+// Validate reports every setting out of range, each named by its flag.
+func (c Config) Validate() error {
+	var p settings.Problems
+	p.Check(len(c.Rates) > 0, "rates", "at least one rate is needed")
+	for _, r := range c.Rates {
+		p.Check(r > 0 && r <= 50000, "rates", "each must be from 1 to 50000 requests/s, got %g", r)
+	}
+	p.Check(c.Duration >= time.Second && c.Duration <= 10*time.Minute, "duration", "must be from 1s to 10m, got %v", c.Duration)
+	p.Check(c.Warmup >= 0, "warmup", "must not be negative, got %v", c.Warmup)
+	p.Check(c.Runs >= 1 && c.Runs <= 100, "runs", "must be from 1 to 100, got %d", c.Runs)
+	p.Check(c.UserInterval >= time.Second, "user-interval", "must be at least 1s (the producer limits a user to 30 questions a minute), got %v", c.UserInterval)
+	p.Check(c.Turns >= 1, "turns", "must be at least 1, got %d", c.Turns)
+	p.Check(c.WaitMS >= 100, "wait-ms", "must be at least 100, got %d", c.WaitMS)
+	p.Check(c.Redis != "", "redis", "must be auto, embedded or host:port")
+	p.Check(c.Partitions >= 1, "partitions", "must be at least 1, got %d", c.Partitions)
+	for _, e := range c.Env {
+		k, _, ok := cutEnv(e)
+		p.Check(ok, "env", "%q is not SLUICE_NAME=value", e)
+		p.Check(!ok || !owned[k], "env", "%s is the bench's own to set", k)
+	}
+	return p.Err()
+}
+
+// benchSecret signs the bench users' tokens; the producer is the bench's own.
+const benchSecret = "sluice-bench-secret-not-for-production"
+
+// benchTenant is the tenant of every bench question.
+const benchTenant = "bench-shop"
+
+// Run measures each rate of cfg Runs times on a deployment it starts and
+// stops, and returns the report. progress, when set, receives each run's
+// result as it comes. It fails when the deployment does not come up, a
+// run answers nothing, or ctx ends; the report then holds the runs done.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, progress func(RunResult)) (Report, error) {
+	if err := cfg.Validate(); err != nil {
+		return Report{}, err
+	}
+	if cfg.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return Report{}, fmt.Errorf("find the sluice binary: %w", err)
+		}
+		cfg.Binary = exe
+	}
+	if cfg.ProfileDir != "" {
+		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
+			return Report{}, fmt.Errorf("profile directory: %w", err)
+		}
+	}
+	d, err := deploy(ctx, cfg, log)
+	if d != nil {
+		defer d.stop(log)
+	}
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{Conditions: d.conditions(cfg)}
+	log.Info("bench: deployment up", "redis", rep.Conditions.Redis, "producer_pid", d.producer.Pid(),
+		"consumer_pid", d.consumer.Pid(), "dev_pid", d.dev.Pid())
+	for _, rate := range cfg.Rates {
+		rr := RateReport{Rate: rate}
+		for i := 1; i <= cfg.Runs; i++ {
+			res, err := d.measure(ctx, cfg, rate, i)
+			if err != nil {
+				rep.Rates = append(rep.Rates, rr.summarize())
+				return rep, fmt.Errorf("rate %g/s, run %d: %w", rate, i, err)
+			}
+			rr.Runs = append(rr.Runs, res)
+			if progress != nil {
+				progress(res)
+			}
+		}
+		rep.Rates = append(rep.Rates, rr.summarize())
+		if cfg.ProfileDir != "" {
+			if err := d.profile(ctx, cfg, rate); err != nil {
+				return rep, fmt.Errorf("rate %g/s, profile: %w", rate, err)
+			}
+			log.Info("bench: profiles written", "rate", rate, "dir", cfg.ProfileDir)
+		}
+	}
+	return rep, nil
+}
+
+// loadConfig is the load generator's configuration of one run of rate.
+func (d *deployment) loadConfig(cfg Config, rate float64, onWindow func(bool)) loadgen.Config {
+	c := loadgen.DefaultConfig()
+	c.URL = d.api
+	c.Rate = rate
+	c.Users = max(1, int(rate*cfg.UserInterval.Seconds()))
+	c.Duration, c.Warmup = cfg.Duration, cfg.Warmup
+	c.Mode, c.WaitMS, c.Turns = "wait", cfg.WaitMS, cfg.Turns
+	c.Secret, c.Tenant = benchSecret, benchTenant
+	// A bench run must not give up on a burst of refusals: it reports them.
+	c.GiveUp = 0
+	c.OnWindow = onWindow
+	return c
+}
+
+// measure runs rate once and computes its figures.
+func (d *deployment) measure(ctx context.Context, cfg Config, rate float64, run int) (RunResult, error) {
+	var before, after snapshot
+	lc := d.loadConfig(cfg, rate, func(begin bool) {
+		if begin {
+			before = d.take(ctx, true)
+		} else {
+			after = d.take(ctx, false)
+		}
+	})
+	lres, err := loadgen.Run(ctx, lc, nil)
+	if err != nil {
+		return RunResult{}, err
+	}
+	if err := errors.Join(append(before.errs, after.errs...)...); err != nil {
+		return RunResult{}, err
+	}
+	return compute(rate, run, lres, before, after), nil
+}
+
+// profile runs rate once more, uncounted, and writes a CPU profile of each
+// process over its window to cfg.ProfileDir.
+func (d *deployment) profile(ctx context.Context, cfg Config, rate float64) error {
+	secs := max(1, int(cfg.Duration.Seconds()))
+	var wait func() error
+	lc := d.loadConfig(cfg, rate, func(begin bool) {
+		if begin {
+			wait = d.startProfiles(ctx, secs, func(role string) string {
+				return filepath.Join(cfg.ProfileDir, role+"-"+strconv.FormatFloat(rate, 'f', -1, 64)+".pprof")
+			})
+		}
+	})
+	if _, err := loadgen.Run(ctx, lc, nil); err != nil {
+		if wait != nil {
+			_ = wait()
+		}
+		return err
+	}
+	if wait == nil {
+		return errors.New("the window never began")
+	}
+	return wait()
+}
+
+// cutEnv splits SLUICE_NAME=value.
+func cutEnv(e string) (key, value string, ok bool) {
+	key, value, ok = strings.Cut(e, "=")
+	return key, value, ok && strings.HasPrefix(key, "SLUICE_") && len(key) > len("SLUICE_")
+}

@@ -1,0 +1,279 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"sluice/shared/devstack/loadgen"
+	"sluice/shared/devstack/proc"
+)
+
+// Roles of the processes measured; "loadgen" is the bench's own process.
+const (
+	roleProducer = "producer"
+	roleConsumer = "consumer"
+	roleBroker   = "broker"
+	roleLoadgen  = "loadgen"
+)
+
+// snapshot is what was read at one edge of a window.
+type snapshot struct {
+	at      time.Time
+	procs   map[string]proc.Usage
+	machine proc.Machine
+	kafka   map[string]map[string]float64 // role → request key → requests written
+	redis   *redisInfo                    // the machine's Redis; nil when embedded
+	errs    []error
+}
+
+// take reads the processes, the machine, the clients' Kafka counters and
+// Redis. Reading /metrics and INFO costs the processes some CPU: at the
+// window's beginning they are read before /proc, at its end after, so that
+// the window does not pay for them.
+func (d *deployment) take(ctx context.Context, begin bool) snapshot {
+	s := snapshot{procs: map[string]proc.Usage{}, kafka: map[string]map[string]float64{}}
+	scrape := func() {
+		for _, role := range []string{roleProducer, roleConsumer} {
+			reqs, err := d.kafkaRequests(ctx, role)
+			if err != nil {
+				s.errs = append(s.errs, err)
+			}
+			s.kafka[role] = reqs
+		}
+		if d.rdb != nil {
+			info, err := d.rdb.Info(ctx, "cpu", "stats").Result()
+			if err == nil {
+				var ri redisInfo
+				if ri, err = parseRedisInfo(info); err == nil {
+					s.redis = &ri
+				}
+			}
+			if err != nil {
+				s.errs = append(s.errs, fmt.Errorf("redis info: %w", err))
+			}
+		}
+	}
+	read := func() {
+		s.at = time.Now()
+		for role, pid := range map[string]int{roleProducer: d.producer.Pid(), roleConsumer: d.consumer.Pid(),
+			roleBroker: d.dev.Pid(), roleLoadgen: os.Getpid()} {
+			u, err := proc.Read(pid)
+			if err != nil {
+				s.errs = append(s.errs, fmt.Errorf("%s: %w", role, err))
+			}
+			s.procs[role] = u
+		}
+		m, err := proc.ReadMachine()
+		if err != nil {
+			s.errs = append(s.errs, err)
+		}
+		s.machine = m
+	}
+	if begin {
+		scrape()
+		read()
+	} else {
+		read()
+		scrape()
+	}
+	return s
+}
+
+// kafkaRequests scrapes role's /metrics for the requests its Kafka
+// clients wrote.
+func (d *deployment) kafkaRequests(ctx context.Context, role string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.admin[role]+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := d.cl.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", role, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s: status %d", role, resp.StatusCode)
+	}
+	reqs, err := parseKafkaRequests(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", role, err)
+	}
+	return reqs, nil
+}
+
+var kafkaRequestsName = regexp.MustCompile(`^sluice_kafka_[a-z]+_requests_total$`)
+
+// parseKafkaRequests reads a /metrics page (Prometheus text format) and
+// returns the requests of every Kafka client of the process, summed by
+// request key.
+func parseKafkaRequests(r io.Reader) (map[string]float64, error) {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	found := false
+	for name, f := range families {
+		if !kafkaRequestsName.MatchString(name) {
+			continue
+		}
+		found = true
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "key" {
+					out[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if !found {
+		return nil, errors.New("no sluice_kafka_<role>_requests_total: a sluice binary from before the request counters?")
+	}
+	return out, nil
+}
+
+// redisInfo is what INFO says of Redis's own work.
+type redisInfo struct {
+	CPU      float64 // seconds, used_cpu_user + used_cpu_sys
+	Commands float64 // total_commands_processed
+}
+
+// parseRedisInfo reads the cpu and stats sections of INFO.
+func parseRedisInfo(info string) (redisInfo, error) {
+	var ri redisInfo
+	seen := 0
+	sc := bufio.NewScanner(strings.NewReader(info))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
+		if !ok {
+			continue
+		}
+		var dst *float64
+		switch k {
+		case "used_cpu_user", "used_cpu_sys":
+			dst = &ri.CPU
+		case "total_commands_processed":
+			dst = &ri.Commands
+		default:
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return redisInfo{}, fmt.Errorf("%s: %w", k, err)
+		}
+		*dst += f
+		seen++
+	}
+	if seen != 3 {
+		return redisInfo{}, errors.New("INFO lacks used_cpu_user, used_cpu_sys or total_commands_processed")
+	}
+	return ri, nil
+}
+
+// startProfiles asks every process for a CPU profile of the next secs
+// seconds, written to path(role). wait returns once all are written.
+func (d *deployment) startProfiles(ctx context.Context, secs int, path func(role string) string) (wait func() error) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	cl := &http.Client{Timeout: time.Duration(secs)*time.Second + 30*time.Second}
+	for role, addr := range d.admin {
+		wg.Go(func() {
+			if err := fetchProfile(ctx, cl, addr, secs, path(role)); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", role, err))
+				mu.Unlock()
+			}
+		})
+	}
+	return func() error {
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+}
+
+func fetchProfile(ctx context.Context, cl *http.Client, addr string, secs int, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("cpu profile: status %d: %s", resp.StatusCode, b)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// compute turns a run's load result and the readings at its window's
+// edges into figures per answered request.
+func compute(rate float64, run int, l loadgen.Result, before, after snapshot) RunResult {
+	secs := after.at.Sub(before.at).Seconds()
+	r := RunResult{Rate: rate, Run: run, Seconds: secs, Sent: l.Sent, Answered: l.Answered, Queued: l.Queued, Refused: l.Refused,
+		Errors: l.Errors, Missed: l.Missed, AnsweredPerSecond: l.PerSecond,
+		P50MS: l.P50MS, P99MS: l.P99MS, MaxMS: l.MaxMS, MaxSendLagMS: l.MaxSendLagMS}
+	n := float64(l.Answered)
+	if n == 0 || secs <= 0 {
+		return r
+	}
+	hz := float64(proc.ClockTicks())
+	cost := func(role string) ProcessCost {
+		u := after.procs[role].Sub(before.procs[role])
+		c := ProcessCost{
+			CPUUS:  float64(u.UserTicks+u.SysTicks) / hz * 1e6 / n,
+			SysUS:  float64(u.SysTicks) / hz * 1e6 / n,
+			Reads:  float64(u.ReadCalls) / n,
+			Writes: float64(u.WriteCalls) / n,
+			Cores:  float64(u.UserTicks+u.SysTicks) / hz / secs,
+		}
+		c.Syscalls = c.Reads + c.Writes
+		if a, ok := after.kafka[role]; ok {
+			b := before.kafka[role]
+			var all float64
+			for k, v := range a {
+				all += v - b[k]
+			}
+			c.KafkaProduce = (a["produce"] - b["produce"]) / n
+			c.KafkaFetch = (a["fetch"] - b["fetch"]) / n
+			c.KafkaOther = all/n - c.KafkaProduce - c.KafkaFetch
+		}
+		return c
+	}
+	r.Producer, r.Consumer, r.Broker, r.LoadGen = cost(roleProducer), cost(roleConsumer), cost(roleBroker), cost(roleLoadgen)
+	r.AppCPUUS = r.Producer.CPUUS + r.Consumer.CPUUS
+	ours := (r.Producer.Cores + r.Consumer.Cores + r.Broker.Cores + r.LoadGen.Cores) * secs
+	if before.redis != nil && after.redis != nil {
+		cpu := after.redis.CPU - before.redis.CPU
+		r.Redis = &RedisCost{CPUUS: cpu * 1e6 / n, Commands: (after.redis.Commands - before.redis.Commands) / n, Cores: cpu / secs}
+		ours += cpu
+	}
+	m := after.machine.Sub(before.machine)
+	r.OtherCores = max(0, float64(m.Busy)/hz-ours) / secs
+	return r
+}
