@@ -25,7 +25,8 @@ func TestBenchEndToEnd(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, sluiceBinary(t), "bench", "--rates", "20", "--duration", "2s", "--warmup", "1s", "--runs", "1", "--json")
+	cmd := exec.CommandContext(ctx, sluiceBinary(t), "bench", "--rates", "20", "--duration", "2s", "--warmup", "1s", "--runs", "1", "--json",
+		"--max-other-cores", "0") // the other tests may run alongside
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"sluice/shared/devstack/loadgen"
+	"sluice/shared/devstack/proc"
 	"sluice/shared/settings"
 )
 
@@ -85,8 +86,19 @@ type Config struct {
 	// Env adds SLUICE_X=value settings to the producer and the consumer:
 	// the knob a change under test turns (SLUICE_KAFKA_LINGER=5ms).
 	Env []string
+	// MaxOtherCores, when positive, keeps the figures of a busy machine
+	// out: a run during which the rest of the machine used more than this
+	// many cores is discarded (and reported) and run again, at most
+	// maxAttempts times as many runs as asked for in all; and each run
+	// waits first, up to QuietWait, until the machine is that quiet.
+	// Default 0.15.
+	MaxOtherCores float64
+	// QuietWait bounds the wait for a quiet machine before a run; the run
+	// starts anyway when it ends. Default 2 minutes.
+	QuietWait time.Duration
 	// ProfileDir, when set, receives a CPU profile of each process per
-	// rate, <role>-<rate>.pprof, from one more run that is not counted.
+	// rate, <role>-<rate>.pprof, from one more run that is not counted
+	// (the profiler costs some CPU itself).
 	ProfileDir string
 	// Binary is the sluice binary the processes run. Default: this one.
 	Binary string
@@ -95,7 +107,8 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Rates: []float64{600, 2000}, Duration: 20 * time.Second, Warmup: 5 * time.Second, Runs: 3,
-		UserInterval: 10 * time.Second, Turns: 4, WaitMS: 5000, Redis: RedisAuto, Partitions: 12}
+		UserInterval: 10 * time.Second, Turns: 4, WaitMS: 5000, Redis: RedisAuto, Partitions: 12,
+		MaxOtherCores: 0.15, QuietWait: 2 * time.Minute}
 }
 
 // Validate reports every setting out of range, each named by its flag.
@@ -113,6 +126,8 @@ func (c Config) Validate() error {
 	p.Check(c.WaitMS >= 100, "wait-ms", "must be at least 100, got %d", c.WaitMS)
 	p.Check(c.Redis != "", "redis", "must be auto, embedded or host:port")
 	p.Check(c.Partitions >= 1, "partitions", "must be at least 1, got %d", c.Partitions)
+	p.Check(c.MaxOtherCores >= 0, "max-other-cores", "must not be negative (0: keep every run), got %g", c.MaxOtherCores)
+	p.Check(c.QuietWait >= 0, "quiet-wait", "must not be negative, got %v", c.QuietWait)
 	for _, e := range c.Env {
 		k, _, ok := cutEnv(e)
 		p.Check(ok, "env", "%q is not SLUICE_NAME=value", e)
@@ -120,6 +135,53 @@ func (c Config) Validate() error {
 	}
 	return p.Err()
 }
+
+// maxAttempts bounds the runs of a rate: at most this many times as many
+// as asked for, discarded ones included.
+const maxAttempts = 3
+
+// ErrBusy is returned by Run when too many runs of a rate were discarded
+// because the rest of the machine was busy (Config.MaxOtherCores).
+var ErrBusy = errors.New("the machine is too busy to measure")
+
+// awaitQuiet waits until the machine's CPU time, sampled over quietSample
+// while the deployment idles, stays under cfg.MaxOtherCores, at most
+// cfg.QuietWait. There is no event to await: /proc/stat is read again.
+func awaitQuiet(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if cfg.MaxOtherCores <= 0 {
+		return nil
+	}
+	deadline := time.Now().Add(cfg.QuietWait)
+	for logged := false; ; logged = true {
+		m0, err := proc.ReadMachine()
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(quietSample):
+		}
+		m1, err := proc.ReadMachine()
+		if err != nil {
+			return err
+		}
+		cores := float64(m1.Sub(m0).Busy) / float64(proc.ClockTicks()) / quietSample.Seconds()
+		if cores <= cfg.MaxOtherCores {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			log.Warn("bench: the machine is still busy; running anyway", "cores", cores, "waited", cfg.QuietWait)
+			return nil
+		}
+		if !logged {
+			log.Info("bench: waiting for a quiet machine", "cores", cores, "max", cfg.MaxOtherCores)
+		}
+	}
+}
+
+// quietSample is how long awaitQuiet samples the machine's CPU time.
+const quietSample = 2 * time.Second
 
 // benchSecret signs the bench users' tokens; the producer is the bench's own.
 const benchSecret = "sluice-bench-secret-not-for-production"
@@ -159,24 +221,55 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progress func(RunRes
 		"consumer_pid", d.consumer.Pid(), "dev_pid", d.dev.Pid())
 	for _, rate := range cfg.Rates {
 		rr := RateReport{Rate: rate}
-		for i := 1; i <= cfg.Runs; i++ {
-			res, err := d.measure(ctx, cfg, rate, i)
-			if err != nil {
-				rep.Rates = append(rep.Rates, rr.summarize())
-				return rep, fmt.Errorf("rate %g/s, run %d: %w", rate, i, err)
+		attempts := 0
+		// attempt runs rate once after waiting for a quiet machine; kept
+		// is false when the run was discarded because the machine was
+		// busy all the same.
+		attempt := func(profiles func(role string) string) (res RunResult, kept bool, err error) {
+			if attempts++; attempts > maxAttempts*(cfg.Runs+1) {
+				return res, false, fmt.Errorf("%w: %d of %d runs discarded", ErrBusy, len(rr.Discarded), attempts-1)
 			}
-			rr.Runs = append(rr.Runs, res)
+			if err := awaitQuiet(ctx, cfg, log); err != nil {
+				return res, false, err
+			}
+			if res, err = d.measure(ctx, cfg, rate, attempts, profiles); err != nil {
+				return res, false, fmt.Errorf("run %d: %w", attempts, err)
+			}
 			if progress != nil {
 				progress(res)
 			}
+			if cfg.MaxOtherCores > 0 && res.OtherCores > cfg.MaxOtherCores {
+				log.Warn("bench: run discarded: the rest of the machine was busy", "rate", rate, "run", attempts,
+					"other_cores", res.OtherCores, "max", cfg.MaxOtherCores)
+				rr.Discarded = append(rr.Discarded, res)
+				return res, false, nil
+			}
+			return res, true, nil
+		}
+		for len(rr.Runs) < cfg.Runs {
+			res, kept, err := attempt(nil)
+			if err != nil {
+				rep.Rates = append(rep.Rates, rr.summarize())
+				return rep, fmt.Errorf("rate %g/s: %w", rate, err)
+			}
+			if kept {
+				rr.Runs = append(rr.Runs, res)
+			}
+		}
+		for cfg.ProfileDir != "" && rr.Profiled == nil {
+			res, kept, err := attempt(func(role string) string {
+				return filepath.Join(cfg.ProfileDir, role+"-"+strconv.FormatFloat(rate, 'f', -1, 64)+".pprof")
+			})
+			if err != nil {
+				rep.Rates = append(rep.Rates, rr.summarize())
+				return rep, fmt.Errorf("rate %g/s, profiled run: %w", rate, err)
+			}
+			if kept {
+				rr.Profiled = &res
+				log.Info("bench: profiles written", "rate", rate, "dir", cfg.ProfileDir)
+			}
 		}
 		rep.Rates = append(rep.Rates, rr.summarize())
-		if cfg.ProfileDir != "" {
-			if err := d.profile(ctx, cfg, rate); err != nil {
-				return rep, fmt.Errorf("rate %g/s, profile: %w", rate, err)
-			}
-			log.Info("bench: profiles written", "rate", rate, "dir", cfg.ProfileDir)
-		}
 	}
 	return rep, nil
 }
@@ -196,17 +289,26 @@ func (d *deployment) loadConfig(cfg Config, rate float64, onWindow func(bool)) l
 	return c
 }
 
-// measure runs rate once and computes its figures.
-func (d *deployment) measure(ctx context.Context, cfg Config, rate float64, run int) (RunResult, error) {
+// measure runs rate once and computes its figures. With profiles set it
+// also takes a CPU profile of each process over the window, written to
+// profiles(role); the figures then include the profiler's own cost.
+func (d *deployment) measure(ctx context.Context, cfg Config, rate float64, run int, profiles func(role string) string) (RunResult, error) {
 	var before, after snapshot
+	var wait func() error
 	lc := d.loadConfig(cfg, rate, func(begin bool) {
 		if begin {
 			before = d.take(ctx, true)
+			if profiles != nil {
+				wait = d.startProfiles(ctx, max(1, int(cfg.Duration.Seconds())), profiles)
+			}
 		} else {
 			after = d.take(ctx, false)
 		}
 	})
 	lres, err := loadgen.Run(ctx, lc, nil)
+	if wait != nil {
+		err = errors.Join(err, wait())
+	}
 	if err != nil {
 		return RunResult{}, err
 	}
@@ -214,30 +316,6 @@ func (d *deployment) measure(ctx context.Context, cfg Config, rate float64, run 
 		return RunResult{}, err
 	}
 	return compute(rate, run, lres, before, after), nil
-}
-
-// profile runs rate once more, uncounted, and writes a CPU profile of each
-// process over its window to cfg.ProfileDir.
-func (d *deployment) profile(ctx context.Context, cfg Config, rate float64) error {
-	secs := max(1, int(cfg.Duration.Seconds()))
-	var wait func() error
-	lc := d.loadConfig(cfg, rate, func(begin bool) {
-		if begin {
-			wait = d.startProfiles(ctx, secs, func(role string) string {
-				return filepath.Join(cfg.ProfileDir, role+"-"+strconv.FormatFloat(rate, 'f', -1, 64)+".pprof")
-			})
-		}
-	})
-	if _, err := loadgen.Run(ctx, lc, nil); err != nil {
-		if wait != nil {
-			_ = wait()
-		}
-		return err
-	}
-	if wait == nil {
-		return errors.New("the window never began")
-	}
-	return wait()
 }
 
 // cutEnv splits SLUICE_NAME=value.

@@ -136,12 +136,12 @@ func TestReportText(t *testing.T) {
 		{Rate: 600, Run: 1, Answered: 12000, AppCPUUS: 1100, Producer: ProcessCost{CPUUS: 500}},
 		{Rate: 600, Run: 2, Answered: 11990, AppCPUUS: 1400, Producer: ProcessCost{CPUUS: 700}},
 		{Rate: 600, Run: 3, Answered: 12001, AppCPUUS: 1250, Producer: ProcessCost{CPUUS: 600}},
-	}}.summarize()
+	}, Discarded: []RunResult{{OtherCores: 0.55}}}.summarize()
 	var b bytes.Buffer
 	if err := (Report{Conditions: Conditions{ClockTicks: 100, Runs: 3}, Rates: []RateReport{rr}}).WriteText(&b); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"offered 600/s, 3 run(s)", "producer + consumer CPU µs/answer", "1,250   1,100 – 1,400", "12,000   11,990 – 12,001", "(100 ticks/s)"} {
+	for _, want := range []string{"offered 600/s, 3 run(s)", "producer + consumer CPU µs/answer", "1,250   1,100 – 1,400", "12,000   11,990 – 12,001", "(100 ticks/s)", "(1 more discarded: the rest of the machine used 0.55 cores)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}

@@ -39,9 +39,14 @@ type Conditions struct {
 
 // RateReport is the runs of one rate and their spread.
 type RateReport struct {
-	Rate    float64           `json:"rate"`
-	Runs    []RunResult       `json:"runs"`
-	Summary map[string]Spread `json:"summary"`
+	Rate float64     `json:"rate"`
+	Runs []RunResult `json:"runs"`
+	// Discarded are the runs during which the rest of the machine was
+	// busy (Config.MaxOtherCores); they are not in the summary.
+	Discarded []RunResult `json:"discarded,omitempty"`
+	// Profiled is the run the CPU profiles were taken in, not counted.
+	Profiled *RunResult        `json:"profiled,omitempty"`
+	Summary  map[string]Spread `json:"summary"`
 }
 
 // Spread is a figure's median, least and greatest value over the runs.
@@ -216,7 +221,15 @@ func (r Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "  producer and consumer settings: %s\n", strings.Join(c.Env, " "))
 	}
 	for _, rr := range r.Rates {
-		fmt.Fprintf(&b, "\noffered %g/s, %d run(s)%*s%12s   %s\n", rr.Rate, len(rr.Runs), max(0, 30-len(fmt.Sprint(rr.Rate))), "", "median", "min – max")
+		head := fmt.Sprintf("offered %g/s, %d run(s)", rr.Rate, len(rr.Runs))
+		if len(rr.Discarded) > 0 {
+			var others []string
+			for _, d := range rr.Discarded {
+				others = append(others, fmt.Sprintf("%.2f", d.OtherCores))
+			}
+			head += fmt.Sprintf(" (%d more discarded: the rest of the machine used %s cores)", len(rr.Discarded), strings.Join(others, ", "))
+		}
+		fmt.Fprintf(&b, "\n%s\n  %-50s %10s   %s\n", head, "", "median", "min – max")
 		if len(rr.Runs) == 0 {
 			continue
 		}
@@ -228,6 +241,10 @@ func (r Report) WriteText(w io.Writer) error {
 				}
 			}
 			fmt.Fprintf(&b, "  %-50s %10s   %s – %s\n", f.label, num(s.Median, f.decimals), num(s.Min, f.decimals), num(s.Max, f.decimals))
+		}
+		if p := rr.Profiled; p != nil {
+			fmt.Fprintf(&b, "  profiled run, not counted: producer %s, consumer %s, dev process %s CPU µs/answer; p99 %.2f ms\n",
+				num(p.Producer.CPUUS, 0), num(p.Consumer.CPUUS, 0), num(p.Broker.CPUUS, 0), p.P99MS)
 		}
 	}
 	_, err := io.WriteString(w, b.String())
