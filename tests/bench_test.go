@@ -41,8 +41,8 @@ func TestBenchEndToEnd(t *testing.T) {
 	}
 	r := rep.Rates[0].Runs[0]
 	t.Logf("run: %+v", r)
-	if r.Answered != 40 || r.Sent != 40 {
-		t.Errorf("sent %d, answered %d; want the 40 questions due in 2 s at 20/s", r.Sent, r.Answered)
+	if r.Answered != 40 || r.Sent != 40 || r.CacheHits != 0 {
+		t.Errorf("sent %d, answered %d, %d from the hot-answer cache; want the 40 questions due in 2 s at 20/s, none from the cache", r.Sent, r.Answered, r.CacheHits)
 	}
 	for name, c := range map[string]bench.ProcessCost{"producer": r.Producer, "consumer": r.Consumer, "broker": r.Broker} {
 		if c.CPUUS <= 0 || c.Syscalls <= 0 || c.Reads <= 0 || c.Writes <= 0 {

@@ -12,15 +12,19 @@ import (
 	"sluice/shared/devstack/proc"
 )
 
-func TestParseKafkaRequests(t *testing.T) {
+func TestParseMetrics(t *testing.T) {
 	f, err := os.Open("testdata/producer.metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	got, err := parseKafkaRequests(f)
+	m, err := parseMetrics(f)
 	if err != nil {
 		t.Fatal(err)
+	}
+	got := m.requests
+	if m.hotHits != 3 {
+		t.Errorf("hot-answer cache hits %v, want 3", m.hotHits)
 	}
 	want := map[string]float64{"produce": 1200, "fetch": 1100, "metadata": 5, "init_producer_id": 1, "heartbeat": 7}
 	if len(got) != len(want) {
@@ -31,7 +35,7 @@ func TestParseKafkaRequests(t *testing.T) {
 			t.Errorf("%s: %v, want %v (summed over the process's clients)", k, got[k], v)
 		}
 	}
-	if _, err := parseKafkaRequests(strings.NewReader("# TYPE x counter\nx 1\n")); err == nil {
+	if _, err := parseMetrics(strings.NewReader("# TYPE x counter\nx 1\n")); err == nil {
 		t.Error("a page without request counters parsed")
 	}
 }
@@ -82,7 +86,8 @@ func TestCompute(t *testing.T) {
 			roleProducer: {"produce": 10 + 12000, "fetch": 10 + 6000},
 			roleConsumer: {"produce": 5 + 3000, "fetch": 7 + 12000, "heartbeat": 1 + 120},
 		},
-		redis: &redisInfo{CPU: 102, Commands: 1000 + 120000},
+		redis:   &redisInfo{CPU: 102, Commands: 1000 + 120000},
+		hotHits: 2,
 	}
 	r := compute(600, 1, loadgen.Result{Sent: 12001, Answered: 12000, Refused: 1, PerSecond: 600, P50MS: 1, P99MS: 4}, before, after)
 	near := func(name string, got, want float64) {
@@ -107,7 +112,7 @@ func TestCompute(t *testing.T) {
 	near("redis cpu µs", r.Redis.CPUUS, 2e6/12000)
 	near("redis commands", r.Redis.Commands, 10)
 	near("other cores", r.OtherCores, 0.1)
-	if r.Answered != 12000 || r.Refused != 1 || r.Seconds != 20 {
+	if r.Answered != 12000 || r.Refused != 1 || r.Seconds != 20 || r.CacheHits != 2 {
 		t.Errorf("counts %+v", r)
 	}
 	// Nothing answered: no figures, and no division by zero.

@@ -63,13 +63,16 @@ type RunResult struct {
 	Run  int     `json:"run"`
 	// Seconds is the window as read at its edges: the requests due in it,
 	// and the time their answers took to finish.
-	Seconds           float64 `json:"seconds"`
-	Sent              int64   `json:"sent"`
-	Answered          int64   `json:"answered"`
-	Queued            int64   `json:"queued,omitempty"`
-	Refused           int64   `json:"refused,omitempty"`
-	Errors            int64   `json:"errors,omitempty"`
-	Missed            int64   `json:"missed,omitempty"`
+	Seconds  float64 `json:"seconds"`
+	Sent     int64   `json:"sent"`
+	Answered int64   `json:"answered"`
+	Queued   int64   `json:"queued,omitempty"`
+	Refused  int64   `json:"refused,omitempty"`
+	Errors   int64   `json:"errors,omitempty"`
+	Missed   int64   `json:"missed,omitempty"`
+	// CacheHits are the answers of the window the producer's hot-answer
+	// cache gave (none: every question is distinct).
+	CacheHits         int64   `json:"cache_hits"`
 	AnsweredPerSecond float64 `json:"answered_per_second"`
 	P50MS             float64 `json:"p50_ms"`
 	P99MS             float64 `json:"p99_ms"`
@@ -131,6 +134,7 @@ var figures = []figure{
 	{"not_answered", "not answered (202, 429/503, errors, missed)", 0, func(r RunResult) float64 {
 		return float64(r.Queued + r.Refused + r.Errors + r.Missed)
 	}},
+	{"cache_hits", "of the answered, from the hot-answer cache", 0, func(r RunResult) float64 { return float64(r.CacheHits) }},
 	{"p50_ms", "latency p50, ms", 2, func(r RunResult) float64 { return r.P50MS }},
 	{"p99_ms", "latency p99, ms", 2, func(r RunResult) float64 { return r.P99MS }},
 	{"app_cpu_us", "producer + consumer CPU µs/answer", 0, func(r RunResult) float64 { return r.AppCPUUS }},

@@ -35,6 +35,7 @@ type snapshot struct {
 	procs   map[string]proc.Usage
 	machine proc.Machine
 	kafka   map[string]map[string]float64 // role → request key → requests written
+	hotHits float64                       // the producer's answers from the hot-answer cache
 	redis   *redisInfo                    // the machine's Redis; nil when embedded
 	errs    []error
 }
@@ -47,11 +48,14 @@ func (d *deployment) take(ctx context.Context, begin bool) snapshot {
 	s := snapshot{procs: map[string]proc.Usage{}, kafka: map[string]map[string]float64{}}
 	scrape := func() {
 		for _, role := range []string{roleProducer, roleConsumer} {
-			reqs, err := d.kafkaRequests(ctx, role)
+			m, err := d.scrape(ctx, role)
 			if err != nil {
 				s.errs = append(s.errs, err)
 			}
-			s.kafka[role] = reqs
+			s.kafka[role] = m.requests
+			if role == roleProducer {
+				s.hotHits = m.hotHits
+			}
 		}
 		if d.rdb != nil {
 			info, err := d.rdb.Info(ctx, "cpu", "stats").Result()
@@ -92,38 +96,46 @@ func (d *deployment) take(ctx context.Context, begin bool) snapshot {
 	return s
 }
 
-// kafkaRequests scrapes role's /metrics for the requests its Kafka
-// clients wrote.
-func (d *deployment) kafkaRequests(ctx context.Context, role string) (map[string]float64, error) {
+// scrape reads role's /metrics.
+func (d *deployment) scrape(ctx context.Context, role string) (scraped, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.admin[role]+"/metrics", nil)
 	if err != nil {
-		return nil, err
+		return scraped{}, err
 	}
 	resp, err := d.cl.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", role, err)
+		return scraped{}, fmt.Errorf("scrape %s: %w", role, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scrape %s: status %d", role, resp.StatusCode)
+		return scraped{}, fmt.Errorf("scrape %s: status %d", role, resp.StatusCode)
 	}
-	reqs, err := parseKafkaRequests(resp.Body)
+	m, err := parseMetrics(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", role, err)
+		return scraped{}, fmt.Errorf("scrape %s: %w", role, err)
 	}
-	return reqs, nil
+	return m, nil
+}
+
+// scraped is what the bench reads of a process's /metrics.
+type scraped struct {
+	// requests are the requests its Kafka clients wrote, summed by key.
+	requests map[string]float64
+	// hotHits are the questions the hot-answer cache answered (a
+	// producer's): a bench run must have none, or it measures the cache.
+	hotHits float64
 }
 
 var kafkaRequestsName = regexp.MustCompile(`^sluice_kafka_[a-z]+_requests_total$`)
 
-// parseKafkaRequests reads a /metrics page (Prometheus text format) and
-// returns the requests of every Kafka client of the process, summed by
-// request key.
-func parseKafkaRequests(r io.Reader) (map[string]float64, error) {
+// parseMetrics reads a /metrics page (Prometheus text format): the requests
+// of every Kafka client of the process, summed by request key, and the
+// hot-answer cache's hits.
+func parseMetrics(r io.Reader) (scraped, error) {
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(r)
 	if err != nil {
-		return nil, err
+		return scraped{}, err
 	}
 	out := map[string]float64{}
 	found := false
@@ -141,9 +153,17 @@ func parseKafkaRequests(r io.Reader) (map[string]float64, error) {
 		}
 	}
 	if !found {
-		return nil, errors.New("no sluice_kafka_<role>_requests_total: a sluice binary from before the request counters?")
+		return scraped{}, errors.New("no sluice_kafka_<role>_requests_total: a sluice binary from before the request counters?")
 	}
-	return out, nil
+	var hits float64
+	for _, m := range families["sluice_producer_hot_answers_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "result" && l.GetValue() == "hit" {
+				hits += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return scraped{requests: out, hotHits: hits}, nil
 }
 
 // redisInfo is what INFO says of Redis's own work.
@@ -238,6 +258,7 @@ func compute(rate float64, run int, l loadgen.Result, before, after snapshot) Ru
 	r := RunResult{Rate: rate, Run: run, Seconds: secs, Sent: l.Sent, Answered: l.Answered, Queued: l.Queued, Refused: l.Refused,
 		Errors: l.Errors, Missed: l.Missed, AnsweredPerSecond: l.PerSecond,
 		P50MS: l.P50MS, P99MS: l.P99MS, MaxMS: l.MaxMS, MaxSendLagMS: l.MaxSendLagMS}
+	r.CacheHits = int64(after.hotHits - before.hotHits)
 	n := float64(l.Answered)
 	if n == 0 || secs <= 0 {
 		return r

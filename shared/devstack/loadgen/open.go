@@ -32,9 +32,9 @@ const maxOpenInFlight = 20000
 // a storefront's do and no dialog has two questions under way. A dialog
 // opens without a dialog id, as a storefront's first question does, and
 // goes on under the id its first answer names for c.Turns questions.
-// Every question's text is made distinct with its number, so that the
-// hot-answer cache answers none of them: each one goes through Kafka, the
-// consumer and the LLM.
+// Every question's text is made distinct with its number and the run's, so
+// that the hot-answer cache answers none of them, in this run or the next:
+// each one goes through Kafka, the consumer and the LLM.
 func runOpen(ctx context.Context, c Config) (Result, error) {
 	base, giveUp := context.WithCancelCause(ctx)
 	defer giveUp(nil)
@@ -115,7 +115,10 @@ func (r *httpRun) openAsk(ctx context.Context, pool *userPool, k int64, due time
 		u.dialog, u.asked = "", 0
 	}
 	first := u.dialog == ""
-	body, err := json.Marshal(openQuestion{Text: r.c.Text + " #" + strconv.FormatInt(k, 10), DialogID: u.dialog, Mode: r.c.Mode, WaitMS: r.c.WaitMS})
+	// The run's nonce too: the hot-answer cache keeps a first turn's answer
+	// for a minute, and the next run's question k would be this one's.
+	text := r.c.Text + " #" + pool.nonce + "-" + strconv.FormatInt(k, 10)
+	body, err := json.Marshal(openQuestion{Text: text, DialogID: u.dialog, Mode: r.c.Mode, WaitMS: r.c.WaitMS})
 	if err != nil {
 		r.failed.Add(1)
 		r.fail("request", err.Error())

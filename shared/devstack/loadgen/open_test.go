@@ -60,9 +60,9 @@ func (s *chatServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // TestOpenLoop runs 200 requests/s for a 100 ms warm-up and a 500 ms
-// window: exactly the 100 requests due in the window are counted, the
-// window is reported before its first request and after its last, every
-// question is distinct, and dialogs open without an id and go on under the
+// window, twice: exactly the 100 requests due in the window are counted,
+// the window is reported before its first request and after its last,
+// every question of both runs is distinct, and dialogs open without an id and go on under the
 // one their first answer names, one question at a time, Turns questions
 // each.
 func TestOpenLoop(t *testing.T) {
@@ -84,6 +84,13 @@ func TestOpenLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A second run asks questions of its own too: a cache that kept the
+	// first run's answers must not find them.
+	c2 := c
+	c2.OnWindow = nil
+	if _, err := loadgen.Run(t.Context(), c2, nil); err != nil {
+		t.Fatal(err)
+	}
 	if res.Sent != 100 || res.Answered != 100 || res.Errors+res.Refused+res.Missed != 0 {
 		t.Errorf("sent %d, answered %d, errors %d, refused %d, missed %d; want 100 sent and answered", res.Sent, res.Answered, res.Errors, res.Refused, res.Missed)
 	}
@@ -95,11 +102,11 @@ func TestOpenLoop(t *testing.T) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.asked != 120 || askedAt[false] != 120 {
-		t.Errorf("server asked %d questions, %d of them by the window's end; want 120 (20 of the warm-up)", s.asked, askedAt[false])
+	if s.asked != 240 || askedAt[false] != 120 {
+		t.Errorf("server asked %d questions, %d of them by the first window's end; want 120 a run (20 of the warm-up)", s.asked, askedAt[false])
 	}
 	if len(s.texts) != s.asked {
-		t.Errorf("%d distinct questions of %d", len(s.texts), s.asked)
+		t.Errorf("%d distinct questions of %d in two runs", len(s.texts), s.asked)
 	}
 	for d, n := range s.turns {
 		if n > c.Turns {
@@ -107,8 +114,8 @@ func TestOpenLoop(t *testing.T) {
 		}
 	}
 	// Every dialog but each user's last has all its turns.
-	if lo, hi := 120/c.Turns, 120/c.Turns+res.Users; s.dialogs < lo || s.dialogs > hi {
-		t.Errorf("%d dialogs for 120 questions of %d turns by %d users, want %d to %d", s.dialogs, c.Turns, res.Users, lo, hi)
+	if lo, hi := 240/c.Turns, 240/c.Turns+2*res.Users; s.dialogs < lo || s.dialogs > hi {
+		t.Errorf("%d dialogs for 240 questions of %d turns by %d users a run, want %d to %d", s.dialogs, c.Turns, res.Users, lo, hi)
 	}
 	for _, e := range s.errs {
 		t.Error(e)
