@@ -41,13 +41,14 @@ func TestParseMetrics(t *testing.T) {
 }
 
 func TestParseRedisInfo(t *testing.T) {
-	info := "# CPU\r\nused_cpu_sys:12.500000\r\nused_cpu_user:30.250000\r\nused_cpu_sys_children:0.1\r\n\r\n# Stats\r\ntotal_connections_received:9\r\ntotal_commands_processed:123456\r\n"
+	info := "# CPU\r\nused_cpu_sys:12.500000\r\nused_cpu_user:30.250000\r\nused_cpu_sys_children:0.1\r\n\r\n# Stats\r\ntotal_connections_received:9\r\ntotal_commands_processed:123456\r\n" +
+		"# Commandstats\r\ncmdstat_evalsha:calls=3233170,usec=125493617,usec_per_call=38.81,rejected_calls=0,failed_calls=4\r\ncmdstat_get:calls=7,usec=1\r\n"
 	ri, err := parseRedisInfo(info)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ri.CPU != 42.75 || ri.Commands != 123456 {
-		t.Errorf("got %+v, want CPU 42.75 s and 123456 commands", ri)
+	if ri.CPU != 42.75 || ri.Commands != 123456 || ri.ByCommand["evalsha"] != 3233170 || ri.ByCommand["get"] != 7 || len(ri.ByCommand) != 2 {
+		t.Errorf("got %+v, want CPU 42.75 s, 123456 commands, evalsha 3233170 and get 7 calls", ri)
 	}
 	for _, bad := range []string{"# CPU\r\nused_cpu_sys:1\r\n", "used_cpu_sys:1\nused_cpu_user:x\ntotal_commands_processed:1\n"} {
 		if ri, err := parseRedisInfo(bad); err == nil {
@@ -70,7 +71,7 @@ func TestCompute(t *testing.T) {
 			roleProducer: {"produce": 10, "fetch": 10},
 			roleConsumer: {"produce": 5, "fetch": 7, "heartbeat": 1},
 		},
-		redis: &redisInfo{CPU: 100, Commands: 1000},
+		redis: &redisInfo{CPU: 100, Commands: 1000, ByCommand: map[string]float64{"evalsha": 100, "get": 5}},
 	}
 	// 12,000 answers in 20 s: the producer spent 6 s (1.5 in the kernel),
 	// the consumer 9 s, the broker 3 s, the load generator 1 s, Redis 2 s;
@@ -86,7 +87,7 @@ func TestCompute(t *testing.T) {
 			roleProducer: {"produce": 10 + 12000, "fetch": 10 + 6000},
 			roleConsumer: {"produce": 5 + 3000, "fetch": 7 + 12000, "heartbeat": 1 + 120},
 		},
-		redis:   &redisInfo{CPU: 102, Commands: 1000 + 120000},
+		redis:   &redisInfo{CPU: 102, Commands: 1000 + 120000, ByCommand: map[string]float64{"evalsha": 100 + 24000, "get": 5, "set": 600}},
 		hotHits: 2,
 	}
 	r := compute(600, 1, loadgen.Result{Sent: 12001, Answered: 12000, Refused: 1, PerSecond: 600, P50MS: 1, P99MS: 4}, before, after)
@@ -111,6 +112,9 @@ func TestCompute(t *testing.T) {
 	near("consumer other", r.Consumer.KafkaOther, 0.01)
 	near("redis cpu µs", r.Redis.CPUUS, 2e6/12000)
 	near("redis commands", r.Redis.Commands, 10)
+	if bc := r.Redis.ByCommand; len(bc) != 2 || bc["evalsha"] != 2 || bc["set"] != 0.05 {
+		t.Errorf("redis calls by command %v, want evalsha 2 and set 0.05 (get not called)", bc)
+	}
 	near("other cores", r.OtherCores, 0.1)
 	if r.Answered != 12000 || r.Refused != 1 || r.Seconds != 20 || r.CacheHits != 2 {
 		t.Errorf("counts %+v", r)
@@ -142,6 +146,7 @@ func TestReportText(t *testing.T) {
 		{Rate: 600, Run: 2, Answered: 11990, AppCPUUS: 1400, Producer: ProcessCost{CPUUS: 700}},
 		{Rate: 600, Run: 3, Answered: 12001, AppCPUUS: 1250, Producer: ProcessCost{CPUUS: 600}},
 	}, Discarded: []RunResult{{OtherCores: 0.55}}}.summarize()
+	rr.Runs[0].Redis = &RedisCost{ByCommand: map[string]float64{"evalsha": 3, "hget": 0.004, "get": 1.5, "set": 1.5}}
 	var b bytes.Buffer
 	if err := (Report{Conditions: Conditions{ClockTicks: 100, Runs: 3}, Rates: []RateReport{rr}}).WriteText(&b); err != nil {
 		t.Fatal(err)
@@ -151,8 +156,8 @@ func TestReportText(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
 	}
-	if strings.Contains(b.String(), "Redis CPU") {
-		t.Errorf("Redis figures without a measured Redis:\n%s", b.String())
+	if !strings.Contains(b.String(), "by command, first run: evalsha 3.00, get 1.50, set 1.50\n") {
+		t.Errorf("Redis calls by command not listed most called first, those under 0.01 left out:\n%s", b.String())
 	}
 	var j bytes.Buffer
 	if err := (Report{Rates: []RateReport{rr}}).WriteJSON(&j); err != nil || bytes.Count(j.Bytes(), []byte("\n")) != 1 {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -119,6 +120,9 @@ type RedisCost struct {
 	CPUUS    float64 `json:"cpu_us"`
 	Commands float64 `json:"commands"`
 	Cores    float64 `json:"cores"`
+	// ByCommand is the calls per answer of each command, those scripts
+	// run included (INFO commandstats); INFO itself is among them.
+	ByCommand map[string]float64 `json:"by_command,omitempty"`
 }
 
 // figure is one line of the text report, and one key of a summary.
@@ -246,6 +250,9 @@ func (r Report) WriteText(w io.Writer) error {
 			}
 			fmt.Fprintf(&b, "  %-50s %10s   %s – %s\n", f.label, num(s.Median, f.decimals), num(s.Min, f.decimals), num(s.Max, f.decimals))
 		}
+		if rc := rr.Runs[0].Redis; rc != nil && len(rc.ByCommand) > 0 {
+			fmt.Fprintf(&b, "  Redis calls/answer by command, first run: %s\n", byCommand(rc.ByCommand))
+		}
 		if p := rr.Profiled; p != nil {
 			fmt.Fprintf(&b, "  profiled run, not counted: producer %s, consumer %s, dev process %s CPU µs/answer; p99 %.2f ms\n",
 				num(p.Producer.CPUUS, 0), num(p.Consumer.CPUUS, 0), num(p.Broker.CPUUS, 0), p.P99MS)
@@ -253,6 +260,28 @@ func (r Report) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// byCommand lists the commands that are called at least once in 100
+// answers, most called first.
+func byCommand(m map[string]float64) string {
+	cmds := make([]string, 0, len(m))
+	for c, v := range m {
+		if v >= 0.01 {
+			cmds = append(cmds, c)
+		}
+	}
+	slices.SortFunc(cmds, func(a, b string) int {
+		if m[a] != m[b] {
+			return cmp.Compare(m[b], m[a])
+		}
+		return strings.Compare(a, b)
+	})
+	parts := make([]string, len(cmds))
+	for i, c := range cmds {
+		parts[i] = fmt.Sprintf("%s %.2f", c, m[c])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // WriteRun writes one run's main figures on one line, as progress.

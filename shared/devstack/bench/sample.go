@@ -58,7 +58,7 @@ func (d *deployment) take(ctx context.Context, begin bool) snapshot {
 			}
 		}
 		if d.rdb != nil {
-			info, err := d.rdb.Info(ctx, "cpu", "stats").Result()
+			info, err := d.rdb.Info(ctx, "cpu", "stats", "commandstats").Result()
 			if err == nil {
 				var ri redisInfo
 				if ri, err = parseRedisInfo(info); err == nil {
@@ -170,16 +170,30 @@ func parseMetrics(r io.Reader) (scraped, error) {
 type redisInfo struct {
 	CPU      float64 // seconds, used_cpu_user + used_cpu_sys
 	Commands float64 // total_commands_processed
+	// ByCommand counts the calls of each command (commandstats): those
+	// a script runs as well as the script's own EVALSHA.
+	ByCommand map[string]float64
 }
 
-// parseRedisInfo reads the cpu and stats sections of INFO.
+// parseRedisInfo reads the cpu, stats and commandstats sections of INFO.
 func parseRedisInfo(info string) (redisInfo, error) {
-	var ri redisInfo
+	ri := redisInfo{ByCommand: map[string]float64{}}
 	seen := 0
 	sc := bufio.NewScanner(strings.NewReader(info))
 	for sc.Scan() {
 		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
 		if !ok {
+			continue
+		}
+		if cmd, ok := strings.CutPrefix(k, "cmdstat_"); ok {
+			// calls=12,usec=34,...
+			for field := range strings.SplitSeq(v, ",") {
+				if n, ok := strings.CutPrefix(field, "calls="); ok {
+					if calls, err := strconv.ParseFloat(n, 64); err == nil {
+						ri.ByCommand[cmd] = calls
+					}
+				}
+			}
 			continue
 		}
 		var dst *float64
@@ -291,7 +305,13 @@ func compute(rate float64, run int, l loadgen.Result, before, after snapshot) Ru
 	ours := (r.Producer.Cores + r.Consumer.Cores + r.Broker.Cores + r.LoadGen.Cores) * secs
 	if before.redis != nil && after.redis != nil {
 		cpu := after.redis.CPU - before.redis.CPU
-		r.Redis = &RedisCost{CPUUS: cpu * 1e6 / n, Commands: (after.redis.Commands - before.redis.Commands) / n, Cores: cpu / secs}
+		r.Redis = &RedisCost{CPUUS: cpu * 1e6 / n, Commands: (after.redis.Commands - before.redis.Commands) / n, Cores: cpu / secs,
+			ByCommand: map[string]float64{}}
+		for cmd, calls := range after.redis.ByCommand {
+			if d := calls - before.redis.ByCommand[cmd]; d > 0 {
+				r.Redis.ByCommand[cmd] = d / n
+			}
+		}
 		ours += cpu
 	}
 	m := after.machine.Sub(before.machine)
