@@ -45,7 +45,6 @@ import (
 	"time"
 
 	"sluice/shared/devstack/loadgen"
-	"sluice/shared/devstack/proc"
 	"sluice/shared/settings"
 )
 
@@ -144,38 +143,36 @@ const maxAttempts = 3
 // because the rest of the machine was busy (Config.MaxOtherCores).
 var ErrBusy = errors.New("the machine is too busy to measure")
 
-// awaitQuiet waits until the machine's CPU time, sampled over quietSample
-// while the deployment idles, stays under cfg.MaxOtherCores, at most
-// cfg.QuietWait. There is no event to await: /proc/stat is read again.
-func awaitQuiet(ctx context.Context, cfg Config, log *slog.Logger) error {
+// awaitQuiet waits until the rest of the machine, sampled over
+// quietSample, uses at most cfg.MaxOtherCores (the deployment idling, the
+// bench and Redis not counted), at most cfg.QuietWait. There is no event
+// to await: /proc is read again.
+func (d *deployment) awaitQuiet(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.MaxOtherCores <= 0 {
 		return nil
 	}
 	deadline := time.Now().Add(cfg.QuietWait)
 	for logged := false; ; logged = true {
-		m0, err := proc.ReadMachine()
-		if err != nil {
-			return err
-		}
+		s0 := d.usage(ctx)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(quietSample):
 		}
-		m1, err := proc.ReadMachine()
-		if err != nil {
+		s1 := d.usage(ctx)
+		if err := errors.Join(append(s0.errs, s1.errs...)...); err != nil {
 			return err
 		}
-		cores := float64(m1.Sub(m0).Busy) / float64(proc.ClockTicks()) / quietSample.Seconds()
+		cores := otherCores(s0, s1)
 		if cores <= cfg.MaxOtherCores {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			log.Warn("bench: the machine is still busy; running anyway", "cores", cores, "waited", cfg.QuietWait)
+			log.Warn("bench: the rest of the machine is still busy; running anyway", "cores", cores, "waited", cfg.QuietWait)
 			return nil
 		}
 		if !logged {
-			log.Info("bench: waiting for a quiet machine", "cores", cores, "max", cfg.MaxOtherCores)
+			log.Info("bench: waiting for the rest of the machine to idle", "cores", cores, "max", cfg.MaxOtherCores)
 		}
 	}
 }
@@ -229,7 +226,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progress func(RunRes
 			if attempts++; attempts > maxAttempts*(cfg.Runs+1) {
 				return res, false, fmt.Errorf("%w: %d of %d runs discarded", ErrBusy, len(rr.Discarded), attempts-1)
 			}
-			if err := awaitQuiet(ctx, cfg, log); err != nil {
+			if err := d.awaitQuiet(ctx, cfg, log); err != nil {
 				return res, false, err
 			}
 			if res, err = d.measure(ctx, cfg, rate, attempts, profiles); err != nil {

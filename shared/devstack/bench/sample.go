@@ -45,7 +45,7 @@ type snapshot struct {
 // window's beginning they are read before /proc, at its end after, so that
 // the window does not pay for them.
 func (d *deployment) take(ctx context.Context, begin bool) snapshot {
-	s := snapshot{procs: map[string]proc.Usage{}, kafka: map[string]map[string]float64{}}
+	s := newSnapshot()
 	scrape := func() {
 		for _, role := range []string{roleProducer, roleConsumer} {
 			m, err := d.scrape(ctx, role)
@@ -57,43 +57,85 @@ func (d *deployment) take(ctx context.Context, begin bool) snapshot {
 				s.hotHits = m.hotHits
 			}
 		}
-		if d.rdb != nil {
-			info, err := d.rdb.Info(ctx, "cpu", "stats", "commandstats").Result()
-			if err == nil {
-				var ri redisInfo
-				if ri, err = parseRedisInfo(info); err == nil {
-					s.redis = &ri
-				}
-			}
-			if err != nil {
-				s.errs = append(s.errs, fmt.Errorf("redis info: %w", err))
-			}
-		}
-	}
-	read := func() {
-		s.at = time.Now()
-		for role, pid := range map[string]int{roleProducer: d.producer.Pid(), roleConsumer: d.consumer.Pid(),
-			roleBroker: d.dev.Pid(), roleLoadgen: os.Getpid()} {
-			u, err := proc.Read(pid)
-			if err != nil {
-				s.errs = append(s.errs, fmt.Errorf("%s: %w", role, err))
-			}
-			s.procs[role] = u
-		}
-		m, err := proc.ReadMachine()
-		if err != nil {
-			s.errs = append(s.errs, err)
-		}
-		s.machine = m
+		d.readRedis(ctx, &s, "cpu", "stats", "commandstats")
 	}
 	if begin {
 		scrape()
-		read()
+		d.readProcs(&s)
 	} else {
-		read()
+		d.readProcs(&s)
 		scrape()
 	}
 	return s
+}
+
+// usage reads the processes', the machine's and Redis's CPU time only.
+func (d *deployment) usage(ctx context.Context) snapshot {
+	s := newSnapshot()
+	d.readRedis(ctx, &s, "cpu", "stats")
+	d.readProcs(&s)
+	return s
+}
+
+func newSnapshot() snapshot {
+	return snapshot{procs: map[string]proc.Usage{}, kafka: map[string]map[string]float64{}}
+}
+
+// readProcs reads the usage of the deployment's processes and the bench's
+// own, and the machine's CPU time.
+func (d *deployment) readProcs(s *snapshot) {
+	s.at = time.Now()
+	for role, pid := range map[string]int{roleProducer: d.producer.Pid(), roleConsumer: d.consumer.Pid(),
+		roleBroker: d.dev.Pid(), roleLoadgen: os.Getpid()} {
+		u, err := proc.Read(pid)
+		if err != nil {
+			s.errs = append(s.errs, fmt.Errorf("%s: %w", role, err))
+		}
+		s.procs[role] = u
+	}
+	m, err := proc.ReadMachine()
+	if err != nil {
+		s.errs = append(s.errs, err)
+	}
+	s.machine = m
+}
+
+// readRedis reads sections of the machine's Redis's INFO, when the
+// deployment uses it.
+func (d *deployment) readRedis(ctx context.Context, s *snapshot, sections ...string) {
+	if d.rdb == nil {
+		return
+	}
+	info, err := d.rdb.Info(ctx, sections...).Result()
+	if err == nil {
+		var ri redisInfo
+		if ri, err = parseRedisInfo(info); err == nil {
+			s.redis = &ri
+		}
+	}
+	if err != nil {
+		s.errs = append(s.errs, fmt.Errorf("redis info: %w", err))
+	}
+}
+
+// otherCores is the CPU the rest of the machine used between two
+// readings, in cores: the machine's busy time less that of the
+// deployment's processes, the bench's own and, when it is measured,
+// Redis's.
+func otherCores(before, after snapshot) float64 {
+	secs := after.at.Sub(before.at).Seconds()
+	if secs <= 0 {
+		return 0
+	}
+	var ours float64
+	for role, u := range after.procs {
+		ours += u.Sub(before.procs[role]).CPU().Seconds()
+	}
+	if before.redis != nil && after.redis != nil {
+		ours += after.redis.CPU - before.redis.CPU
+	}
+	busy := float64(after.machine.Sub(before.machine).Busy) / float64(proc.ClockTicks())
+	return max(0, busy-ours) / secs
 }
 
 // scrape reads role's /metrics.
@@ -273,6 +315,7 @@ func compute(rate float64, run int, l loadgen.Result, before, after snapshot) Ru
 		Errors: l.Errors, Missed: l.Missed, AnsweredPerSecond: l.PerSecond,
 		P50MS: l.P50MS, P99MS: l.P99MS, MaxMS: l.MaxMS, MaxSendLagMS: l.MaxSendLagMS}
 	r.CacheHits = int64(after.hotHits - before.hotHits)
+	r.OtherCores = otherCores(before, after)
 	n := float64(l.Answered)
 	if n == 0 || secs <= 0 {
 		return r
@@ -302,7 +345,6 @@ func compute(rate float64, run int, l loadgen.Result, before, after snapshot) Ru
 	}
 	r.Producer, r.Consumer, r.Broker, r.LoadGen = cost(roleProducer), cost(roleConsumer), cost(roleBroker), cost(roleLoadgen)
 	r.AppCPUUS = r.Producer.CPUUS + r.Consumer.CPUUS
-	ours := (r.Producer.Cores + r.Consumer.Cores + r.Broker.Cores + r.LoadGen.Cores) * secs
 	if before.redis != nil && after.redis != nil {
 		cpu := after.redis.CPU - before.redis.CPU
 		r.Redis = &RedisCost{CPUUS: cpu * 1e6 / n, Commands: (after.redis.Commands - before.redis.Commands) / n, Cores: cpu / secs,
@@ -312,9 +354,6 @@ func compute(rate float64, run int, l loadgen.Result, before, after snapshot) Ru
 				r.Redis.ByCommand[cmd] = d / n
 			}
 		}
-		ours += cpu
 	}
-	m := after.machine.Sub(before.machine)
-	r.OtherCores = max(0, float64(m.Busy)/hz-ours) / secs
 	return r
 }
