@@ -94,19 +94,27 @@ func TestDevBrokerRole(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"dev", "--roles", "broker", "--dev-kafka-addr", "127.0.0.1:0", "--data-dir", t.TempDir()}, &out, &errb)
 	}()
-	deadline := time.After(30 * time.Second)
-	for !strings.Contains(out.String(), "SLUICE_KAFKA_BROKERS=127.0.0.1:") {
-		select {
-		case code := <-done:
-			t.Fatalf("dev exited %d: %s", code, errb.String())
-		case <-deadline:
-			t.Fatalf("no broker address printed:\n%s", out.String())
-		case <-time.After(10 * time.Millisecond): // output has no event to await
-		}
-	}
+	awaitOutput(t, &out, &errb, done, "SLUICE_KAFKA_BROKERS=127.0.0.1:")
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("dev exit code %d after cancel: %s", code, errb.String())
+	}
+}
+
+// awaitOutput waits until a command run in-process has printed want on
+// out. It fails the test when the command exits first (its code arrives on
+// done) or 30 s pass.
+func awaitOutput(t *testing.T, out, errb *syncBuffer, done <-chan int, want string) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for !strings.Contains(out.String(), want) {
+		select {
+		case code := <-done:
+			t.Fatalf("exited %d before printing %q: %s", code, want, errb.String())
+		case <-deadline:
+			t.Fatalf("no %q printed within 30 s:\n%s", want, out.String())
+		case <-time.After(10 * time.Millisecond): // output has no event to await
+		}
 	}
 }
 
@@ -131,16 +139,7 @@ func TestDevStandInsAdmin(t *testing.T) {
 			go func() {
 				done <- run(ctx, append([]string{"dev", "--roles", "llm", "--dev-llm-addr", "127.0.0.1:0"}, tc.args...), &out, &errb)
 			}()
-			deadline := time.After(30 * time.Second)
-			for !strings.Contains(out.String(), "Press Ctrl-C to stop") {
-				select {
-				case code := <-done:
-					t.Fatalf("dev exited %d: %s", code, errb.String())
-				case <-deadline:
-					t.Fatalf("dev did not come up:\n%s", out.String())
-				case <-time.After(10 * time.Millisecond): // output has no event to await
-				}
-			}
+			awaitOutput(t, &out, &errb, done, "Press Ctrl-C to stop")
 			m := adminLine.FindStringSubmatch(out.String())
 			if (m != nil) != tc.admin {
 				t.Fatalf("admin listener in the banner: %v, want %v:\n%s", m != nil, tc.admin, out.String())
