@@ -568,13 +568,11 @@ func (l *lanes) wait(ctx context.Context, room int) (closed bool, err error) {
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
+		// The signal is taken, not put back: the next round counts the free
+		// slots itself, and a signal put back would wake every wait at once,
+		// for ever (an idle consumer spun at 1.2 cores).
 		select {
 		case <-l.c.freed:
-			// Put the signal back for the next round's free count.
-			select {
-			case l.c.freed <- struct{}{}:
-			default:
-			}
 			cancel()
 		case <-pctx.Done():
 		}
