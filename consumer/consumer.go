@@ -541,7 +541,9 @@ func (l *lanes) run(ctx context.Context) error {
 		if got > 0 || started > 0 {
 			continue
 		}
-		if closed, err := l.wait(ctx, room); closed || err != nil {
+		// A freed slot matters to the wait only when something is held or
+		// the budget is full; otherwise only new records can change anything.
+		if closed, err := l.wait(ctx, room, free <= 0 || l.heldCount() > 0); closed || err != nil {
 			return err
 		}
 	}
@@ -555,15 +557,19 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// wait waits for a slot to free or, when there is room to hold more, for
-// the next records, which it holds.
-func (l *lanes) wait(ctx context.Context, room int) (closed bool, err error) {
+// wait waits for the next records, which it holds, while there is room to
+// hold more, and for a slot to free when onFreed (or there is no room).
+func (l *lanes) wait(ctx context.Context, room int, onFreed bool) (closed bool, err error) {
 	if room <= 0 {
 		select {
 		case <-l.c.freed:
 		case <-ctx.Done():
 		}
 		return false, nil
+	}
+	if !onFreed {
+		_, closed, err = l.take(ctx, room)
+		return closed, err
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
