@@ -87,6 +87,11 @@ type Config struct {
 	// however busy the interactive lane is, so that bots are never starved.
 	// Default 0.1.
 	BulkMinShare float64
+	// Lanes is LanesTwo (default: the interactive lane first, the bulk
+	// lane with its minimum share) or LanesSingle (both topics served as
+	// one lane, in fetch order, without priority or minimum share: the
+	// design before the two lanes, for comparison only).
+	Lanes string
 }
 
 // DefaultConfig returns the defaults.
@@ -101,8 +106,15 @@ func DefaultConfig() Config {
 		OrderBy:        OrderByKey,
 		LagInterval:    5 * time.Second,
 		BulkMinShare:   0.1,
+		Lanes:          LanesTwo,
 	}
 }
+
+// Values of Config.Lanes.
+const (
+	LanesTwo    = "two"
+	LanesSingle = "single"
+)
 
 // Values of Config.OrderBy.
 const (
@@ -122,6 +134,7 @@ func (c Config) Validate() error {
 	p.Check(c.OrderBy == OrderByKey || c.OrderBy == OrderByPartition, "order-by", "must be %q or %q, got %q", OrderByKey, OrderByPartition, c.OrderBy)
 	p.Check(c.LagInterval >= 100*time.Millisecond, "lag-interval", "must be at least 100ms")
 	p.Check(c.BulkMinShare >= 0 && c.BulkMinShare <= 1, "bulk-min-share", "must be from 0 to 1, got %g", c.BulkMinShare)
+	p.Check(c.Lanes == LanesTwo || c.Lanes == LanesSingle, "lanes", "must be %q or %q, got %q", LanesTwo, LanesSingle, c.Lanes)
 	return p.Err()
 }
 
@@ -136,13 +149,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.OrderBy, "order-by", c.OrderBy, "serialize records by dialog (key) or, for comparison, one at a time per partition (partition)")
 	fs.DurationVar(&c.LagInterval, "lag-interval", c.LagInterval, "how often the consumer group's lag is read from Kafka (by one consumer per interval, shared through Redis)")
 	fs.Float64Var(&c.BulkMinShare, "bulk-min-share", c.BulkMinShare, "share of the in-flight budget the bulk lane keeps however busy the interactive lane is (0 to 1)")
+	fs.StringVar(&c.Lanes, "lanes", c.Lanes, "two: the interactive lane first, bulk with its minimum share; single: both topics as one lane in fetch order, no priority (the design before the lanes, for comparison only)")
 }
 
 // bulkMin is how many records of the bulk lane may be in flight whatever
 // the interactive lane does: BulkMinShare of the budget, at least one when
-// the share is not 0.
+// the share is not 0; none with a single lane.
 func (c Config) bulkMin() int {
-	if c.BulkMinShare <= 0 {
+	if c.BulkMinShare <= 0 || c.Lanes == LanesSingle {
 		return 0
 	}
 	return max(int(math.Ceil(c.BulkMinShare*float64(c.InFlight))), 1)
@@ -439,7 +453,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.cbWorker != nil {
 		go c.cbWorker.run(consume)
 	}
-	c.log.Info("consumer running", "group", c.bus.Group, "topic", c.bus.RequestsTopic, "bulk_topic", c.bus.BulkTopic, "in_flight", c.cfg.InFlight, "bulk_min_share", c.cfg.BulkMinShare)
+	c.log.Info("consumer running", "group", c.bus.Group, "topic", c.bus.RequestsTopic, "bulk_topic", c.bus.BulkTopic, "in_flight", c.cfg.InFlight, "bulk_min_share", c.cfg.BulkMinShare, "lanes", c.cfg.Lanes)
 	if err := c.lanes.run(consume); err != nil {
 		c.ready.Store(false)
 		return err
@@ -502,6 +516,10 @@ func (lc laneCollector) Collect(ch chan<- prometheus.Metric) {
 // Held records are not in the tracker and never marked: a revoked
 // partition's are dropped (its new owner fetches them from the committed
 // offset), and so are all at a drain.
+//
+// With Config.Lanes single, every record is held in the interactive lane,
+// whose fetching pauses and resumes both topics: one lane in fetch order,
+// as the consumer was before the two lanes.
 type lanes struct {
 	c      *Consumer
 	paused [2]bool
@@ -510,11 +528,23 @@ type lanes struct {
 	held [2][]*kgo.Record // fetched and not started, by lane, in fetch order
 }
 
-func (l *lanes) topic(lane int) string {
-	if lane == bulk {
-		return l.c.bus.BulkTopic
+// topics returns the topics whose records lane holds.
+func (l *lanes) topics(lane int) []string {
+	switch {
+	case lane == bulk:
+		return []string{l.c.bus.BulkTopic}
+	case l.c.cfg.Lanes == LanesSingle:
+		return []string{l.c.bus.RequestsTopic, l.c.bus.BulkTopic}
 	}
-	return l.c.bus.RequestsTopic
+	return []string{l.c.bus.RequestsTopic}
+}
+
+// laneOf returns the lane that holds r.
+func (l *lanes) laneOf(r *kgo.Record) int {
+	if r.Topic == l.c.bus.BulkTopic && l.c.cfg.Lanes != LanesSingle {
+		return bulk
+	}
+	return interactive
 }
 
 // run takes and starts records until ctx ends or the client is closed. It
@@ -603,10 +633,7 @@ func (l *lanes) take(ctx context.Context, most int) (got int, closed bool, err e
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	fetches.EachRecord(func(r *kgo.Record) {
-		lane := interactive
-		if r.Topic == c.bus.BulkTopic {
-			lane = bulk
-		}
+		lane := l.laneOf(r)
 		l.held[lane] = append(l.held[lane], r)
 		got++
 	})
@@ -667,10 +694,10 @@ func (l *lanes) fetchControl() {
 		limit := [2]int{c.cfg.InFlight, bulkCap}[lane]
 		switch {
 		case held >= limit && !l.paused[lane]:
-			c.cl.PauseFetchTopics(l.topic(lane))
+			c.cl.PauseFetchTopics(l.topics(lane)...)
 			l.paused[lane] = true
 		case held <= limit/2 && l.paused[lane]:
-			c.cl.ResumeFetchTopics(l.topic(lane))
+			c.cl.ResumeFetchTopics(l.topics(lane)...)
 			l.paused[lane] = false
 		}
 	}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"sluice/consumer"
 	"sluice/consumer/llm"
 	"sluice/shared/envelope"
 )
@@ -139,4 +141,66 @@ func (r *running) awaitGauge(tb testing.TB, name, lane string, want float64) {
 		time.Sleep(10 * time.Millisecond) // a gauge has no event to await
 	}
 	tb.Fatalf("%s{lane=%q} = %g, want %g", name, lane, got, want)
+}
+
+// TestSingleLaneIsFIFO: with Lanes single, the records fetched first are
+// started first whatever their topic: shoppers' questions wait behind the
+// bulk records held before them, as they did before the two lanes, and
+// every one of them is answered.
+func TestSingleLaneIsFIFO(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.InFlight = 4
+	cfg.Lanes = consumer.LanesSingle
+	r := &releaser{release: make(chan struct{})}
+	entered := make(chan *envelope.Request, 64)
+	ans := &fakeAnswerer{AnswerFn: r.answer, Entered: entered}
+	releaseAll := sync.OnceFunc(func() { close(r.release) })
+	t.Cleanup(releaseAll) // before the consumer's stop
+
+	e.produceLane(t, e.bus.BulkTopic, "bulk", 0, 20)
+	run := e.start(t, cfg, ans)
+	for _, req := range awaitEntered(t, entered, 4) {
+		if lane(req) != "bulk" {
+			t.Fatalf("%q started with only bulk records queued", req.Text)
+		}
+	}
+	// Four more bulk records are held (in the one lane) while the budget
+	// is full; then shoppers ask.
+	run.awaitGauge(t, "sluice_consumer_held_records", "interactive", 4)
+	shop := e.produceLane(t, e.bus.RequestsTopic, "shop", 100, 6)
+	var got []string
+	for range 4 {
+		r.release <- struct{}{}
+		got = append(got, lane(awaitEntered(t, entered, 1)[0]))
+	}
+	if want := []string{"bulk", "bulk", "bulk", "bulk"}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("freed slots went to %v, want %v: one lane, in fetch order", got, want)
+	}
+	// The rest is answered, shoppers included.
+	releaseAll()
+	replies := e.reader(t, repliesTopic).replies(t, 20+len(shop))
+	for _, req := range shop {
+		if n := len(replies[req.RequestID]); n != 1 {
+			t.Errorf("shopper %s answered %d times, want once", req.RequestID, n)
+		}
+	}
+}
+
+// TestLanesSetting: Lanes is two or single, named by its flag otherwise.
+func TestLanesSetting(t *testing.T) {
+	for _, tt := range []struct {
+		lanes string
+		ok    bool
+	}{{consumer.LanesTwo, true}, {consumer.LanesSingle, true}, {"", false}, {"one", false}, {"Two", false}} {
+		cfg := consumer.DefaultConfig()
+		cfg.Lanes = tt.lanes
+		err := cfg.Validate()
+		if ok := err == nil; ok != tt.ok || (!ok && !strings.Contains(err.Error(), "lanes")) {
+			t.Errorf("Lanes %q: %v, want ok=%v and an error naming lanes", tt.lanes, err, tt.ok)
+		}
+	}
+	if got := consumer.DefaultConfig().Lanes; got != consumer.LanesTwo {
+		t.Errorf("default Lanes %q, want %q", got, consumer.LanesTwo)
+	}
 }
