@@ -550,21 +550,23 @@ const admissionHeadroom = 80
 // deadline, ttl from now, it exceeds, and async or callback ones while the
 // backlog is over its bound.
 //
-// A request of the bulk lane is refused only while the bulk topic's
-// backlog is over the bound, whatever its mode: the estimate is the
-// interactive queue's, which bulk requests do not wait in, and their long
-// deadline is not checked against an estimate of their own yet.
+// A request of the bulk lane is refused only when its own deadline cannot
+// be met, whatever its mode: when the bulk queue's wait, the bulk topic's
+// backlog over the rate the consumers drain it at (measured as the
+// interactive lane's is, from its own commits: the budget the interactive
+// lane leaves), exceeds ttl. The interactive queue's estimate and backlog
+// bound do not apply: bulk requests do not wait in that queue.
 func (s *Server) admitRequest(mode string, wait time.Duration, lane string, ttl time.Duration) error {
+	retry := func(over time.Duration) int { return int(min(max(math.Ceil(over.Seconds()), 1), 60)) }
 	if lane == envelope.LaneBulk {
-		if n := s.bulkAdmit.backlog(); n > s.cfg.MaxLag {
-			s.m.rejected.With("backlog").Inc()
-			return unavailable(fmt.Sprintf("overloaded: %d bulk requests queued, the bound is %d", n, s.cfg.MaxLag), 60)
+		if est := s.bulkAdmit.estimate(); est > ttl {
+			s.m.rejected.With("queue_wait").Inc()
+			return unavailable(fmt.Sprintf("overloaded: the bulk queue's wait (about %s: %d bulk requests queued) exceeds the request's deadline", est.Round(time.Second), s.bulkAdmit.backlog()), retry(est-ttl))
 		}
 		s.bulkAdmit.admitted()
 		return nil
 	}
 	est := s.admit.estimate()
-	retry := func(over time.Duration) int { return int(min(max(math.Ceil(over.Seconds()), 1), 60)) }
 	switch {
 	case est > ttl:
 		s.m.rejected.With("queue_wait").Inc()

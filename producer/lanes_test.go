@@ -180,14 +180,16 @@ func TestUnknownLaneClaimIs401(t *testing.T) {
 	}
 }
 
-// TestBulkAdmission: the interactive queue's wait estimate does not refuse
-// bulk questions, wait mode included; the bulk topic's own backlog bound
-// does, and the interactive backlog does not count against it.
+// TestBulkAdmission: the interactive queue's wait estimate and backlog
+// bound do not refuse bulk questions, wait mode included; a bulk question
+// is refused, 503 with Retry-After, only when the bulk queue's own wait
+// (its backlog over its drain rate) exceeds its own deadline, and the
+// interactive backlog does not count against it.
 func TestBulkAdmission(t *testing.T) {
 	h := mustStart(t, func(c *producer.Config) {
 		c.AdmissionInterval = 2 * time.Second // no refresh during the test, most likely
-		c.AdmissionMinRate = 10
-		c.MaxLag = 11
+		c.AdmissionMinRate = 10               // no consumer: the drain rate is this floor
+		c.MaxLag = 5
 	})
 	bearer := "Bearer " + token(t, "t1", "u1")
 	// As in TestAdmissionCountsWhatItAccepted: a slow answer time, then
@@ -196,31 +198,63 @@ func TestBulkAdmission(t *testing.T) {
 		t.Fatalf("first wait-mode request: %d %s", r.code, r.body)
 	}
 	for i := range 9 {
-		if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async"}`); r.code != http.StatusAccepted {
-			t.Fatalf("async %d: %d %s", i, r.code, r.body)
+		code := http.StatusAccepted
+		if i >= 5 {
+			code = http.StatusServiceUnavailable // over MaxLag
+		}
+		if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async"}`); r.code != code {
+			t.Fatalf("async %d: %d %s, want %d", i, r.code, r.body, code)
 		}
 	}
-	if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":1000}`); r.code != http.StatusServiceUnavailable {
-		t.Fatalf("interactive wait-mode request behind 10 at 10/s: %d %s, want 503", r.code, r.body)
+	if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":500}`); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("interactive wait-mode request behind 6 at 10/s: %d %s, want 503", r.code, r.body)
 	}
 	// The same question in the bulk lane is admitted (and, with no
 	// consumer, its wait runs out to 202).
 	if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","wait_ms":100,"lane":"bulk"}`); r.code != http.StatusAccepted {
 		t.Fatalf("bulk wait-mode request: %d %s, want 202", r.code, r.body)
 	}
-	// 12 bulk requests queued are over the bound of 11: the next is
-	// refused, although 10 interactive ones are queued too.
-	for i := range 11 {
-		if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async","lane":"bulk"}`); r.code != http.StatusAccepted {
-			t.Fatalf("bulk async %d: %d %s", i, r.code, r.body)
+	// 1 s deadlines: at 10/s, a bulk question is admitted while at most
+	// 10 are queued ahead of it, past MaxLag too.
+	const second = `{"text":"q","mode":"async","lane":"bulk","deadline_ms":1000}`
+	for i := range 10 {
+		if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", second); r.code != http.StatusAccepted {
+			t.Fatalf("bulk async %d with 1 s to go behind %d: %d %s", i, i+1, r.code, r.body)
 		}
 	}
-	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async","lane":"bulk"}`)
-	if r.code != http.StatusServiceUnavailable || !strings.Contains(r.problem.Detail, "bulk requests queued") || r.header.Get("Retry-After") == "" {
-		t.Fatalf("bulk request past the bulk backlog bound: %d %v %s, want 503 with Retry-After", r.code, r.header, r.body)
+	// 11 queued take 1.1 s: the next 1 s question is refused, with its
+	// problem and a Retry-After.
+	r := h.send(t, "POST", "/v1/chat", bearer, "application/json", second)
+	if r.code != http.StatusServiceUnavailable || r.problem.Status != http.StatusServiceUnavailable ||
+		!strings.Contains(r.problem.Detail, "bulk queue's wait") || !strings.Contains(r.problem.Detail, "exceeds the request's deadline") ||
+		r.header.Get("Retry-After") != "1" || !strings.HasPrefix(r.header.Get("Content-Type"), "application/problem+json") {
+		t.Fatalf("bulk question whose deadline the bulk queue cannot meet: %d %v %s, want 503 problem+json with Retry-After 1", r.code, r.header, r.body)
+	}
+	// A longer deadline is met: the same queue is admitted.
+	if r := h.send(t, "POST", "/v1/chat", bearer, "application/json", `{"text":"q","mode":"async","lane":"bulk","deadline_ms":5000}`); r.code != http.StatusAccepted {
+		t.Fatalf("bulk question with 5 s to go behind 1.1 s: %d %s, want 202", r.code, r.body)
 	}
 	if n := topicRecords(t, h, h.bus.BulkTopic)[h.bus.BulkTopic]; n != 12 {
 		t.Fatalf("bulk topic holds %d records, want 12", n)
+	}
+}
+
+// TestBotTokenRateLimited: the per-user rate limit applies to a bot's
+// token (claim lane bulk) as to a shopper's: the lane does not lift it.
+func TestBotTokenRateLimited(t *testing.T) {
+	h := mustStart(t, func(c *producer.Config) { c.UserRate = producer.Rate{N: 3, Per: time.Minute, Burst: 3} })
+	bot := laneToken(t, envelope.LaneBulk)
+	for i := range 3 {
+		if r := h.send(t, "POST", "/v1/chat", bot, "application/json", `{"text":"q","mode":"async"}`); r.code != http.StatusAccepted {
+			t.Fatalf("bot question %d within its limit: %d %s", i, r.code, r.body)
+		}
+	}
+	r := h.send(t, "POST", "/v1/chat", bot, "application/json", `{"text":"q","mode":"async","lane":"bulk"}`)
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.Contains(r.problem.Detail, "rate limit of this user") {
+		t.Fatalf("bot over its user limit: %d %v %s, want 429 with Retry-After", r.code, r.header, r.body)
+	}
+	if n := topicRecords(t, h, h.bus.BulkTopic)[h.bus.BulkTopic]; n != 3 {
+		t.Fatalf("bulk topic holds %d records, want the 3 admitted", n)
 	}
 }
 

@@ -198,8 +198,8 @@ type Server struct {
 	router *replyRouter
 	notify *notifier
 	admit  *admission // of the interactive lane, chat.requests
-	// bulkAdmit measures the bulk topic's backlog; its estimate is
-	// unused (admitRequest).
+	// bulkAdmit estimates the bulk queue's wait, against a bulk
+	// request's own deadline (admitRequest).
 	bulkAdmit *admission
 	limit     *limiter
 	hot       *hotAnswers // nil when disabled
