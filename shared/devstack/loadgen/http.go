@@ -187,7 +187,11 @@ func (r *httpRun) ask(ctx context.Context, tok string, body []byte, due time.Tim
 		if err != nil {
 			return r.transportError(ctx, err), 0, nil
 		}
-		r.lat.add(time.Since(t0))
+		took := time.Since(t0)
+		r.lat.add(took)
+		if r.c.OnAnswer != nil {
+			r.c.OnAnswer(t0, took, resp.StatusCode)
+		}
 		if resp.StatusCode == http.StatusOK {
 			r.answered.Add(1)
 		} else {

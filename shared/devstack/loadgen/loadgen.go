@@ -129,6 +129,12 @@ type Config struct {
 	// run's own goroutine: `sluice bench` reads the processes' CPU time
 	// there. It holds up the requests while it runs.
 	OnWindow func(begin bool)
+	// OnAnswer, when set, is called for each answered (200) or queued
+	// (202) request of an http run, warm-up included, with the moment its
+	// latency counts from (see Result.P50MS), the latency and the status,
+	// from the request's goroutine: `sluice bench --lanes` draws latency
+	// over time from it.
+	OnAnswer func(from time.Time, took time.Duration, status int)
 
 	// Kafka names the cluster and topics (target kafka). The client is built
 	// by bus.NewClient, so it has the settings every Sluice client has.

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,14 +81,23 @@ func TestOpenLoop(t *testing.T) {
 		askedAt[begin] = s.asked
 		s.mu.Unlock()
 	}
+	var answers atomic.Int64
+	c.OnAnswer = func(from time.Time, took time.Duration, status int) {
+		if status == http.StatusOK && !from.IsZero() && took > 0 {
+			answers.Add(1)
+		}
+	}
 	res, err := loadgen.Run(t.Context(), c, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if n := answers.Load(); n != 120 {
+		t.Errorf("OnAnswer called for %d answers, want 120 (the warm-up's too)", n)
+	}
 	// A second run asks questions of its own too: a cache that kept the
 	// first run's answers must not find them.
 	c2 := c
-	c2.OnWindow = nil
+	c2.OnWindow, c2.OnAnswer = nil, nil
 	if _, err := loadgen.Run(t.Context(), c2, nil); err != nil {
 		t.Fatal(err)
 	}
