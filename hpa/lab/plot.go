@@ -360,3 +360,59 @@ func render(w io.Writer, title string, panels []*plot.Plot, xmin, xmax, panelPx 
 	}
 	return nil
 }
+
+// Line is one line of a panel of PlotPanels.
+type Line struct {
+	Name   string
+	X, Y   []float64
+	Dashed bool
+}
+
+// Panel is one panel of PlotPanels: its title, the unit of its y axis and
+// its lines.
+type Panel struct {
+	Title, YLabel string
+	Lines         []Line
+}
+
+// PlotPanels draws a PNG, 1200 px wide, of panels stacked over a shared
+// time axis (s), as Plot does: a line's colour follows its name, the same
+// in every panel; an axis whose values span more than two decades is
+// logarithmic. `sluice bench --lanes` draws its comparison with it. It
+// returns an error when no line has points or the image cannot be drawn
+// or written.
+func PlotPanels(w io.Writer, title string, panels []Panel) (err error) {
+	var ts [][]float64
+	for _, p := range panels {
+		for _, l := range p.Lines {
+			ts = append(ts, l.X)
+		}
+	}
+	xmin, xmax := timeRange(ts)
+	if math.IsInf(xmin, 1) {
+		return errors.New("plot panels: no line has points")
+	}
+	defer recoverPlot(&err)
+	colors := map[string]color.Color{}
+	var out []*plot.Plot
+	for _, p := range panels {
+		var all []float64
+		var ss []series
+		for _, l := range p.Lines {
+			all = append(all, l.Y...)
+			c, ok := colors[l.Name]
+			if !ok {
+				c = paletteColor(len(colors))
+				colors[l.Name] = c
+			}
+			s := series{name: l.Name, color: c, x: l.X, y: l.Y}
+			if l.Dashed {
+				s.dashes = dashed
+			}
+			ss = append(ss, s)
+		}
+		log := useLogScale(all)
+		out = append(out, panel(p.Title+logNote(log), p.YLabel, log, ss))
+	}
+	return render(w, title, out, xmin, xmax, 1.3*panelHeight)
+}

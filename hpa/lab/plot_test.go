@@ -230,3 +230,21 @@ func TestUseLogScale(t *testing.T) {
 		})
 	}
 }
+
+// TestPlotPanels: panels of named lines draw a PNG; no points is an error.
+func TestPlotPanels(t *testing.T) {
+	var buf bytes.Buffer
+	err := PlotPanels(&buf, "lanes", []Panel{
+		{Title: "p99", YLabel: "ms", Lines: []Line{{Name: "a", X: []float64{0, 5, 10}, Y: []float64{300, 310, 20000}}, {Name: "b", X: []float64{0, 5}, Y: []float64{math.NaN(), 1}}}},
+		{Title: "bulk", YLabel: "answered/s", Lines: []Line{{Name: "a", X: []float64{0, 5, 10}, Y: []float64{100, 90, 95}}, {Name: "min", X: []float64{0, 10}, Y: []float64{23, 23}, Dashed: true}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(buf.Bytes(), []byte("\x89PNG")) {
+		t.Fatalf("not a PNG: % x", buf.Bytes()[:min(8, buf.Len())])
+	}
+	if err := PlotPanels(&buf, "empty", []Panel{{Title: "p99"}}); err == nil {
+		t.Fatal("no points drew a plot")
+	}
+}
