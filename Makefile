@@ -14,7 +14,7 @@ FUZZTIME ?= 3s
 # Flags of `make loadgen`, e.g. LOADGEN_ARGS='--users 200 --duration 20s --mode async'.
 LOADGEN_ARGS ?= --users 50 --duration 10s
 
-.PHONY: all build run test test-short fuzz-short vet fmt bench bench-cpu loadgen lab verify-k8s clean
+.PHONY: all build run test test-short fuzz-short vet fmt bench bench-cpu bench-lanes loadgen lab verify-k8s clean
 
 all: build
 
@@ -61,6 +61,16 @@ bench: ## Go benchmarks of the hot functions (make bench-cpu measures the proces
 BENCH_ARGS ?=
 bench-cpu: build ## sluice bench: CPU µs and syscalls per answer at fixed rates
 	./$(BIN) bench $(BENCH_ARGS)
+
+# What a bots' backlog does to the storefront, two lanes against one (issue
+# 13, docs/benchmarks.md "Two lanes"): sluice bench --lanes deploys the
+# broker and mock LLM (300 ms), one producer and one consumer as separate
+# processes per run, and runs the interactive load alone, with 50,000 bulk
+# requests queued on two lanes, and the same on one lane, twice each (about
+# 10 minutes). LANES_ARGS adds flags, e.g. LANES_ARGS='--scenarios two --runs 1'.
+LANES_ARGS ?=
+bench-lanes: build ## sluice bench --lanes: interactive latency and bulk throughput, two lanes vs one
+	./$(BIN) bench --lanes --out bin/lanes $(LANES_ARGS)
 
 # Against `make run` in another terminal: the API on 127.0.0.1:8080 and the
 # dev token secret are loadgen's defaults (docs/benchmarks.md).

@@ -68,6 +68,9 @@ func benchFlags(c *bench.Config, jsonOut *bool, out io.Writer) *flag.FlagSet {
 // it starts and stops. Progress goes to stderr, the report to stdout, also
 // when a run failed (the exit code is then 1).
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "--lanes" || args[0] == "-lanes") {
+		return runBenchLanes(ctx, args[1:], stdout, stderr)
+	}
 	cfg := bench.DefaultConfig()
 	var jsonOut bool
 	fs := benchFlags(&cfg, &jsonOut, stderr)
@@ -77,13 +80,63 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	rep, err := bench.Run(ctx, cfg, log, func(r bench.RunResult) { _ = r.WriteRun(stderr) })
 	if len(rep.Rates) > 0 {
-		write := rep.WriteText
-		if jsonOut {
-			write = rep.WriteJSON
-		}
-		if werr := write(stdout); err == nil {
-			err = werr
-		}
+		err = writeReport(stdout, jsonOut, rep.WriteText, rep.WriteJSON, err)
+	}
+	return err
+}
+
+// writeReport writes a report to w as text, or as JSON when jsonOut, and
+// returns err, or the write's error when err is nil.
+func writeReport(w io.Writer, jsonOut bool, text, json func(io.Writer) error, err error) error {
+	write := text
+	if jsonOut {
+		write = json
+	}
+	if werr := write(w); err == nil {
+		err = werr
+	}
+	return err
+}
+
+// lanesFlags returns the flags of `sluice bench --lanes`, bound to c and
+// jsonOut.
+func lanesFlags(c *bench.LanesConfig, jsonOut *bool, out io.Writer) *flag.FlagSet {
+	fs := newFlagSet("bench --lanes", out)
+	fs.Var(settings.List{P: &c.Scenarios}, "scenarios", "scenarios to run, comma-separated: alone (the interactive load alone), two (with a bulk backlog, two lanes), single (the same with SLUICE_LANES=single)")
+	fs.IntVar(&c.Runs, "runs", c.Runs, "runs of each scenario, each on a deployment of its own")
+	fs.IntVar(&c.InFlight, "in-flight", c.InFlight, "the consumer's in-flight budget (SLUICE_IN_FLIGHT)")
+	fs.DurationVar(&c.Latency, "llm-latency", c.Latency, "the mock LLM's fixed time to answer")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "interactive wait-mode questions/s, open loop (0: half the consumer's capacity, in-flight / llm-latency / 2)")
+	fs.IntVar(&c.Backlog, "backlog", c.Backlog, "bulk requests put on the bulk topic, straight to Kafka, before the load (scenarios two and single)")
+	fs.Float64Var(&c.BulkRate, "bulk-rate", c.BulkRate, "more bulk requests/s meanwhile")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "counted window of each run (with the warm-up, at most 2m)")
+	fs.DurationVar(&c.Warmup, "warmup", c.Warmup, "load before each window, uncounted")
+	fs.DurationVar(&c.Bin, "bin", c.Bin, "width of the bins of the time series and the plot")
+	fs.IntVar(&c.WaitMS, "wait-ms", c.WaitMS, "wait_ms of the interactive questions")
+	fs.StringVar(&c.Redis, "redis", c.Redis, "auto, embedded or host:port, as for sluice bench")
+	fs.Var(int32Value{&c.Partitions}, "partitions", "partitions of the topics")
+	fs.StringVar(&c.Out, "out", c.Out, "directory for lanes.png (latency and bulk throughput over time) and lanes.json")
+	fs.BoolVar(jsonOut, "json", false, "print the report as one line of JSON on stdout instead of the table")
+	return fs
+}
+
+// runBenchLanes runs `sluice bench --lanes`: interactive latency and bulk
+// throughput of one consumer with a bulk backlog, on two lanes and on one
+// (docs/benchmarks.md "Two lanes").
+func runBenchLanes(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := bench.DefaultLanesConfig()
+	var jsonOut bool
+	fs := lanesFlags(&cfg, &jsonOut, stderr)
+	if err := configure(fs, args, cfg.Validate); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	rep, err := bench.RunLanes(ctx, cfg, log, func(r bench.LanesRun) {
+		fmt.Fprintf(stderr, "bench lanes: %s run %d: interactive p50 %.0f ms p99 %.0f ms (200 %d, 202 %d, refused %d); bulk %.1f/s, lowest bin %.1f/s; rest of the machine %.2f cores\n",
+			r.Scenario, r.Run, r.P50MS, r.P99MS, r.Answered, r.Queued, r.Refused, r.BulkPS, r.BulkMinBinPS, r.OtherCores)
+	})
+	if len(rep.Runs) > 0 {
+		err = writeReport(stdout, jsonOut, rep.WriteText, rep.WriteJSON, err)
 	}
 	return err
 }

@@ -9,7 +9,8 @@
 //	sluice loadgen    generate load and measure throughput and latency
 //	sluice drain      drain a running producer or consumer (a preStop hook)
 //	sluice lab        the autoscaling lab: consumers scaled by the HPA on a traffic profile
-//	sluice bench      CPU and system calls per answer of each process at fixed open-loop rates
+//	sluice bench      CPU and system calls per answer of each process at fixed open-loop rates;
+//	                  with --lanes, a bulk backlog's effect on interactive latency, two lanes vs one
 //
 // Every flag has an environment twin: --kafka-brokers is SLUICE_KAFKA_BROKERS.
 package main
@@ -55,7 +56,9 @@ Commands:
   lab        the autoscaling lab: a traffic profile against consumer processes
              scaled by the Kubernetes HPA algorithm (--sim: a model of it)
   bench      CPU time and system calls per answered request of the producer,
-             consumer and broker processes at fixed open-loop rates
+             consumer and broker processes at fixed open-loop rates;
+             --lanes first: interactive latency and bulk throughput with a
+             bulk backlog, two lanes against one
   version    print the version
 
 Run 'sluice <command> -h' for a command's flags. Every flag has an

@@ -101,6 +101,9 @@ type Config struct {
 	ProfileDir string
 	// Binary is the sluice binary the processes run. Default: this one.
 	Binary string
+	// MockLatency is the mock LLM's time to answer, without jitter.
+	// Default 0: the figures per answer measure Sluice, not a wait.
+	MockLatency time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -194,12 +197,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progress func(RunRes
 	if err := cfg.Validate(); err != nil {
 		return Report{}, err
 	}
-	if cfg.Binary == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return Report{}, fmt.Errorf("find the sluice binary: %w", err)
-		}
-		cfg.Binary = exe
+	var err error
+	if cfg.Binary, err = binary(cfg.Binary); err != nil {
+		return Report{}, err
 	}
 	if cfg.ProfileDir != "" {
 		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
@@ -269,6 +269,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progress func(RunRes
 		rep.Rates = append(rep.Rates, rr.summarize())
 	}
 	return rep, nil
+}
+
+// binary returns bin, or this executable when bin is empty: the sluice
+// binary a deployment runs.
+func binary(bin string) (string, error) {
+	if bin != "" {
+		return bin, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the sluice binary: %w", err)
+	}
+	return exe, nil
 }
 
 // loadConfig is the load generator's configuration of one run of rate.

@@ -31,6 +31,7 @@ const startTimeout = time.Minute
 type deployment struct {
 	dev, producer, consumer *proc.Process
 	api                     string // the producer's base URL
+	brokers                 string // the embedded broker's address
 	admin                   map[string]string
 	cl                      *http.Client
 
@@ -75,7 +76,7 @@ func deploy(ctx context.Context, cfg Config, log *slog.Logger) (*deployment, err
 	d.dev, err = proc.Start("sluice dev", cfg.Binary, base, "dev", "--roles", roles,
 		"--dev-kafka-addr", "127.0.0.1:0", "--dev-llm-addr", "127.0.0.1:0", "--dev-redis-addr", "127.0.0.1:0",
 		"--admin-addr", "127.0.0.1:0", "--topic-partitions", fmt.Sprint(cfg.Partitions),
-		"--mock-latency", "0s", "--mock-jitter", "0s")
+		"--mock-latency", cfg.MockLatency.String(), "--mock-jitter", "0s")
 	if err != nil {
 		return d, err
 	}
@@ -86,6 +87,7 @@ func deploy(ctx context.Context, cfg Config, log *slog.Logger) (*deployment, err
 	if err != nil {
 		return d, err
 	}
+	d.brokers = brokers
 	llm, err := d.dev.Addr(ctx, proc.BannerLLM, startTimeout)
 	if err != nil {
 		return d, err
@@ -165,7 +167,7 @@ func (d *deployment) stop(log *slog.Logger) {
 // conditions describes the deployment for the report.
 func (d *deployment) conditions(cfg Config) Conditions {
 	c := Conditions{
-		Processes:     "sluice dev --roles broker,llm (embedded Kafka, mock LLM at 0 ms), sluice producer, sluice consumer",
+		Processes:     fmt.Sprintf("sluice dev --roles broker,llm (embedded Kafka, mock LLM at %d ms), sluice producer, sluice consumer", cfg.MockLatency.Milliseconds()),
 		Redis:         d.redisAddr,
 		RedisPrefix:   d.prefix,
 		Mode:          "wait",
