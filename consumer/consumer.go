@@ -975,7 +975,8 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 		return "expired", c.publish(ctx, r, &req, stored)
 	}
 
-	ans, err := c.llm.Answer(ctx, &req, history)
+	// The lane orders the request's waits for the LLM's slots and quota.
+	ans, err := c.llm.Answer(llm.WithLane(ctx, c.laneOf(r.Topic)), &req, history)
 	if err != nil {
 		return "", err
 	}
@@ -996,6 +997,14 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 		outcome = "duplicate"
 	}
 	return outcome, c.publish(ctx, r, &req, stored)
+}
+
+// laneOf returns the lane of a record of topic (envelope.Lane*).
+func (c *Consumer) laneOf(topic string) string {
+	if topic == c.bus.BulkTopic {
+		return envelope.LaneBulk
+	}
+	return envelope.LaneInteractive
 }
 
 // complete stores the reply (and turns) and returns the reply that is stored,

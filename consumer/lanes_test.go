@@ -204,3 +204,33 @@ func TestLanesSetting(t *testing.T) {
 		t.Errorf("default Lanes %q, want %q", got, consumer.LanesTwo)
 	}
 }
+
+// TestLaneReachesTheLLM: the LLM step learns each request's lane from the
+// topic its record came from, to order its waits for the LLM's quota.
+func TestLaneReachesTheLLM(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	lanes := map[string]string{} // request id: lane
+	ans := &fakeAnswerer{AnswerFn: func(ctx context.Context, req *envelope.Request, _ []envelope.Turn) (llm.Answer, error) {
+		mu.Lock()
+		lanes[req.RequestID] = llm.LaneOf(ctx)
+		mu.Unlock()
+		return llm.Answer{Text: answerText(req), Source: envelope.SourceLLM}, nil
+	}}
+	want := map[string]string{}
+	for _, req := range e.produceLane(t, e.bus.BulkTopic, "bulk", 0, 3) {
+		want[req.RequestID] = envelope.LaneBulk
+	}
+	for _, req := range e.produceLane(t, e.bus.RequestsTopic, "shop", 100, 3) {
+		want[req.RequestID] = envelope.LaneInteractive
+	}
+	e.start(t, testConfig(), ans)
+	e.reader(t, repliesTopic).replies(t, len(want))
+	mu.Lock()
+	defer mu.Unlock()
+	for id, lane := range want {
+		if lanes[id] != lane {
+			t.Errorf("request %s reached the LLM in lane %q, want %q", id, lanes[id], lane)
+		}
+	}
+}

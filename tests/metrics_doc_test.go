@@ -418,7 +418,7 @@ var labelValues = map[string]map[string]string{
 	},
 	"sluice_llm_call_duration_seconds": {"outcome": "as in `sluice_llm_calls_total`"},
 	"sluice_llm_limited_total": {
-		"limit":   "`concurrency`, `rpm`, `tpm`",
+		"limit":   "`concurrency`, `rpm`, `tpm`, `priority` (a bulk request that gave way to interactive ones waiting for quota until its deadline)",
 		"outcome": "`waited`, `fallback` (the next tier answered without a call)",
 	},
 	"sluice_llm_answers_total":         {"source": "`llm`, `fallback_model`, `faq`, `canned`"},

@@ -1,6 +1,7 @@
 package llm
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -52,6 +53,7 @@ var (
 	errNoTime      = errors.New("no time left before the deadline")
 	errNoSlot      = errors.New("no free call slot before the deadline")
 	errNoQuota     = errors.New("no quota before the deadline")
+	errNoTurn      = errors.New("interactive requests waited for the quota until the deadline")
 	errEmpty       = errors.New("empty completion")
 )
 
@@ -61,13 +63,13 @@ type endpointConfig struct {
 }
 
 // endpoint is one model behind one base URL with its breaker, call slots
-// and optional quota.
+// (and the order of the requests waiting for them) and optional quota.
 type endpoint struct {
 	endpointConfig
 	cfg     Config
 	api     openai.Client
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
-	slots   chan struct{}
+	gate    *gate
 	quota   quota // nil: no limit
 	m       *metrics
 	em      endpointMetrics
@@ -128,7 +130,7 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 			option.WithMaxRetries(0), // retries are ours: bounded by the request's deadline
 			option.WithHTTPClient(&http.Client{Transport: transport(cfg.MaxConcurrent)}),
 		),
-		slots:  make(chan struct{}, cfg.MaxConcurrent),
+		gate:   newGate(cfg.MaxConcurrent),
 		quota:  q,
 		m:      c.m,
 		em:     c.m.endpoint(ec.name),
@@ -214,13 +216,10 @@ func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, to
 	if time.Until(until) < minCallTime {
 		return "", 0, errNoTime
 	}
-	if err := e.acquire(ctx, until); err != nil {
+	if err := e.enter(ctx, until, tokens); err != nil {
 		return "", 0, err
 	}
-	defer func() { <-e.slots }()
-	if err := e.admit(ctx, until, tokens); err != nil {
-		return "", 0, err
-	}
+	defer e.gate.release()
 	done, err := e.breaker.Allow()
 	if err != nil { // opened meanwhile, or half-open with its probes under way
 		e.m.shortCircuits.With(e.name).Inc()
@@ -318,65 +317,118 @@ func completionContent(raw []byte) (string, error) {
 	return c.Choices[0].Message.Content, nil
 }
 
-// acquire takes a call slot, waiting for one while a call could still start
-// before until.
-func (e *endpoint) acquire(ctx context.Context, until time.Time) error {
-	select {
-	case e.slots <- struct{}{}:
-		return nil
-	default:
-	}
-	t := time.NewTimer(time.Until(until) - minCallTime)
-	defer t.Stop()
-	select {
-	case e.slots <- struct{}{}:
-		e.m.limited.WithLabelValues("concurrency", "waited").Inc()
-		return nil
-	case <-t.C:
-		e.m.limited.WithLabelValues("concurrency", "fallback").Inc()
-		return errNoSlot
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// admit takes tokens from the quota, waiting for room while a call could
-// still start before until. A failing quota store lets the call through.
-func (e *endpoint) admit(ctx context.Context, until time.Time, tokens int) error {
-	if e.quota == nil {
-		return nil
-	}
-	waited := ""
+// enter takes a call slot and the quota's room for a call of tokens,
+// waiting for each while a call could still start before until; the caller
+// releases the slot. A request waits for quota without a slot, so that
+// waiting requests never hold the slots of calls that could be made. An
+// interactive request asks for quota as soon as it finds room; a bulk one
+// asks only while no interactive request of this process waits for quota:
+// when room comes, interactive requests take it first. A failing quota
+// store lets the call through.
+func (e *endpoint) enter(ctx context.Context, until time.Time, tokens int) error {
+	lane := laneIndex(ctx)
+	waited := "" // the limit the request waited for
 	for {
-		wait, limit, err := e.quota.take(ctx, tokens)
+		if lane == laneBulk {
+			if err := e.awaitTurn(ctx, until, waited); err != nil {
+				return err
+			}
+		}
+		if err := e.acquire(ctx, lane, until); err != nil {
+			return err
+		}
+		wait, limit, err := e.take(ctx, tokens)
 		switch {
 		case err != nil:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			e.m.quotaErrors.Inc()
-			// Counted every time, logged at most every 10 s: while Redis is
-			// down this would otherwise be a line per call.
-			e.quotaWarned.Do(func() { e.client.log.Warn("llm quota unavailable, calling without it", "err", err) })
-			return nil
+			e.gate.release()
+			return err
 		case wait <= 0:
 			if waited != "" {
 				e.m.limited.WithLabelValues(waited, "waited").Inc()
 			}
 			return nil
 		}
+		e.gate.release()
 		// Other processes may take the room first; a little jitter keeps
 		// the waiters from all asking again at the same instant.
-		wait += rand.N(wait/10 + time.Millisecond)
+		wait += jitter(wait)
 		if time.Until(until) < wait+minCallTime {
 			e.m.limited.WithLabelValues(limit, "fallback").Inc()
 			return fmt.Errorf("%w (%s)", errNoQuota, limit)
+		}
+		if lane == laneInteractive && waited == "" {
+			defer e.gate.waitQuota()()
 		}
 		waited = limit
 		if err := backoff.Sleep(ctx, wait); err != nil {
 			return err
 		}
 	}
+}
+
+// jitter is added to a wait for quota: up to a tenth of it.
+var jitter = func(wait time.Duration) time.Duration { return rand.N(wait/10 + time.Millisecond) } // a variable so that tests can fix it
+
+// take asks the quota for tokens (see quota.take). A failing quota store
+// lets the call through; only the end of ctx is an error.
+func (e *endpoint) take(ctx context.Context, tokens int) (time.Duration, string, error) {
+	if e.quota == nil {
+		return 0, "", nil
+	}
+	wait, limit, err := e.quota.take(ctx, tokens)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, "", ctx.Err()
+		}
+		e.m.quotaErrors.Inc()
+		// Counted every time, logged at most every 10 s: while Redis is
+		// down this would otherwise be a line per call.
+		e.quotaWarned.Do(func() { e.client.log.Warn("llm quota unavailable, calling without it", "err", err) })
+		return 0, "", nil
+	}
+	return wait, limit, nil
+}
+
+// awaitTurn waits, for a bulk request, until no interactive request waits
+// for quota, while a call could still start before until. waited is the
+// limit the request waited for so far ("" none), its metric label when it
+// runs out of time.
+func (e *endpoint) awaitTurn(ctx context.Context, until time.Time, waited string) error {
+	turn := e.gate.quotaTurn()
+	select {
+	case <-turn:
+		return nil
+	default:
+	}
+	t := time.NewTimer(time.Until(until) - minCallTime)
+	defer t.Stop()
+	select {
+	case <-turn:
+		return nil
+	case <-t.C:
+		e.m.limited.WithLabelValues(cmp.Or(waited, "priority"), "fallback").Inc()
+		return errNoTurn
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// acquire takes a call slot for a request of lane, waiting for one while a
+// call could still start before until.
+func (e *endpoint) acquire(ctx context.Context, lane int, until time.Time) error {
+	if e.gate.tryAcquire() {
+		return nil
+	}
+	t := time.NewTimer(time.Until(until) - minCallTime)
+	defer t.Stop()
+	waited, err := e.gate.acquire(ctx, lane, t.C)
+	switch {
+	case errors.Is(err, errNoSlot):
+		e.m.limited.WithLabelValues("concurrency", "fallback").Inc()
+	case waited:
+		e.m.limited.WithLabelValues("concurrency", "waited").Inc()
+	}
+	return err
 }
 
 // outcome is what a call's result means.
@@ -526,6 +578,6 @@ func (c *endpointCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, e := range c.eps {
 		// gobreaker's states are 0 closed, 1 half-open, 2 open.
 		ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, float64(e.breaker.State()), e.name)
-		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(len(e.slots)), e.name)
+		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(e.gate.inUse()), e.name)
 	}
 }

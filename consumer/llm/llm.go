@@ -47,6 +47,15 @@
 // room for. When Redis fails, the quota lets calls through (the vendor's own
 // 429s and the breaker still apply).
 //
+// Requests of the interactive lane go first (the lane comes with the
+// context, WithLane): a freed slot goes to a waiting interactive request
+// before any bulk one, and while an interactive request of this process
+// waits for quota, bulk requests do not ask for it. A request waits for
+// quota without holding a slot. A bulk request, with a deadline minutes
+// away, so waits for quota and slots instead of falling back; it falls back
+// only when its own deadline comes first. Across processes the shared quota
+// is first come, first served.
+//
 // Personal data (package sluice/shared/pii) is masked in every answer; in
 // the question and history sent to the model too, unless MaskPrompt is off.
 // Hits are counted and audit-logged without their values.
