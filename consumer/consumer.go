@@ -334,7 +334,7 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		drainAsk:       make(chan struct{}),
 		drained:        make(chan struct{}),
 	}
-	c.lanes = &lanes{c: c}
+	c.lanes = &lanes{c: c, dispatch: c.dispatch}
 	c.work, c.stopWork = context.WithCancel(context.Background())
 	r := metric.NewRegisterer(reg)
 	c.m = newMetrics(promauto.With(r), func() float64 { return float64(c.inflight.Load()) }, cfg.InFlight)
@@ -521,8 +521,9 @@ func (lc laneCollector) Collect(ch chan<- prometheus.Metric) {
 // whose fetching pauses and resumes both topics: one lane in fetch order,
 // as the consumer was before the two lanes.
 type lanes struct {
-	c      *Consumer
-	paused [2]bool
+	c        *Consumer
+	dispatch func(r *kgo.Record, now time.Time) // starts a record: Consumer.dispatch
+	paused   [2]bool
 
 	mu   sync.Mutex       // held is also dropped by revoke and lost
 	held [2][]*kgo.Record // fetched and not started, by lane, in fetch order
@@ -667,7 +668,7 @@ func (l *lanes) start(free int) int {
 func (l *lanes) startLane(lane, n int, now time.Time) int {
 	n = max(min(n, len(l.held[lane])), 0)
 	for _, r := range l.held[lane][:n] {
-		l.c.dispatch(r, now)
+		l.dispatch(r, now)
 	}
 	l.held[lane] = l.held[lane][n:]
 	if len(l.held[lane]) == 0 {
