@@ -13,7 +13,7 @@
 // A consumer stops by draining (at the end of Run's context, or earlier
 // through Drain, a Kubernetes preStop hook's GET /drain): it finishes what
 // is in flight, commits and leaves its group. Every consumer process exports
-// the whole group's lag on the requests topic for autoscalers, read by one
+// the whole group's lag on each lane's topic for autoscalers, read by one
 // process per interval (see groupLag).
 //
 // Metrics (on the registerer given to New): see docs/metrics.md, generated
@@ -232,7 +232,7 @@ type Consumer struct {
 	idle           chan *work     // unbuffered: a send succeeds when a worker waits
 	wg             sync.WaitGroup // key runs under way
 	ready          atomic.Bool
-	lag            *groupLag
+	lag            lagReaders // of the interactive and the bulk topic
 
 	// A drain is asked for by Drain or by the end of Run's context, and
 	// happens once.
@@ -263,7 +263,8 @@ type metrics struct {
 	records            metric.Children[prometheus.Counter] // by outcome
 	paused             prometheus.Gauge
 	process            prometheus.Histogram
-	e2e                prometheus.Histogram
+	queueWait          [2]prometheus.Observer              // by lane
+	e2e                [2]prometheus.Observer              // by lane
 	retries            metric.Children[prometheus.Counter] // by step
 	commits            prometheus.Counter
 	partitionFallbacks prometheus.Counter
@@ -280,7 +281,17 @@ func newMetrics(f promauto.Factory, inflight func() float64, budget int) metrics
 		Name: "sluice_consumer_in_flight_ratio",
 		Help: "Records in flight over the in-flight budget (0 to 1), this process's: it leads the group lag, which grows without bound only once the budgets are full.",
 	}, func() float64 { return inflight() / float64(budget) })
+	e2e := f.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sluice_consumer_end_to_end_seconds", Help: "From the request's created_at to its reply produced, by lane.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+	}, []string{"lane"})
+	wait := f.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sluice_consumer_queue_wait_seconds", Help: "From a request record's timestamp (its producing) to the start of its processing, by lane.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 18), // up to about 11 min: a bulk request's deadline
+	}, []string{"lane"})
 	return metrics{
+		e2e:       [2]prometheus.Observer{e2e.WithLabelValues(envelope.LaneInteractive), e2e.WithLabelValues(envelope.LaneBulk)},
+		queueWait: [2]prometheus.Observer{wait.WithLabelValues(envelope.LaneInteractive), wait.WithLabelValues(envelope.LaneBulk)},
 		records: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_consumer_records_total", Help: "Request records finished, by outcome.",
 		}, []string{"outcome"}), "done", "expired", "duplicate", "dead_letter", "abandoned"),
@@ -289,10 +300,6 @@ func newMetrics(f promauto.Factory, inflight func() float64, budget int) metrics
 		}),
 		process: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "sluice_consumer_process_duration_seconds", Help: "From poll to reply produced.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
-		}),
-		e2e: f.NewHistogram(prometheus.HistogramOpts{
-			Name: "sluice_consumer_end_to_end_seconds", Help: "From the request's created_at to its reply produced.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
 		retries: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
@@ -330,9 +337,10 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		idle:    make(chan *work),
 
 		fallbackWarned: rate.Sometimes{Interval: 10 * time.Second},
-		lag:            newGroupLag(cfgBus, cfg.LagInterval, log),
-		drainAsk:       make(chan struct{}),
-		drained:        make(chan struct{}),
+		lag: lagReaders{newGroupLag(cfgBus, cfgBus.RequestsTopic, cfg.LagInterval, log),
+			newGroupLag(cfgBus, cfgBus.BulkTopic, cfg.LagInterval, log)},
+		drainAsk: make(chan struct{}),
+		drained:  make(chan struct{}),
 	}
 	c.lanes = &lanes{c: c, dispatch: c.dispatch}
 	c.work, c.stopWork = context.WithCancel(context.Background())
@@ -372,7 +380,10 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		return nil, err
 	}
 	c.cl = cl
-	c.lag.adm = kadm.NewClient(cl)
+	adm := kadm.NewClient(cl)
+	for _, g := range c.lag {
+		g.adm = adm
+	}
 	return c, nil
 }
 
@@ -905,6 +916,7 @@ func (c *Consumer) handle(w *work) {
 		c.m.records.With("abandoned").Inc()
 		return // revoked while queued: its new owner processes it
 	}
+	c.m.queueWait[c.lane(w.rec.Topic)].Observe(max(w.got.Sub(w.rec.Timestamp), 0).Seconds())
 	outcome, err := c.process(c.work, w.rec)
 	if err != nil && c.work.Err() == nil && permanent(err) && !errors.Is(err, errDeadLettered) && !errors.Is(err, errDeadLetterLost) {
 		// Retrying cannot help: the record goes to the DLQ rather than
@@ -1002,10 +1014,16 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 
 // laneOf returns the lane of a record of topic (envelope.Lane*).
 func (c *Consumer) laneOf(topic string) string {
+	return [2]string{envelope.LaneInteractive, envelope.LaneBulk}[c.lane(topic)]
+}
+
+// lane returns the lane of a record of topic, as an index: interactive or
+// bulk.
+func (c *Consumer) lane(topic string) int {
 	if topic == c.bus.BulkTopic {
-		return envelope.LaneBulk
+		return bulk
 	}
-	return envelope.LaneInteractive
+	return interactive
 }
 
 // complete stores the reply (and turns) and returns the reply that is stored,
@@ -1076,7 +1094,7 @@ func (c *Consumer) publish(ctx context.Context, src *kgo.Record, req *envelope.R
 		return errDeadLettered
 	}
 	if !req.CreatedAt.IsZero() {
-		c.m.e2e.Observe(time.Since(req.CreatedAt).Seconds())
+		c.m.e2e[c.lane(src.Topic)].Observe(time.Since(req.CreatedAt).Seconds())
 	}
 	return nil
 }

@@ -22,9 +22,10 @@ import (
 	"sluice/shared/bus"
 )
 
-// groupLag exports the lag of the consumer group on the requests topic, so
-// that an autoscaler has a signal even where no producer runs (a
-// deployment only bots write to):
+// groupLag exports the lag of the consumer group on one requests topic (a
+// lane's: chat.requests, chat.requests.bulk; one groupLag each, see
+// lagReaders), so that an autoscaler has a signal even where no producer
+// runs (a deployment only bots write to):
 //
 //	sluice_consumer_group_lag{topic}                    records not yet committed by the group
 //	sluice_consumer_oldest_unfinished_age_seconds{topic} now - timestamp of the oldest of them
@@ -60,6 +61,7 @@ import (
 type groupLag struct {
 	adm      *kadm.Client
 	bus      bus.Config
+	topic    string
 	interval time.Duration
 	log      *slog.Logger
 	warned   rate.Sometimes
@@ -100,11 +102,11 @@ var (
 		[]string{"topic"}, nil)
 )
 
-// newGroupLag returns the lag of cfgBus's group on its requests topic, read
-// every interval once run. Set adm before run.
-func newGroupLag(cfgBus bus.Config, interval time.Duration, log *slog.Logger) *groupLag {
+// newGroupLag returns the lag of cfgBus's group on topic, read every
+// interval once run. Set adm before run.
+func newGroupLag(cfgBus bus.Config, topic string, interval time.Duration, log *slog.Logger) *groupLag {
 	return &groupLag{
-		bus: cfgBus, interval: interval, log: log,
+		bus: cfgBus, topic: topic, interval: interval, log: log,
 		warned: rate.Sometimes{Interval: time.Minute},
 		stamps: map[int32]stamp{},
 	}
@@ -113,27 +115,54 @@ func newGroupLag(cfgBus bus.Config, interval time.Duration, log *slog.Logger) *g
 // share makes the processes of the group share one Kafka read per interval
 // through rdb, under keys starting with prefix.
 func (g *groupLag) share(rdb redis.UniversalClient, prefix string) {
-	base := fmt.Sprintf("%s:lag:{%s}:%s", prefix, g.bus.Group, g.bus.RequestsTopic)
+	base := fmt.Sprintf("%s:lag:{%s}:%s", prefix, g.bus.Group, g.topic)
 	g.rdb, g.figKey, g.lockKey = rdb, base, base+":lock"
 	host, _ := os.Hostname()
 	g.owner = fmt.Sprintf("%s/%d", host, os.Getpid())
 }
 
+// lagReaders are the groupLags of the lanes' topics, exported as one
+// collector.
+type lagReaders []*groupLag
+
 // Describe implements prometheus.Collector.
-func (g *groupLag) Describe(ch chan<- *prometheus.Desc) {
+func (ls lagReaders) Describe(ch chan<- *prometheus.Desc) {
 	ch <- lagDesc
 	ch <- ageDesc
 }
 
 // Collect implements prometheus.Collector.
-func (g *groupLag) Collect(ch chan<- prometheus.Metric) {
+func (ls lagReaders) Collect(ch chan<- prometheus.Metric) {
+	for _, g := range ls {
+		g.collect(ch)
+	}
+}
+
+// run runs every reader until ctx ends.
+func (ls lagReaders) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, g := range ls {
+		wg.Go(func() { g.run(ctx) })
+	}
+	wg.Wait()
+}
+
+// share shares every reader's figures (see groupLag.share).
+func (ls lagReaders) share(rdb redis.UniversalClient, prefix string) {
+	for _, g := range ls {
+		g.share(rdb, prefix)
+	}
+}
+
+// collect sends the figures.
+func (g *groupLag) collect(ch chan<- prometheus.Metric) {
 	f := g.figures()
 	var age float64
 	if !f.Oldest.IsZero() {
 		age = max(time.Since(f.Oldest).Seconds(), 0)
 	}
-	ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(f.Lag), g.bus.RequestsTopic)
-	ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, age, g.bus.RequestsTopic)
+	ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(f.Lag), g.topic)
+	ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, age, g.topic)
 }
 
 func (g *groupLag) figures() lagFigures {
@@ -259,8 +288,7 @@ func (g *groupLag) cached(ctx context.Context) (lagFigures, error) {
 
 // read reads the figures from Kafka.
 func (g *groupLag) read(ctx context.Context) (lagFigures, error) {
-	topic := g.bus.RequestsTopic
-	progress, err := bus.GroupProgress(ctx, g.adm, g.bus.Group, topic)
+	progress, err := bus.GroupProgress(ctx, g.adm, g.bus.Group, g.topic)
 	if err != nil {
 		return lagFigures{}, err
 	}
@@ -298,7 +326,7 @@ func (g *groupLag) read(ctx context.Context) (lagFigures, error) {
 	return f, nil
 }
 
-// fetchStamps fetches the record at each offset of the requests topic's
+// fetchStamps fetches the record at each offset of the topic's
 // partitions and returns their timestamps, by partition: those it got
 // before ctx ended. A partition whose record at the offset is gone
 // (compacted, or a transaction marker) gives the next record's.
@@ -310,7 +338,7 @@ func (g *groupLag) fetchStamps(ctx context.Context, offsets map[int32]int64) map
 	// No metrics: a client of one fetch would register and unregister
 	// them on every read.
 	cl, err := bus.NewClient(g.bus, "lag", g.log, nil,
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{g.bus.RequestsTopic: at}),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{g.topic: at}),
 		kgo.FetchMaxPartitionBytes(64<<10),
 		kgo.FetchMaxWait(100*time.Millisecond),
 	)

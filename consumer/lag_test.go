@@ -54,6 +54,13 @@ func (r *endOffsetReads) count() int {
 // topic when it has a topic label.
 func gauge(tb testing.TB, reg *prometheus.Registry, name string) float64 {
 	tb.Helper()
+	return gaugeOf(tb, reg, name, requestsTopic)
+}
+
+// gaugeOf returns the value of the gauge name of reg, for topic when it
+// has a topic label.
+func gaugeOf(tb testing.TB, reg *prometheus.Registry, name, requestsTopic string) float64 {
+	tb.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		tb.Fatalf("gather: %v", err)
@@ -175,4 +182,37 @@ func TestGroupLagSharedThroughRedis(t *testing.T) {
 
 	g.Open()
 	waitGauges(t, "no lag once every record is answered", rs, func(lag, age, _ float64) bool { return lag == 0 && age == 0 })
+}
+
+// TestBulkLagExported: the group's lag and oldest record's age on the bulk
+// topic are exported beside the interactive topic's.
+func TestBulkLagExported(t *testing.T) {
+	e := newEnv(t)
+	g := newGate()
+	defer g.Open()
+	cfg := testConfig()
+	cfg.InFlight = 1
+	cfg.LagInterval = 200 * time.Millisecond
+	r := e.start(t, cfg, &fakeAnswerer{AnswerFn: g.answer})
+	const n = 6
+	var recs []*kgo.Record
+	for i := range n {
+		rec := requestRecord(t, newRequest(i, "bulk"), -1)
+		rec.Topic, rec.Timestamp = e.bus.BulkTopic, time.Now().Add(-time.Minute)
+		recs = append(recs, rec)
+	}
+	e.produce(t, recs...)
+	deadline := time.Now().Add(waitFor)
+	for {
+		lag := gaugeOf(t, r.reg, "sluice_consumer_group_lag", e.bus.BulkTopic)
+		age := gaugeOf(t, r.reg, "sluice_consumer_oldest_unfinished_age_seconds", e.bus.BulkTopic)
+		ilag := gauge(t, r.reg, "sluice_consumer_group_lag")
+		if lag == n && age >= 60 && ilag == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bulk lag %v, age %.1fs, interactive lag %v; want %d, a minute, 0", lag, age, ilag, n)
+		}
+		time.Sleep(20 * time.Millisecond) // the gauges change on their interval; no event to await
+	}
 }

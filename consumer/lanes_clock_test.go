@@ -22,7 +22,7 @@ type laneSim struct {
 
 	done      chan int // the lane of a finished record
 	answered  [2]int
-	started   [2]int // by the current start
+	started   [2]int           // by the current start
 	maxWait   [2]time.Duration // from arrival to start
 	violation string           // the first start that broke the priority rule
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/consumer"
@@ -224,7 +225,7 @@ func TestLaneReachesTheLLM(t *testing.T) {
 	for _, req := range e.produceLane(t, e.bus.RequestsTopic, "shop", 100, 3) {
 		want[req.RequestID] = envelope.LaneInteractive
 	}
-	e.start(t, testConfig(), ans)
+	run := e.start(t, testConfig(), ans)
 	e.reader(t, repliesTopic).replies(t, len(want))
 	mu.Lock()
 	defer mu.Unlock()
@@ -233,4 +234,40 @@ func TestLaneReachesTheLLM(t *testing.T) {
 			t.Errorf("request %s reached the LLM in lane %q, want %q", id, lanes[id], lane)
 		}
 	}
+	// Each lane's histograms count its own requests (the end to end once
+	// the reply is produced: a moment after the reader may see it).
+	for _, name := range []string{"sluice_consumer_queue_wait_seconds", "sluice_consumer_end_to_end_seconds"} {
+		for _, lane := range []string{envelope.LaneInteractive, envelope.LaneBulk} {
+			deadline := time.Now().Add(waitFor)
+			for n := histogramCount(t, run.reg, name, lane); n != 3; n = histogramCount(t, run.reg, name, lane) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s{lane=%q} counts %d requests, want 3", name, lane, n)
+				}
+				time.Sleep(10 * time.Millisecond) // a histogram has no event to await
+			}
+		}
+	}
+}
+
+// histogramCount returns the sample count of the histogram name{lane} of
+// reg.
+func histogramCount(tb testing.TB, reg *prometheus.Registry, name, lane string) uint64 {
+	tb.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "lane" && l.GetValue() == lane {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
 }

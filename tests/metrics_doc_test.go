@@ -389,6 +389,12 @@ var kafkaRoles = map[string]string{
 	"callbacks": "the consumer's callback deliverer: reads `chat.callbacks`",
 }
 
+// lanes describes the lane label.
+const lanes = "`interactive` (from `chat.requests`), `bulk` (from `chat.requests.bulk`)"
+
+// lagTopics describes the topic label of the group's lag.
+const lagTopics = "a lane's requests topic: `chat.requests` (interactive), `chat.requests.bulk` (bulk)"
+
 // labelValues says what the values of a metric's labels are, where its help
 // text does not. Checked: the metric and the label must be registered.
 var labelValues = map[string]map[string]string{
@@ -407,8 +413,10 @@ var labelValues = map[string]map[string]string{
 		"outcome": "`done`, `expired`, `duplicate` (a redelivery answered from the store), `dead_letter`, `abandoned` (left uncommitted at drain or revoke)",
 	},
 	"sluice_consumer_retries_total":                 {"step": "`redis_load`, `redis_complete`, `kafka_reply`, `kafka_dlq`, `kafka_callback`"},
-	"sluice_consumer_group_lag":                     {"topic": "the requests topic (`chat.requests`)"},
-	"sluice_consumer_oldest_unfinished_age_seconds": {"topic": "the requests topic (`chat.requests`)"},
+	"sluice_consumer_group_lag":                     {"topic": lagTopics},
+	"sluice_consumer_oldest_unfinished_age_seconds": {"topic": lagTopics},
+	"sluice_consumer_end_to_end_seconds":            {"lane": lanes},
+	"sluice_consumer_queue_wait_seconds":            {"lane": lanes},
 	"sluice_consumer_callbacks_total": {
 		"outcome": "`handed_over` (by the answering path), `delivered`, `failed`, `invalid` (an undecodable record; by the callback group)",
 	},
@@ -421,7 +429,7 @@ var labelValues = map[string]map[string]string{
 		"limit":   "`concurrency`, `rpm`, `tpm`, `priority` (a bulk request that gave way to interactive ones waiting for quota until its deadline)",
 		"outcome": "`waited`, `fallback` (the next tier answered without a call)",
 	},
-	"sluice_llm_answers_total":         {"source": "`llm`, `fallback_model`, `faq`, `canned`"},
+	"sluice_llm_answers_total":         {"lane": lanes, "source": "`llm`, `fallback_model`, `faq`, `canned`"},
 	"sluice_pii_masked_total":          {"kind": "`phone`, `id_card`, `bank_card`, `email`"},
 	"sluice_callback_deliveries_total": {"outcome": "`delivered`, `gave_up`, `refused` (URL not allowed, or its host does not resolve, at delivery time)"},
 	"sluice_callback_attempts_total":   {"result": "`ok` (2xx), `http_error`, `network_error`"},

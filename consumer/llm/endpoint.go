@@ -501,7 +501,7 @@ type metrics struct {
 	shortCircuits metric.Children[prometheus.Counter] // by endpoint
 	limited       *prometheus.CounterVec
 	quotaErrors   prometheus.Counter
-	answers       metric.Children[prometheus.Counter] // by source
+	answers       [2]metric.Children[prometheus.Counter] // by lane, by source
 }
 
 // outcomes are the values of a call's outcome label (see classify).
@@ -531,12 +531,15 @@ func newMetrics(f promauto.Factory) *metrics {
 		quotaErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_llm_quota_errors_total", Help: "Quota checks that failed and let the call through.",
 		}),
-		answers: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_llm_answers_total", Help: "Answers by source.",
-		}, []string{"source"}), sources...),
 	}
-	for _, s := range sources {
-		m.answers.With(s) // exported at zero: each source's share from the start
+	answers := f.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_llm_answers_total", Help: "Answers by lane and source.",
+	}, []string{"lane", "source"})
+	for lane, name := range laneNames {
+		m.answers[lane] = metric.Resolve(answers.MustCurryWith(prometheus.Labels{"lane": name}), sources...)
+		for _, s := range sources {
+			m.answers[lane].With(s) // exported at zero: each source's share from the start
+		}
 	}
 	return m
 }

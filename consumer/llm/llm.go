@@ -385,7 +385,7 @@ func (c *Client) Answer(ctx context.Context, req *envelope.Request, history []en
 }
 
 func (c *Client) answer(ctx context.Context, text, source string, handoff bool, took time.Duration, ids []slog.Attr) Answer {
-	c.m.answers.With(source).Inc()
+	c.m.answers[laneIndex(ctx)].With(source).Inc()
 	return Answer{Text: c.pii.Mask(ctx, text, "answer", ids...), Source: source, Handoff: handoff, LLMTime: took}
 }
 

@@ -203,7 +203,7 @@ var helps = map[string]string{
 	"sluice_llm_short_circuits_total": "Requests that skipped an endpoint because its circuit breaker was open.",
 	"sluice_llm_limited_total":        "Calls that found no free slot or quota, by limit and what the request did.",
 	"sluice_llm_quota_errors_total":   "Quota checks that failed and let the call through.",
-	"sluice_llm_answers_total":        "Answers by source.",
+	"sluice_llm_answers_total":        "Answers by lane and source.",
 	"sluice_llm_breaker_state":        "State of the endpoint's circuit breaker: 0 closed, 1 half-open, 2 open.",
 	"sluice_llm_in_flight":            "LLM calls under way in this process.",
 	"sluice_pii_masked_total":         "Personal data values masked, by kind.",
@@ -239,7 +239,8 @@ func callsOf(endpoint, outcome string, n int) string {
 	return fmt.Sprintf("sluice_llm_calls_total{endpoint=%q,outcome=%q} %d\n", endpoint, outcome, n)
 }
 
-// answersOf is sluice_llm_answers_total after one answer from source.
+// answersOf is sluice_llm_answers_total after one interactive answer from
+// source.
 func answersOf(source string) string {
 	var b strings.Builder
 	for _, s := range []string{envelope.SourceCanned, envelope.SourceFallbackModel, envelope.SourceFAQ, envelope.SourceLLM} {
@@ -247,7 +248,8 @@ func answersOf(source string) string {
 		if s == source {
 			n = 1
 		}
-		fmt.Fprintf(&b, "sluice_llm_answers_total{source=%q} %d\n", s, n)
+		fmt.Fprintf(&b, "sluice_llm_answers_total{lane=\"bulk\",source=%q} 0\n", s)
+		fmt.Fprintf(&b, "sluice_llm_answers_total{lane=\"interactive\",source=%q} %d\n", s, n)
 	}
 	return b.String()
 }
