@@ -27,6 +27,11 @@ type Settings struct {
 	Callbacks callback.Config
 	// CreateTopics creates Sluice's topics at start when missing.
 	CreateTopics bool
+	// BulkRequestTTL is the producers' request TTL of the bulk lane (the
+	// same setting, SLUICE_BULK_REQUEST_TTL): a bulk request may be
+	// answered that long after it was accepted, and its result must then
+	// still be stored for the poll that waits for it.
+	BulkRequestTTL time.Duration
 }
 
 // Validate reports every missing or invalid setting at once, each named by
@@ -39,6 +44,10 @@ func (s Settings) Validate() error {
 	p.Add(s.LLM.Validate())
 	p.Add(s.Consumer.Validate())
 	p.Add(s.Callbacks.Validate())
+	// As the producers check it: a poll must find a bulk request's result
+	// until the request's deadline.
+	p.Check(s.Store.ResultTTL <= 0 || s.Store.ResultTTL >= s.BulkRequestTTL, "result-ttl",
+		"%v must be at least the bulk request TTL (SLUICE_BULK_REQUEST_TTL) %v", s.Store.ResultTTL, s.BulkRequestTTL)
 	return p.Err()
 }
 

@@ -63,7 +63,7 @@ func (s *config) producerSettings() producer.Settings {
 // consumerSettings are the settings `sluice consumer` runs on.
 func (s *config) consumerSettings() consumer.Settings {
 	return consumer.Settings{Consumer: s.consumer, Bus: s.bus, Redis: s.redis, Store: s.store,
-		LLM: s.llm, Callbacks: s.callbacks, CreateTopics: s.createTopics}
+		LLM: s.llm, Callbacks: s.callbacks, CreateTopics: s.createTopics, BulkRequestTTL: s.producer.BulkRequestTTL}
 }
 
 // registerService registers the settings every service has: logging, the
@@ -94,6 +94,12 @@ func consumerFlags(st *config, out io.Writer) *flag.FlagSet {
 	st.llm.RegisterFlags(fs)
 	st.consumer.RegisterFlags(fs)
 	st.callbacks.RegisterFlags(fs)
+	// The producers' bulk request TTL, the same flag: the consumer's result
+	// TTL must cover it (consumer.Settings.BulkRequestTTL).
+	pfs := flag.NewFlagSet("producer", flag.ContinueOnError)
+	st.producer.RegisterFlags(pfs)
+	bulkTTL := pfs.Lookup("bulk-request-ttl")
+	fs.Var(bulkTTL.Value, bulkTTL.Name, bulkTTL.Usage)
 	return fs
 }
 

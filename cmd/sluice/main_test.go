@@ -41,6 +41,8 @@ func TestSettingErrorsNameTheSetting(t *testing.T) {
 		{"TokenBadLane", map[string]string{"SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"token", "--sub", "u", "--tenant", "t", "--lane", "express"}, `SLUICE_LANE (--lane): must be interactive or bulk, got "express"`},
 		{"ProducerBulkTTLShort", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer", "--bulk-request-ttl", "10s"}, "SLUICE_BULK_REQUEST_TTL (--bulk-request-ttl): 10s must be at least the request TTL (SLUICE_REQUEST_TTL) 30s"},
 		{"ProducerResultTTLShort", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_JWT_SECRET": "0123456789abcdef0"}, []string{"producer", "--result-ttl", "5m"}, "SLUICE_RESULT_TTL (--result-ttl): 5m0s must be at least the bulk request TTL (SLUICE_BULK_REQUEST_TTL) 10m0s"},
+		{"ConsumerResultTTLShort", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_BASE_URL": "http://127.0.0.1:1/v1", "SLUICE_LLM_MODEL": "m"}, []string{"consumer", "--result-ttl", "5m"}, "SLUICE_RESULT_TTL (--result-ttl): 5m0s must be at least the bulk request TTL (SLUICE_BULK_REQUEST_TTL) 10m0s"},
+		{"ConsumerBulkTTLLong", map[string]string{"SLUICE_KAFKA_BROKERS": "127.0.0.1:1", "SLUICE_LLM_BASE_URL": "http://127.0.0.1:1/v1", "SLUICE_LLM_MODEL": "m", "SLUICE_BULK_REQUEST_TTL": "20m"}, []string{"consumer"}, "SLUICE_RESULT_TTL (--result-ttl): 10m0s must be at least the bulk request TTL (SLUICE_BULK_REQUEST_TTL) 20m0s"},
 		{"UnknownCommand", nil, []string{"frobnicate"}, `unknown command "frobnicate"`},
 	}
 	for _, tt := range tests {
