@@ -11,7 +11,8 @@ import (
 )
 
 // hpa.yaml is the chart's HPA of the consumers: min 2, max 300, the three
-// consumer signals as External metrics, up by 100 % per 15 s, down by 10 %
+// consumer signals of the interactive lane and the bulk lane's slow one as
+// External metrics, up by 100 % per 15 s, down by 10 %
 // per 60 s after a 300 s window.
 func TestParseHPAChart(t *testing.T) {
 	got := chartSpec(t)
@@ -22,6 +23,7 @@ func TestParseHPAChart(t *testing.T) {
 			{Name: "sluice_consumer_in_flight_ratio", Source: hpa.ExternalSource, Target: hpa.ValueTarget, Value: 0.7},
 			{Name: "sluice_consumer_group_lag", Source: hpa.ExternalSource, Target: hpa.AverageValueTarget, Value: 700},
 			{Name: "sluice_consumer_oldest_unfinished_age_seconds", Source: hpa.ExternalSource, Target: hpa.ValueTarget, Value: 15},
+			{Name: "sluice_consumer_group_lag_avg10m", Source: hpa.ExternalSource, Target: hpa.AverageValueTarget, Value: 50000},
 		},
 		Behavior: hpa.Behavior{
 			ScaleUp: hpa.Rules{StabilizationWindow: 0, SelectPolicy: hpa.MaxChange, Policies: []hpa.Policy{

@@ -96,11 +96,12 @@ func chartSpec(t *testing.T) hpa.Spec {
 	return spec
 }
 
-// The chart's three signals, in the order of hpa.yaml: the in-flight ratio
+// The chart's signals, in the order of hpa.yaml: the in-flight ratio
 // (Value 0.7), the group lag (AverageValue 700), the oldest unfinished age
-// (Value 15 s).
+// (Value 15 s), and the bulk lane's lag averaged over 10 minutes
+// (AverageValue 50,000), none here.
 func signals(inFlight, lag, age float64) []hpa.MetricValue {
-	return []hpa.MetricValue{{Value: inFlight}, {Value: lag}, {Value: age}}
+	return []hpa.MetricValue{{Value: inFlight}, {Value: lag}, {Value: age}, {Value: 0}}
 }
 
 // The chart's behavior with maxReplicas 10: a spike doubles the consumers
@@ -197,16 +198,18 @@ func TestChartSignals(t *testing.T) {
 	}{
 		// 0.91/0.7 = 1.3 of 10 pods: 13; 9000/(700×10) = 1.29: ceil(9000/700) = 13;
 		// 12 s of 15 s: 0.8 of 10: 8.
-		{"in-flight and lag agree", signals(0.91, 9000, 12), []int32{13, 13, 8}, 13, "DesiredWithinRange", false},
+		{"in-flight and lag agree", signals(0.91, 9000, 12), []int32{13, 13, 8, 0}, 13, "DesiredWithinRange", false},
 		// The age alone: 45 s of 15 s → 30; the policy allows 100 % (20).
-		{"age asks for most", signals(0.7, 7000, 45), []int32{10, 10, 30}, 20, "ScaleUpLimit", false},
+		{"age asks for most", signals(0.7, 7000, 45), []int32{10, 10, 30, 0}, 20, "ScaleUpLimit", false},
 		// Within the tolerance everywhere: no change.
-		{"at target", signals(0.72, 7300, 15.5), []int32{10, 10, 10}, 10, "DesiredWithinRange", false},
+		{"at target", signals(0.72, 7300, 15.5), []int32{10, 10, 10, 0}, 10, "DesiredWithinRange", false},
+		// The bulk lane's backlog alone: 600,000 of 50,000 per pod → 12.
+		{"bulk backlog", []hpa.MetricValue{{Value: 0.7}, {Value: 7000}, {Value: 15}, {Value: 600000}}, []int32{10, 10, 10, 12}, 12, "DesiredWithinRange", false},
 		// The lag could not be read; the in-flight ratio still scales up.
-		{"lag missing, scale up", []hpa.MetricValue{{Value: 1.4}, {Missing: true}, {Value: 1}}, []int32{20, -1, 1}, 20, "DesiredWithinRange", true},
+		{"lag missing, scale up", []hpa.MetricValue{{Value: 1.4}, {Missing: true}, {Value: 1}, {Value: 0}}, []int32{20, -1, 1, 0}, 20, "DesiredWithinRange", true},
 		// The lag could not be read and the others would scale down: hold.
-		{"lag missing, no scale down", []hpa.MetricValue{{Value: 0.1}, {Missing: true}, {Value: 1}}, []int32{2, -1, 1}, 10, "FailedGetExternalMetric", true},
-		{"all missing", []hpa.MetricValue{{Missing: true}, {Missing: true}, {Missing: true}}, []int32{-1, -1, -1}, 10, "FailedGetExternalMetric", true},
+		{"lag missing, no scale down", []hpa.MetricValue{{Value: 0.1}, {Missing: true}, {Value: 1}, {Value: 0}}, []int32{2, -1, 1, 0}, 10, "FailedGetExternalMetric", true},
+		{"all missing", []hpa.MetricValue{{Missing: true}, {Missing: true}, {Missing: true}, {Missing: true}}, []int32{-1, -1, -1, -1}, 10, "FailedGetExternalMetric", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

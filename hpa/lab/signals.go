@@ -24,6 +24,10 @@ const (
 	metricInFlightRatio = "sluice_consumer_in_flight_ratio"
 	metricGroupLag      = "sluice_consumer_group_lag"
 	metricOldestAge     = "sluice_consumer_oldest_unfinished_age_seconds"
+	// metricBulkLag is the bulk lane's lag averaged over 10 minutes, as
+	// Prometheus Adapter serves it; the lab sends no bulk requests, so it
+	// is 0 there.
+	metricBulkLag = "sluice_consumer_group_lag_avg10m"
 )
 
 // Signals names the scaling signals a lab run can use.
@@ -50,11 +54,14 @@ func defaultTargets(inFlight int, commit, llm time.Duration) signalTargets {
 // chartAgeSeconds is the chart's target of the oldest-record age.
 const chartAgeSeconds = 15
 
+// chartBulkLagPerPod is the chart's target of the bulk lane's lag per pod.
+const chartBulkLagPerPod = 50000
+
 // metricsFor returns the HPA metrics of a signal: "lag" is the seed design's
 // and KEDA's Kafka trigger (lag per pod), "age" the seed's "Kafka delay"
 // trigger, "inflight" the utilization of the in-flight budget, and "chart"
 // what the chart's HPA uses: the three together, the age as a 15 s
-// backstop.
+// backstop, and the bulk lane's slow signal.
 func metricsFor(signal string, t signalTargets) ([]hpa.MetricSpec, error) {
 	inflight := hpa.MetricSpec{Name: metricInFlightRatio, Source: hpa.ExternalSource, Target: hpa.ValueTarget, Value: t.InFlightRatio}
 	lag := hpa.MetricSpec{Name: metricGroupLag, Source: hpa.ExternalSource, Target: hpa.AverageValueTarget, Value: t.LagPerPod}
@@ -68,7 +75,8 @@ func metricsFor(signal string, t signalTargets) ([]hpa.MetricSpec, error) {
 		return []hpa.MetricSpec{age}, nil
 	case "chart":
 		age.Value = chartAgeSeconds
-		return []hpa.MetricSpec{inflight, lag, age}, nil
+		bulk := hpa.MetricSpec{Name: metricBulkLag, Source: hpa.ExternalSource, Target: hpa.AverageValueTarget, Value: chartBulkLagPerPod}
+		return []hpa.MetricSpec{inflight, lag, age, bulk}, nil
 	}
 	return nil, fmt.Errorf("unknown signal %q (want %s)", signal, strings.Join(Signals, ", "))
 }
@@ -100,6 +108,8 @@ func (o observation) values(specs []hpa.MetricSpec) []hpa.MetricValue {
 			vs[i].Value = o.Lag
 		case metricOldestAge:
 			vs[i].Value = o.OldestAge
+		case metricBulkLag:
+			vs[i].Value = 0 // no bulk lane in the lab
 		}
 	}
 	return vs

@@ -65,6 +65,9 @@ sluice/admin-listener: "true"
 {{- define "sluice.requestsTopic" -}}
 {{- get .Values.config "SLUICE_REQUESTS_TOPIC" | default "chat.requests" -}}
 {{- end -}}
+{{- define "sluice.bulkTopic" -}}
+{{- get .Values.config "SLUICE_BULK_TOPIC" | default "chat.requests.bulk" -}}
+{{- end -}}
 {{- define "sluice.consumerGroup" -}}
 {{- get .Values.config "SLUICE_CONSUMER_GROUP" | default "sluice" -}}
 {{- end -}}
@@ -270,6 +273,14 @@ externalRules:
     name:
       as: sluice_consumer_in_flight_ratio
     metricsQuery: 'avg(<<.Series>>{<<.LabelMatchers>>})'
+  # The group lag averaged over 10 minutes: the bulk lane's slow signal.
+  - seriesQuery: 'sluice_consumer_group_lag{namespace!="",job!="",topic!=""}'
+    resources:
+      overrides:
+        namespace: {resource: namespace}
+    name:
+      as: sluice_consumer_group_lag_avg10m
+    metricsQuery: 'max(avg_over_time(<<.Series>>{<<.LabelMatchers>>}[10m]))'
 {{- end -}}
 
 {{/* Refuses values that would install a Sluice that cannot work. */}}
