@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/consumer"
@@ -120,22 +121,7 @@ func (r *running) awaitGauge(tb testing.TB, name, lane string, want float64) {
 	deadline := time.Now().Add(waitFor)
 	var got float64
 	for time.Now().Before(deadline) {
-		fams, err := r.reg.Gather()
-		if err != nil {
-			tb.Fatal(err)
-		}
-		for _, f := range fams {
-			if f.GetName() != name {
-				continue
-			}
-			for _, m := range f.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "lane" && l.GetValue() == lane {
-						got = m.GetGauge().GetValue()
-					}
-				}
-			}
-		}
+		got = laneMetric(tb, r.reg, name, lane).GetGauge().GetValue()
 		if got == want {
 			return
 		}
@@ -253,6 +239,12 @@ func TestLaneReachesTheLLM(t *testing.T) {
 // reg.
 func histogramCount(tb testing.TB, reg *prometheus.Registry, name, lane string) uint64 {
 	tb.Helper()
+	return laneMetric(tb, reg, name, lane).GetHistogram().GetSampleCount()
+}
+
+// laneMetric returns the series name{lane} of reg; nil when there is none.
+func laneMetric(tb testing.TB, reg *prometheus.Registry, name, lane string) *dto.Metric {
+	tb.Helper()
 	fams, err := reg.Gather()
 	if err != nil {
 		tb.Fatal(err)
@@ -264,10 +256,10 @@ func histogramCount(tb testing.TB, reg *prometheus.Registry, name, lane string) 
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "lane" && l.GetValue() == lane {
-					return m.GetHistogram().GetSampleCount()
+					return m
 				}
 			}
 		}
 	}
-	return 0
+	return nil
 }
