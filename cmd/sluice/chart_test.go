@@ -464,8 +464,8 @@ func checkAutoscalers(t *testing.T, r renderedChart, cs *config, fail func(strin
 				if m.External == nil || m.External.Metric.Selector == nil {
 					continue
 				}
-				if topic, ok := m.External.Metric.Selector.MatchLabels["topic"]; ok && topic != cs.bus.RequestsTopic {
-					fail(o.ID(), "%s selects topic %q, the consumers read %q", m.External.Metric.Name, topic, cs.bus.RequestsTopic)
+				if topic, ok := m.External.Metric.Selector.MatchLabels["topic"]; ok && topic != cs.bus.RequestsTopic && topic != cs.bus.BulkTopic {
+					fail(o.ID(), "%s selects topic %q, the consumers read %q and %q", m.External.Metric.Name, topic, cs.bus.RequestsTopic, cs.bus.BulkTopic)
 				}
 			}
 			if h.Spec.MaxReplicas > cs.bus.Partitions {
