@@ -78,7 +78,7 @@ type Config struct {
 	// (one record at a time per partition, as most Kafka consumers do; for
 	// comparison only).
 	OrderBy string
-	// LagInterval is how often the consumer group's lag on the requests
+	// LagInterval is how often the consumer group's lag on each lane's
 	// topic is read for sluice_consumer_group_lag and
 	// sluice_consumer_oldest_unfinished_age_seconds: by one consumer
 	// process per interval, shared through Redis. Default 5 s.
