@@ -59,7 +59,7 @@ func (s *laneSim) arrive(lane, n int) {
 	s.l.mu.Lock()
 	defer s.l.mu.Unlock()
 	for range n {
-		s.l.held[lane] = append(s.l.held[lane], &kgo.Record{Topic: s.l.topic(lane), Timestamp: time.Now()})
+		s.l.held[lane] = append(s.l.held[lane], &kgo.Record{Topic: s.l.topics(lane)[0], Timestamp: time.Now()})
 	}
 }
 
