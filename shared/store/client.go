@@ -20,6 +20,9 @@ type ClientConfig struct {
 	Password   string
 	// DB is the database number (single server and Sentinel only).
 	DB int
+	// PoolSize is the connections per Redis node. Default 256. A blocked
+	// answer-stream read holds one (store.Config.StreamBlockingReads).
+	PoolSize int
 }
 
 // Validate reports every missing or malformed setting, each named by its flag.
@@ -31,6 +34,7 @@ func (c ClientConfig) Validate() error {
 		p.Check(err == nil && port != "", "redis-addr", "%q is not host:port", a)
 	}
 	p.Check(c.DB >= 0, "redis-db", "must not be negative")
+	p.Check(c.PoolSize >= 0, "redis-pool-size", "must not be negative")
 	return p.Err()
 }
 
@@ -41,6 +45,7 @@ func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Username, "redis-username", c.Username, "Redis ACL user name")
 	fs.StringVar(&c.Password, "redis-password", c.Password, "Redis password")
 	fs.IntVar(&c.DB, "redis-db", c.DB, "Redis database number (single and Sentinel only)")
+	fs.IntVar(&c.PoolSize, "redis-pool-size", c.PoolSize, "Redis connections per node (0: 256); keep above --stream-blocking-reads")
 }
 
 // NewClient returns a client of the deployment c names, set up for Sluice's
@@ -55,13 +60,17 @@ func NewClient(c ClientConfig) (redis.UniversalClient, error) {
 	// bounded, and a command beyond that fails at once.
 	ap := redis.DefaultAutoPipelineOptions()
 	ap.MaxQueuedCommands = 100_000
+	pool := c.PoolSize
+	if pool == 0 {
+		pool = 256
+	}
 	return redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:        c.Addrs,
 		MasterName:   c.MasterName,
 		Username:     c.Username,
 		Password:     c.Password,
 		DB:           c.DB,
-		PoolSize:     256,
+		PoolSize:     pool,
 		MinIdleConns: 8,
 		// A command's context deadline is its socket deadline: a Redis that
 		// hangs costs a request its store timeout.

@@ -8,6 +8,8 @@
 //	sluice:{t:u:d}:hist       list of JSON turns, oldest first, trimmed to the last N, TTL refreshed on write
 //	sluice:{t:u:d}:req:<id>   hash {state, created_at, body}: state "queued" (set at the door),
 //	                          "done" or "expired" with body = the reply JSON; expires after the result TTL
+//	sluice:{t:u:d}:stream:<id> Redis Stream of the request's answer pieces (see AppendStream): entries
+//	                          {k: delta|reset|done|error, s: seq, t: text}; capped, expires StreamTTL after its last write
 //
 // A result is announced on the channel "<prefix>:results" with the message
 // "<tenant>/<user>/<dialog>/<request_id>\n<reply JSON>" (see
@@ -50,11 +52,24 @@ type Config struct {
 	HistoryTTL time.Duration
 	// ResultTTL is how long a request's result can be polled. Default 10 minutes.
 	ResultTTL time.Duration
+	// StreamTTL is how long a request's answer stream is kept after its
+	// last entry: the window in which a client resumes from the stream;
+	// later, a reader falls back to the result. Default 2 minutes.
+	StreamTTL time.Duration
+	// StreamMaxLen caps the entries of one answer stream (approximately:
+	// Redis trims whole nodes of about 100 entries). Default 1000.
+	StreamMaxLen int
+	// StreamBlockingReads is how many stream reads may block on a pooled
+	// connection at once (see ReadStream). Default 128.
+	StreamBlockingReads int
 }
 
 // DefaultConfig returns the default settings.
 func DefaultConfig() Config {
-	return Config{Prefix: "sluice", HistoryTurns: 50, HistoryTTL: 7 * 24 * time.Hour, ResultTTL: 10 * time.Minute}
+	return Config{
+		Prefix: "sluice", HistoryTurns: 50, HistoryTTL: 7 * 24 * time.Hour, ResultTTL: 10 * time.Minute,
+		StreamTTL: 2 * time.Minute, StreamMaxLen: 1000, StreamBlockingReads: 128,
+	}
 }
 
 // Validate reports every setting out of range, each named by its flag.
@@ -64,6 +79,9 @@ func (c Config) Validate() error {
 	p.Check(c.HistoryTurns >= 2, "history-turns", "must be at least 2, got %d", c.HistoryTurns)
 	p.Check(c.HistoryTTL > 0, "history-ttl", "must be positive")
 	p.Check(c.ResultTTL > 0, "result-ttl", "must be positive")
+	p.Check(c.StreamTTL >= time.Second, "stream-ttl", "must be at least 1s, got %v", c.StreamTTL)
+	p.Check(c.StreamMaxLen >= 100, "stream-max-len", "must be at least 100, got %d", c.StreamMaxLen)
+	p.Check(c.StreamBlockingReads >= 0, "stream-blocking-reads", "must not be negative, got %d", c.StreamBlockingReads)
 	return p.Err()
 }
 
@@ -73,6 +91,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.HistoryTurns, "history-turns", c.HistoryTurns, "turns kept per dialog (user and assistant each count one)")
 	fs.DurationVar(&c.HistoryTTL, "history-ttl", c.HistoryTTL, "how long an untouched dialog is kept")
 	fs.DurationVar(&c.ResultTTL, "result-ttl", c.ResultTTL, "how long a request's result can be polled")
+	fs.DurationVar(&c.StreamTTL, "stream-ttl", c.StreamTTL, "how long a request's answer stream is kept after its last piece (the window to resume it)")
+	fs.IntVar(&c.StreamMaxLen, "stream-max-len", c.StreamMaxLen, "entries kept per answer stream (approximate cap)")
+	fs.IntVar(&c.StreamBlockingReads, "stream-blocking-reads", c.StreamBlockingReads, "stream reads that may block on a Redis connection at once; the others poll (keep below --redis-pool-size)")
 }
 
 // Dialog names one dialog of one user of one tenant.
@@ -105,6 +126,8 @@ type Redis struct {
 	rdb  redis.UniversalClient
 	pipe *Pipe // the per-request commands: load, complete, mark queued, result
 	cfg  Config
+	// blocking holds a slot per stream read blocked on a connection.
+	blocking chan struct{}
 	// owned: Close closes rdb (Dial made it).
 	owned bool
 }
@@ -114,7 +137,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Redis, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Redis{rdb: rdb, pipe: NewPipe(rdb), cfg: cfg}, nil
+	return &Redis{rdb: rdb, pipe: NewPipe(rdb), cfg: cfg, blocking: make(chan struct{}, cfg.StreamBlockingReads)}, nil
 }
 
 // Pipe returns the store's pipe, for other per-request commands (the

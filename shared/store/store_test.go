@@ -46,10 +46,20 @@ func TestStoreRedis(t *testing.T) {
 // real Redis is shared with everything else on the machine.
 func mustNewStore(tb testing.TB, rdb redis.UniversalClient) *store.Redis {
 	tb.Helper()
+	return mustNewStoreWith(tb, rdb, nil)
+}
+
+// mustNewStoreWith is mustNewStore with the settings changed by mod (nil:
+// none).
+func mustNewStoreWith(tb testing.TB, rdb redis.UniversalClient, mod func(*store.Config)) *store.Redis {
+	tb.Helper()
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	cfg := store.DefaultConfig()
 	cfg.Prefix = "sluicetest:" + hex.EncodeToString(b[:])
+	if mod != nil {
+		mod(&cfg)
+	}
 	s, err := store.New(rdb, cfg)
 	if err != nil {
 		tb.Fatalf("new store: %v", err)
