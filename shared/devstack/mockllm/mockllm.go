@@ -7,6 +7,13 @@
 //
 // Routes: POST /v1/chat/completions (also /chat/completions), GET /v1/models.
 //
+// A request with "stream": true is answered as OpenAI streams: Server-Sent
+// Events of chat.completion.chunk objects, one per token, TokenDelay apart,
+// then "data: [DONE]" (a usage chunk before it when stream_options asks).
+// Latency, errors, 429s and a slow first byte apply before the first chunk;
+// a malformed stream ends in a truncated chunk; StreamBreakRate cuts a
+// stream after half its tokens.
+//
 // Metrics (on the registerer given to New): see docs/metrics.md, generated
 // from the registries by tests/metrics_doc_test.go.
 package mockllm
@@ -60,6 +67,15 @@ type Config struct {
 	// later: a stalled stream that a timeout on headers alone misses.
 	SlowRate      float64
 	SlowFirstByte time.Duration
+	// TokenDelay is the time between two tokens of a streamed answer.
+	TokenDelay time.Duration
+	// Tokens, when positive, makes every answer exactly that many tokens
+	// (the answer is padded when it is shorter, in both modes); zero
+	// splits it into tokens of up to three characters.
+	Tokens int
+	// StreamBreakRate is the fraction (0..1) of streamed answers cut
+	// (the connection closed, no [DONE]) after half their tokens.
+	StreamBreakRate float64
 	// Model is reported in answers. Default "sluice-mock".
 	Model string
 }
@@ -82,6 +98,9 @@ func (c Config) Validate() error {
 	p.Check(c.MalformedRate >= 0 && c.MalformedRate <= 1, "mock-malformed-rate", "malformed rate must be within 0..1, got %v", c.MalformedRate)
 	p.Check(c.SlowRate >= 0 && c.SlowRate <= 1, "mock-slow-rate", "slow rate must be within 0..1, got %v", c.SlowRate)
 	p.Check(c.SlowFirstByte >= 0, "mock-slow-first-byte", "must not be negative")
+	p.Check(c.TokenDelay >= 0, "mock-token-delay", "must not be negative")
+	p.Check(c.Tokens >= 0 && c.Tokens <= 100_000, "mock-tokens", "must be within 0..100000, got %d", c.Tokens)
+	p.Check(c.StreamBreakRate >= 0 && c.StreamBreakRate <= 1, "mock-stream-break-rate", "stream break rate must be within 0..1, got %v", c.StreamBreakRate)
 	return p.Err()
 }
 
@@ -96,6 +115,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.MalformedRate, "mock-malformed-rate", c.MalformedRate, "mock LLM: fraction of calls answered 200 with truncated JSON")
 	fs.Float64Var(&c.SlowRate, "mock-slow-rate", c.SlowRate, "mock LLM: fraction of answers whose body starts --mock-slow-first-byte after the headers")
 	fs.DurationVar(&c.SlowFirstByte, "mock-slow-first-byte", c.SlowFirstByte, "mock LLM: stall between the headers and the body of a slow answer")
+	fs.DurationVar(&c.TokenDelay, "mock-token-delay", c.TokenDelay, "mock LLM: time between two tokens of a streamed answer")
+	fs.IntVar(&c.Tokens, "mock-tokens", c.Tokens, "mock LLM: tokens per answer, padding short ones (0: the answer in tokens of up to 3 characters)")
+	fs.Float64Var(&c.StreamBreakRate, "mock-stream-break-rate", c.StreamBreakRate, "mock LLM: fraction of streamed answers cut after half their tokens")
 }
 
 // Server is the mock's HTTP handler.
@@ -152,8 +174,12 @@ type message struct {
 }
 
 type completionRequest struct {
-	Model    string    `json:"model"`
-	Messages []message `json:"messages"`
+	Model         string    `json:"model"`
+	Messages      []message `json:"messages"`
+	Stream        bool      `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
 }
 
 func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
@@ -180,12 +206,19 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		return
 	case p < s.cfg.RateLimitRate+s.cfg.ErrorRate+s.cfg.MalformedRate:
 		s.requests.WithLabelValues("malformed").Inc()
+		if req.Stream {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			_, _ = io.WriteString(w, `data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"您好`+"\n\n")
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
 		_, _ = io.WriteString(w, `{"id":"chatcmpl-mock","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"您好`)
 		return
 	}
-	answer := Answer(req.Messages)
+	tokens := Tokens(Answer(req.Messages), s.cfg.Tokens)
+	answer := strings.Join(tokens, "")
 	model := req.Model
 	if model == "" {
 		model = s.cfg.Model
@@ -195,6 +228,10 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		prompt += utf8.RuneCountInString(m.Content)
 	}
 	completion := utf8.RuneCountInString(answer)
+	if req.Stream {
+		s.stream(w, r, &req, model, tokens, usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion})
+		return
+	}
 	body := completionResponse{
 		ID:      "chatcmpl-mock-" + strconv.FormatInt(s.calls.Load(), 10),
 		Object:  "chat.completion",
@@ -218,6 +255,92 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 	s.requests.WithLabelValues("ok").Inc()
 	writeJSON(w, http.StatusOK, body)
+}
+
+// stream answers req with tokens as OpenAI streams a completion.
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, req *completionRequest, model string, tokens []string, u usage) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	f, _ := w.(http.Flusher)
+	flush := func() {
+		if f != nil {
+			f.Flush()
+		}
+	}
+	if s.cfg.SlowRate > 0 && rand.Float64() < s.cfg.SlowRate {
+		flush()
+		if !sleep(r, s.cfg.SlowFirstByte) {
+			return
+		}
+	}
+	cut := len(tokens) + 1
+	if s.cfg.StreamBreakRate > 0 && rand.Float64() < s.cfg.StreamBreakRate {
+		cut = len(tokens) / 2
+	}
+	id := "chatcmpl-mock-" + strconv.FormatInt(s.calls.Load(), 10)
+	created := time.Now().Unix()
+	send := func(c chunk) bool {
+		c.ID, c.Object, c.Created, c.Model = id, "chat.completion.chunk", created, model
+		if c.Choices == nil {
+			c.Choices = []chunkChoice{}
+		}
+		b, err := json.Marshal(c)
+		if err != nil {
+			return false
+		}
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+			return false
+		}
+		flush()
+		return true
+	}
+	if !send(chunk{Choices: []chunkChoice{{Delta: chunkDelta{Role: "assistant"}}}}) {
+		return
+	}
+	for i, tok := range tokens {
+		if i == cut {
+			s.requests.WithLabelValues("stream_broken").Inc()
+			panic(http.ErrAbortHandler) // close the connection mid-stream
+		}
+		if i > 0 && !sleep(r, s.cfg.TokenDelay) {
+			return
+		}
+		if !send(chunk{Choices: []chunkChoice{{Delta: chunkDelta{Content: tok}}}}) {
+			return
+		}
+	}
+	stop := "stop"
+	if !send(chunk{Choices: []chunkChoice{{Delta: chunkDelta{}, FinishReason: &stop}}}) {
+		return
+	}
+	if req.StreamOptions != nil && req.StreamOptions.IncludeUsage && !send(chunk{Usage: &u}) {
+		return
+	}
+	_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	flush()
+	s.requests.WithLabelValues("streamed").Inc()
+}
+
+// Tokens splits answer into n tokens (padding a shorter answer), or, when n
+// is zero, into tokens of up to three characters.
+func Tokens(answer string, n int) []string {
+	runes := []rune(answer)
+	if n <= 0 {
+		var out []string
+		for i := 0; i < len(runes); i += 3 {
+			out = append(out, string(runes[i:min(i+3, len(runes))]))
+		}
+		return out
+	}
+	for len(runes) < n {
+		runes = append(runes, []rune(" Thank you for shopping with us.")...)
+	}
+	out := make([]string, n)
+	for i := range n {
+		out[i] = string(runes[i*len(runes)/n : (i+1)*len(runes)/n])
+	}
+	return out
 }
 
 // latency draws the time to answer one call.
@@ -368,6 +491,27 @@ type choice struct {
 type responseMessage struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
+}
+
+// chunk is one chat.completion.chunk of a streamed answer.
+type chunk struct {
+	ID      string        `json:"id"`
+	Object  string        `json:"object"`
+	Created int64         `json:"created"`
+	Model   string        `json:"model"`
+	Choices []chunkChoice `json:"choices"`
+	Usage   *usage        `json:"usage,omitempty"`
+}
+
+type chunkChoice struct {
+	Index        int        `json:"index"`
+	Delta        chunkDelta `json:"delta"`
+	FinishReason *string    `json:"finish_reason"`
+}
+
+type chunkDelta struct {
+	Role    string `json:"role,omitempty"`
+	Content string `json:"content,omitempty"`
 }
 
 type usage struct {
