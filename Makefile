@@ -9,7 +9,7 @@ TESTFLAGS ?= -race -count=1 -timeout 15m
 # long `make test` fuzzes each.
 FUZZ_TARGETS := ./shared/envelope:FuzzDecodeRequest ./shared/envelope:FuzzDecodeReply \
 	./shared/callback:FuzzPolicyCheck ./producer:FuzzPostChat \
-	./shared/pii:FuzzMask ./consumer/llm/faq:FuzzBest
+	./shared/pii:FuzzMask ./shared/pii:FuzzStreamMask ./consumer/llm/faq:FuzzBest
 FUZZTIME ?= 3s
 # Flags of `make loadgen`, e.g. LOADGEN_ARGS='--users 200 --duration 20s --mode async'.
 LOADGEN_ARGS ?= --users 50 --duration 10s

@@ -24,7 +24,9 @@
 // "电话13812345678" and "tel:13812345678" are found. Full-width digits
 // (０-９) count as digits.
 //
-// Mask and Scan are pure functions; Auditor adds the metric and the audit
+// Mask and Scan are pure functions; StreamMasker masks a text that comes in
+// pieces (a streamed answer) the same way, holding back what could still
+// become part of a value; Auditor adds the metric and the audit
 // log line, and Handler masks every log record.
 //
 // Metrics (on the registerer given to NewAuditor): see docs/metrics.md,
