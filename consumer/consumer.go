@@ -92,6 +92,16 @@ type Config struct {
 	// one lane, in fetch order, without priority or minimum share: the
 	// design before the two lanes, for comparison only).
 	Lanes string
+	// Stream publishes the pieces of the answer to a request that asks for
+	// them (a client streams it) as the model gives them, to the request's
+	// answer stream; off, such requests get their whole answer there as
+	// one piece. Default true.
+	Stream bool
+	// StreamFlush is how long pieces gather before they are written: a
+	// piece that comes StreamFlush after the last write goes out at once
+	// with those before it, so a fast model costs a Redis command per
+	// StreamFlush, not per token. Default 50 ms.
+	StreamFlush time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -107,6 +117,8 @@ func DefaultConfig() Config {
 		LagInterval:    5 * time.Second,
 		BulkMinShare:   0.1,
 		Lanes:          LanesTwo,
+		Stream:         true,
+		StreamFlush:    50 * time.Millisecond,
 	}
 }
 
@@ -135,6 +147,7 @@ func (c Config) Validate() error {
 	p.Check(c.LagInterval >= 100*time.Millisecond, "lag-interval", "must be at least 100ms")
 	p.Check(c.BulkMinShare >= 0 && c.BulkMinShare <= 1, "bulk-min-share", "must be from 0 to 1, got %g", c.BulkMinShare)
 	p.Check(c.Lanes == LanesTwo || c.Lanes == LanesSingle, "lanes", "must be %q or %q, got %q", LanesTwo, LanesSingle, c.Lanes)
+	p.Check(c.StreamFlush >= 0 && c.StreamFlush <= 5*time.Second, "stream-flush", "must be within 0..5s, got %v", c.StreamFlush)
 	return p.Err()
 }
 
@@ -148,6 +161,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout")
 	fs.StringVar(&c.OrderBy, "order-by", c.OrderBy, "serialize records by dialog (key) or, for comparison, one at a time per partition (partition)")
 	fs.DurationVar(&c.LagInterval, "lag-interval", c.LagInterval, "how often the consumer group's lag is read from Kafka (by one consumer per interval, shared through Redis)")
+	fs.BoolVar(&c.Stream, "stream", c.Stream, "publish answers' pieces as the model streams them, for requests that ask (SSE clients); off, they get the whole answer as one piece")
+	fs.DurationVar(&c.StreamFlush, "stream-flush", c.StreamFlush, "how long answer pieces gather before one write to the answer stream")
 	fs.Float64Var(&c.BulkMinShare, "bulk-min-share", c.BulkMinShare, "share of the in-flight budget the bulk lane keeps however busy the interactive lane is (0 to 1)")
 	fs.StringVar(&c.Lanes, "lanes", c.Lanes, "two: the interactive lane first, bulk with its minimum share; single: both topics as one lane in fetch order, no priority (the design before the lanes, for comparison only)")
 }
@@ -214,9 +229,13 @@ type Consumer struct {
 	cl       *kgo.Client
 	store    Store
 	llm      Answerer
-	cbWorker *callbackWorker // delivers the callbacks handed over; nil: callbacks are not delivered
-	reg      prometheus.Registerer
-	now      func() time.Time
+	streams  Streams           // nil: the store has no answer streams
+	streamer StreamingAnswerer // nil: the Answerer does not stream, or Config.Stream is off
+
+	streamWarned rate.Sometimes  // the stream write failure warning, at most every 10 s
+	cbWorker     *callbackWorker // delivers the callbacks handed over; nil: callbacks are not delivered
+	reg          prometheus.Registerer
+	now          func() time.Time
 
 	tracker *tracker
 	markMu  sync.Mutex // orders marks against partition release
@@ -269,6 +288,7 @@ type metrics struct {
 	commits            prometheus.Counter
 	partitionFallbacks prometheus.Counter
 	callbacks          metric.Children[prometheus.Counter] // by outcome
+	streamWrites       metric.Children[prometheus.Counter] // by outcome
 }
 
 // newMetrics makes the consumer's metrics with f; inflight reads the
@@ -312,6 +332,10 @@ func newMetrics(f promauto.Factory, inflight func() float64, budget int) metrics
 			Name: "sluice_consumer_callbacks_total",
 			Help: "Callbacks handed over on the callbacks topic, and delivered, failed (after the deliverer's retries) or invalid there.",
 		}, []string{"outcome"}), "handed_over", "delivered", "failed", "invalid"),
+		streamWrites: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_consumer_stream_writes_total",
+			Help: "Writes to answer streams (pieces batched, then done), by outcome; a failed one is not retried, its readers fall back to the stored answer.",
+		}, []string{"outcome"}), "ok", "failed"),
 		partitionFallbacks: f.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_consumer_reply_partition_fallbacks_total",
 			Help: "Replies whose requested reply.partition the reply topic does not have, sent to the key's partition instead.",
@@ -337,10 +361,15 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 		idle:    make(chan *work),
 
 		fallbackWarned: rate.Sometimes{Interval: 10 * time.Second},
+		streamWarned:   rate.Sometimes{Interval: 10 * time.Second},
 		lag: lagReaders{newGroupLag(cfgBus, cfgBus.RequestsTopic, cfg.LagInterval, log),
 			newGroupLag(cfgBus, cfgBus.BulkTopic, cfg.LagInterval, log)},
 		drainAsk: make(chan struct{}),
 		drained:  make(chan struct{}),
+	}
+	c.streams, _ = st.(Streams)
+	if sa, ok := ans.(StreamingAnswerer); ok && cfg.Stream {
+		c.streamer = sa
 	}
 	c.lanes = &lanes{c: c, dispatch: c.dispatch}
 	c.work, c.stopWork = context.WithCancel(context.Background())
@@ -975,7 +1004,14 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 	}); err != nil {
 		return "", err
 	}
+	// A request that asks for its pieces gets them on its answer stream,
+	// which always ends with done once the result is stored.
+	var pieces *pieceWriter
+	if req.Stream && c.streams != nil {
+		pieces = c.newPieceWriter(ctx, d, req.RequestID)
+	}
 	if res.Final() {
+		pieces.finishIf(res.Reply, req.CreatedAt)
 		return "duplicate", c.publish(ctx, r, &req, res.Reply)
 	}
 
@@ -985,11 +1021,18 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		pieces.finishIf(stored, req.CreatedAt)
 		return "expired", c.publish(ctx, r, &req, stored)
 	}
 
 	// The lane orders the request's waits for the LLM's slots and quota.
-	ans, err := c.llm.Answer(llm.WithLane(ctx, c.laneOf(r.Topic)), &req, history)
+	lctx := llm.WithLane(ctx, c.laneOf(r.Topic))
+	var ans llm.Answer
+	if pieces != nil && c.streamer != nil {
+		ans, err = c.streamer.AnswerStreaming(lctx, &req, history, pieces)
+	} else {
+		ans, err = c.llm.Answer(lctx, &req, history)
+	}
 	if err != nil {
 		return "", err
 	}
@@ -1005,6 +1048,7 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	pieces.finishIf(stored, req.CreatedAt)
 	outcome := "done"
 	if !fresh {
 		outcome = "duplicate"

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -179,13 +180,15 @@ var errExcluded = errors.New("not the endpoint's fault")
 
 // complete asks the endpoint for msgs' completion, retrying retryable
 // failures while a call can still end before until. tokens is the call's
-// estimated cost for the quota.
-func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []message, tokens int) (string, error) {
+// estimated cost for the quota. With a sink, calls stream and hand it their
+// pieces; a retry after a call that gave pieces resets the sink first.
+func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []message, tokens int, sink *resetting) (string, error) {
 	var err error
 	for attempt := 1; ; attempt++ {
 		var text string
 		var retryAfter time.Duration
-		text, retryAfter, err = e.call(ctx, until, msgs, tokens)
+		sink.reset()
+		text, retryAfter, err = e.call(ctx, until, msgs, tokens, sink)
 		if err == nil {
 			return text, nil
 		}
@@ -208,7 +211,7 @@ func (e *endpoint) complete(ctx context.Context, until time.Time, msgs []message
 
 // call makes one call. It returns the text, or an error and the pause the
 // endpoint asked for before the next call (429 Retry-After).
-func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, tokens int) (string, time.Duration, error) {
+func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, tokens int, sink *resetting) (string, time.Duration, error) {
 	if e.breaker.State() == gobreaker.StateOpen {
 		e.m.shortCircuits.With(e.name).Inc()
 		return "", 0, errBreakerOpen
@@ -233,20 +236,11 @@ func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, to
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	// The SDK sends the call (with its authentication, headers and error
-	// types; retries are ours), but the request body is encoded here and
-	// only the answer of the response is decoded: the SDK's generic encoding
-	// and decoding of a completion cost about a fifth of the pipeline's CPU
-	// under load (docs/benchmarks.md).
-	body, err := json.Marshal(chatRequest{Model: e.model, Messages: msgs,
-		MaxTokens: e.cfg.MaxTokens, Temperature: e.cfg.Temperature})
 	var content string
-	if err == nil {
-		var raw []byte
-		err = e.api.Post(cctx, "chat/completions", body, &raw)
-		if err == nil {
-			content, err = completionContent(raw)
-		}
+	if sink != nil {
+		content, err = e.stream(cctx, msgs, sink)
+	} else {
+		content, err = e.post(cctx, msgs)
 	}
 	o := classify(ctx, err, cut)
 	e.em.calls.With(o.outcome).Inc()
@@ -259,6 +253,77 @@ func (e *endpoint) call(ctx context.Context, until time.Time, msgs []message, to
 		return "", o.retryAfter, o.err
 	}
 	return content, 0, nil
+}
+
+// post makes a call without streaming and returns the answer.
+func (e *endpoint) post(ctx context.Context, msgs []message) (string, error) {
+	// The SDK sends the call (with its authentication, headers and error
+	// types; retries are ours), but the request body is encoded here and
+	// only the answer of the response is decoded: the SDK's generic encoding
+	// and decoding of a completion cost about a fifth of the pipeline's CPU
+	// under load (docs/benchmarks.md).
+	body, err := json.Marshal(chatRequest{Model: e.model, Messages: msgs,
+		MaxTokens: e.cfg.MaxTokens, Temperature: e.cfg.Temperature})
+	if err != nil {
+		return "", err
+	}
+	var raw []byte
+	if err := e.api.Post(ctx, "chat/completions", body, &raw); err != nil {
+		return "", err
+	}
+	return completionContent(raw)
+}
+
+// stream makes a call with streaming on (the SDK's streaming API), hands
+// each piece of the answer to sink as it comes and returns the whole
+// answer. A stream cut short is an error, whatever it gave: the pieces
+// are void, and the retry or the next tier resets them.
+func (e *endpoint) stream(ctx context.Context, msgs []message, sink *resetting) (string, error) {
+	params := openai.ChatCompletionNewParams{Model: e.model, Messages: make([]openai.ChatCompletionMessageParamUnion, len(msgs))}
+	for i, m := range msgs {
+		switch m.Role {
+		case "system":
+			params.Messages[i] = openai.SystemMessage(m.Content)
+		case "assistant":
+			params.Messages[i] = openai.AssistantMessage(m.Content)
+		default:
+			params.Messages[i] = openai.UserMessage(m.Content)
+		}
+	}
+	if e.cfg.MaxTokens != 0 {
+		params.MaxTokens = openai.Int(e.cfg.MaxTokens)
+	}
+	if e.cfg.Temperature != 0 {
+		params.Temperature = openai.Float(e.cfg.Temperature)
+	}
+	st := e.api.Chat.Completions.NewStreaming(ctx, params)
+	defer st.Close()
+	var b strings.Builder
+	finished := false
+	for st.Next() {
+		ch := st.Current()
+		if len(ch.Choices) == 0 {
+			continue // a usage chunk
+		}
+		if piece := ch.Choices[0].Delta.Content; piece != "" {
+			b.WriteString(piece)
+			sink.piece(piece)
+		}
+		if ch.Choices[0].FinishReason != "" {
+			finished = true
+		}
+	}
+	if err := st.Err(); err != nil {
+		return "", err
+	}
+	if b.Len() == 0 {
+		return "", errEmpty
+	}
+	if !finished {
+		// The body ended without a finish reason nor [DONE]: cut short.
+		return "", fmt.Errorf("%w: stream ended without a finish reason", io.ErrUnexpectedEOF)
+	}
+	return b.String(), nil
 }
 
 // failed logs a failed call, at most one line every failureLogEvery with

@@ -341,11 +341,53 @@ func (c *Client) BreakerState(endpoint string) string {
 	return ""
 }
 
+// Sink receives the pieces of an answer as a model streams them.
+type Sink interface {
+	// Piece is a piece of the answer, as the model gave it: personal data
+	// is not masked yet.
+	Piece(text string)
+	// Reset voids the pieces so far: the call that gave them failed, and a
+	// retry or the next tier answers instead.
+	Reset()
+}
+
+// resetting passes pieces to a Sink and resets it only when it got some
+// since the last reset. A nil *resetting streams nothing.
+type resetting struct {
+	sink Sink
+	got  bool
+}
+
+func (r *resetting) piece(text string) {
+	r.got = true
+	r.sink.Piece(text)
+}
+
+func (r *resetting) reset() {
+	if r != nil && r.got {
+		r.got = false
+		r.sink.Reset()
+	}
+}
+
 // Answer answers req given the dialog's history, oldest first, from the
 // first tier that has an answer (see the package doc); the answer's
 // personal data is masked. It never returns an error for failing models:
 // the last tier always answers. It returns ctx's error when ctx ends first.
 func (c *Client) Answer(ctx context.Context, req *envelope.Request, history []envelope.Turn) (Answer, error) {
+	return c.answerTo(ctx, req, history, nil)
+}
+
+// AnswerStreaming is Answer with the model tiers called with streaming on:
+// sink gets each answer's pieces as they come, and a reset when a call
+// that gave some failed; an answer from the FAQ or canned tier gives no
+// pieces (after a reset when a model gave some). The pieces of the answer
+// returned concatenate to its text before masking.
+func (c *Client) AnswerStreaming(ctx context.Context, req *envelope.Request, history []envelope.Turn, sink Sink) (Answer, error) {
+	return c.answerTo(ctx, req, history, &resetting{sink: sink})
+}
+
+func (c *Client) answerTo(ctx context.Context, req *envelope.Request, history []envelope.Turn, sink *resetting) (Answer, error) {
 	ids := []slog.Attr{slog.String("request_id", req.RequestID), slog.String("tenant", req.Tenant)}
 	question := c.pii.Mask(ctx, req.Text, "question", ids...)
 	prompt := req.Text
@@ -364,7 +406,7 @@ func (c *Client) Answer(ctx context.Context, req *envelope.Request, history []en
 	start := time.Now()
 	var errs []error
 	for _, e := range c.endpoints {
-		text, err := e.complete(ctx, until, msgs, tokens)
+		text, err := e.complete(ctx, until, msgs, tokens, sink)
 		if err == nil {
 			return c.answer(ctx, text, e.source, false, time.Since(start), ids), nil
 		}
@@ -374,6 +416,7 @@ func (c *Client) Answer(ctx context.Context, req *envelope.Request, history []en
 		errs = append(errs, fmt.Errorf("%s: %w", e.name, err))
 	}
 	took := time.Since(start)
+	sink.reset()
 	if ix := c.faqs.For(req.Tenant); ix != nil {
 		if m, ok := ix.Best(pii.StripLabels(question)); ok {
 			c.log.Debug("answered from the FAQ", append(attrsAny(ids), "score", m.Score, "err", errors.Join(errs...))...)

@@ -154,6 +154,11 @@ type Request struct {
 	CreatedAt time.Time `json:"created_at"`
 	Deadline  time.Time `json:"deadline"`
 	Reply     ReplyTo   `json:"reply"`
+	// Stream asks the consumer to publish the answer's pieces, as the
+	// model produces them, to the request's answer stream (a client reads
+	// it over SSE or WebSocket). Optional; a consumer that does not stream
+	// ignores it and the stream ends with the whole answer.
+	Stream bool `json:"stream,omitempty"`
 }
 
 // Key returns the record key "tenant/user/dialog_id". All turns of one dialog
@@ -226,6 +231,7 @@ type wireRequest struct {
 		Partition   *int32 `json:"partition"`
 		CallbackURL string `json:"callback_url"`
 	} `json:"reply"`
+	Stream bool `json:"stream"`
 }
 
 // DecodeRequest parses and validates a chat.requests record value. A missing
@@ -251,7 +257,8 @@ func DecodeRequest(b []byte) (Request, error) {
 	r := Request{
 		V: *w.V, RequestID: w.RequestID, Tenant: w.Tenant, User: w.User,
 		DialogID: w.DialogID, Text: w.Text, CreatedAt: w.CreatedAt, Deadline: w.Deadline,
-		Reply: ReplyTo{Topic: w.Reply.Topic, Partition: AnyPartition, CallbackURL: w.Reply.CallbackURL},
+		Reply:  ReplyTo{Topic: w.Reply.Topic, Partition: AnyPartition, CallbackURL: w.Reply.CallbackURL},
+		Stream: w.Stream,
 	}
 	if w.Reply.Partition != nil {
 		r.Reply.Partition = *w.Reply.Partition
