@@ -259,16 +259,23 @@ func (s *Server) postChat(c echo.Context) error {
 	// not the storefront's frequent ones, and a burst of them would evict
 	// the shoppers' answers.
 	bulk := body.Lane == envelope.LaneBulk
-	cacheable := s.hot != nil && body.Mode == ModeWait && !bulk && pii.Mask(body.Text) == body.Text
+	stream := wantsStream(c)
+	cacheable := s.hot != nil && (body.Mode == ModeWait || stream) && !bulk && pii.Mask(body.Text) == body.Text
 	if done, ok := s.fromHot(c, id, body, newDialog, cacheable); ok {
+		if stream {
+			return s.streamHot(c, done, s.poll.url(id, done.DialogID, done.RequestID))
+		}
 		return c.JSON(http.StatusOK, done)
 	}
 	if err := s.admitRequest(body.Mode, wait, body.Lane, s.ttl(body)); err != nil {
 		return err
 	}
-	req, rec, err := s.newRequest(c, id, body)
+	req, rec, err := s.newRequest(c, id, body, stream)
 	if err != nil {
 		return err
+	}
+	if stream {
+		return s.postStream(c, id, body, &req, rec)
 	}
 
 	// A wait-mode request is woken by its reply on a partition this replica
@@ -317,6 +324,35 @@ func (s *Server) postChat(c echo.Context) error {
 	return s.queued(c, req.DialogID, req.RequestID)
 }
 
+// postStream puts a streaming request (Accept: text/event-stream) on
+// Kafka and answers it as Server-Sent Events. It carries the queued marker
+// from the door on, so a resume on any replica tells it from an unknown
+// one, and its answer comes through its answer stream, not the reply topic.
+func (s *Server) postStream(c echo.Context, id auth.Identity, body ChatRequest, req *envelope.Request, rec *kgo.Record) error {
+	ctx := c.Request().Context()
+	d := store.DialogOf(req)
+	s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
+	switch err := s.produce(ctx, rec, s.lateProduce(d, req)); {
+	case errors.Is(err, errUnconfirmed):
+		s.log.Warn("produce request unconfirmed, streaming", "request_id", req.RequestID, "timeout", s.cfg.ProduceTimeout)
+		s.m.accepted.With("unconfirmed").Inc()
+	case err != nil:
+		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
+		s.m.rejected.With("kafka").Inc()
+		return unavailable("the request queue is unavailable, retry shortly", 1)
+	default:
+		s.m.accepted.With("stream").Inc()
+	}
+	s.m.laneAccepted.With(body.Lane).Inc()
+	observe := func(*DoneBody) {
+		s.m.answered.With("answered").Inc()
+		if body.Lane != envelope.LaneBulk {
+			s.admit.observe(s.now().Sub(req.CreatedAt))
+		}
+	}
+	return s.streamAnswer(c, d, req.RequestID, "", s.poll.url(id, req.DialogID, req.RequestID), streamUntil(req.Deadline), observe)
+}
+
 // lateProduce returns what to do with the final outcome of req's record
 // when produce answered errUnconfirmed: on failure, the request is stored
 // as expired, so that its poll ends instead of answering 202 until the
@@ -357,7 +393,7 @@ func (s *Server) door(c echo.Context, id auth.Identity) (ChatRequest, time.Durat
 // now, with its reply coming to a partition this replica reads, on the
 // topic of its lane, with its deadline (ttl). It carries the client's
 // traceparent.
-func (s *Server) newRequest(c echo.Context, id auth.Identity, body ChatRequest) (envelope.Request, *kgo.Record, error) {
+func (s *Server) newRequest(c echo.Context, id auth.Identity, body ChatRequest, stream bool) (envelope.Request, *kgo.Record, error) {
 	rid, err := uuid.NewV7()
 	if err != nil {
 		return envelope.Request{}, nil, fmt.Errorf("request id: %w", err)
@@ -370,7 +406,8 @@ func (s *Server) newRequest(c echo.Context, id auth.Identity, body ChatRequest) 
 	req := envelope.Request{
 		V: envelope.Version, RequestID: rid.String(), Tenant: id.Tenant, User: id.User,
 		DialogID: body.DialogID, Text: body.Text, CreatedAt: now, Deadline: now.Add(s.ttl(body)),
-		Reply: envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: s.router.partition(), CallbackURL: body.CallbackURL},
+		Reply:  envelope.ReplyTo{Topic: s.bus.RepliesTopic, Partition: s.router.partition(), CallbackURL: body.CallbackURL},
+		Stream: stream,
 	}
 	value, err := json.Marshal(&req)
 	if err != nil {
@@ -669,14 +706,24 @@ func (s *Server) pollChat(c echo.Context) error {
 	case errors.Is(err, store.ErrNotFound) && accepted && s.mayBeUnderWay(requestID):
 		// Accepted here (the URL proves it) and not answered yet, but the
 		// queued marker is gone (Redis lost it): it is still on its way.
-		return s.queued(c, dialogID, requestID)
+		if !wantsStream(c) {
+			return s.queued(c, dialogID, requestID)
+		}
 	case errors.Is(err, store.ErrNotFound):
 		return notFound("no such request")
 	case err != nil:
 		s.m.storeErrors.WithLabelValues("poll").Inc()
 		return unavailable("result store unavailable, retry shortly", 1)
-	case res.Final():
+	case res.Final() && !wantsStream(c):
 		return c.JSON(http.StatusOK, doneBody(res.Reply, res.CreatedAt))
+	}
+	if wantsStream(c) {
+		// A resume, on any replica, after the last event the client got.
+		var until time.Time
+		if created, ok := createdAt(requestID); ok {
+			until = streamUntil(created.Add(max(s.cfg.RequestTTL, s.cfg.BulkRequestTTL)))
+		}
+		return s.streamAnswer(c, d, requestID, c.Request().Header.Get("Last-Event-ID"), s.poll.url(id, dialogID, requestID), until, nil)
 	}
 	if wait > 0 {
 		last := func() (envelope.Reply, bool) { return s.finalResult(ctx, d, requestID) }

@@ -33,6 +33,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PollSecret, "poll-secret", c.PollSecret, "secret, the same on every replica, that signs poll URLs so that a poll tells an accepted request whose queued marker Redis lost (202) from an unknown one (404); default: derived from --jwt-secret")
 	fs.Var(settings.List{P: &c.CORSOrigins}, "cors-origins", "storefront origins allowed to call the API from a browser, comma-separated; empty disables CORS")
 	fs.IntVar(&c.GzipMinBytes, "gzip-min-bytes", c.GzipMinBytes, "gzip responses of at least this many bytes; 0 disables")
+	fs.DurationVar(&c.StreamHeartbeat, "stream-heartbeat", c.StreamHeartbeat, "longest silence of a streamed answer (SSE) before a heartbeat comment goes out")
+	fs.DurationVar(&c.StreamWriteTimeout, "stream-write-timeout", c.StreamWriteTimeout, "bound of writing one event to a streaming client; a slower reader loses the stream and resumes with Last-Event-ID")
 	fs.DurationVar(&c.HotTTL, "hot-ttl", c.HotTTL, "how long a first-turn answer serves the same question opening another dialog of the tenant; 0 disables")
 	fs.IntVar(&c.HotSize, "hot-size", c.HotSize, "entries of the local hot-answer cache")
 	rateFlag(fs, &c.UserRate, "user-rate", "requests per user across replicas, N/unit[:burst] (e.g. 30/m:10); 0 disables")

@@ -129,6 +129,15 @@ type Config struct {
 	// GzipMinBytes compresses responses of at least this size for clients
 	// that accept gzip; 0 disables. Default 1024.
 	GzipMinBytes int
+	// StreamHeartbeat is how long a streaming answer (SSE) may stay
+	// silent before a comment line goes out, so that idle proxies keep the
+	// connection. Default 15 s.
+	StreamHeartbeat time.Duration
+	// StreamWriteTimeout bounds writing one event to a streaming client: a
+	// client that reads slower than that loses the stream (it resumes
+	// with Last-Event-ID), so a slow reader holds no more than one event
+	// here. Default 30 s.
+	StreamWriteTimeout time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -154,6 +163,8 @@ func DefaultConfig() Config {
 		HotTTL:              time.Minute,
 		HotSize:             10000,
 		GzipMinBytes:        1024,
+		StreamHeartbeat:     15 * time.Second,
+		StreamWriteTimeout:  30 * time.Second,
 	}
 }
 
@@ -181,23 +192,27 @@ func (c Config) Validate() error {
 	p.Check(c.HotTTL >= 0, "hot-ttl", "must not be negative")
 	p.Check(c.HotTTL == 0 || c.HotSize >= 1, "hot-size", "must be positive while the hot cache is on")
 	p.Check(c.GzipMinBytes >= 0, "gzip-min-bytes", "must not be negative")
+	p.Check(c.StreamHeartbeat >= 10*time.Millisecond, "stream-heartbeat", "must be at least 10ms, got %v", c.StreamHeartbeat)
+	p.Check(c.StreamWriteTimeout >= 10*time.Millisecond, "stream-write-timeout", "must be at least 10ms, got %v", c.StreamWriteTimeout)
 	return p.Err()
 }
 
 // Server is the HTTP ingress.
 type Server struct {
-	cfg    Config
-	bus    bus.Config
-	log    *slog.Logger
-	reg    prometheus.Registerer
-	auth   *auth.Verifier
-	store  *store.Redis
-	cl     *kgo.Client
-	echo   *echo.Echo
-	now    func() time.Time
-	router *replyRouter
-	notify *notifier
-	admit  *admission // of the interactive lane, chat.requests
+	// streams counts the answers being streamed (SSE) now.
+	streams atomic.Int64
+	cfg     Config
+	bus     bus.Config
+	log     *slog.Logger
+	reg     prometheus.Registerer
+	auth    *auth.Verifier
+	store   *store.Redis
+	cl      *kgo.Client
+	echo    *echo.Echo
+	now     func() time.Time
+	router  *replyRouter
+	notify  *notifier
+	admit   *admission // of the interactive lane, chat.requests
 	// bulkAdmit estimates the bulk queue's wait, against a bulk
 	// request's own deadline (admitRequest).
 	bulkAdmit *admission
@@ -249,13 +264,13 @@ func newMetrics(f promauto.Factory, waiters func() float64) metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"route", "method"}),
 		accepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback (put on Kafka), cache (answered from the hot-answer cache) or unconfirmed (answered 202 when Kafka had not acknowledged within the produce timeout).",
-		}, []string{"mode"}), ModeWait, ModeAsync, ModeCallback, "cache", "unconfirmed"),
+			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback, stream (put on Kafka; stream: answered as Server-Sent Events), cache (answered from the hot-answer cache) or unconfirmed (answered 202 when Kafka had not acknowledged within the produce timeout).",
+		}, []string{"mode"}), ModeWait, ModeAsync, ModeCallback, "stream", "cache", "unconfirmed"),
 		laneAccepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_lane_accepted_total", Help: "Requests put on Kafka (acknowledged or unconfirmed), by lane: interactive (chat.requests) or bulk (chat.requests.bulk).",
 		}, []string{"lane"}), envelope.LaneInteractive, envelope.LaneBulk),
 		answered: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_producer_answered_total", Help: "Wait-mode outcomes: answered within the wait, or timed out to 202.",
+			Name: "sluice_producer_answered_total", Help: "Wait-mode outcomes: answered within the wait, or timed out to 202; streamed requests count answered at their done event.",
 		}, []string{"how"}), "answered", "timed_out"),
 		replies: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_replies_total", Help: "Reply records read, by outcome.",
@@ -287,6 +302,9 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	r := metric.NewRegisterer(reg)
 	f := promauto.With(r)
 	s.m = newMetrics(f, func() float64 { return float64(s.waiters.len()) })
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_producer_streams_open", Help: "Answers being streamed to clients (Server-Sent Events) now.",
+	}, func() float64 { return float64(s.streams.Load()) })
 	cl, err := bus.NewClient(cfgBus, "producer", log, reg,
 		kgo.DefaultProduceTopic(cfgBus.RequestsTopic),
 		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
@@ -313,6 +331,9 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	s.echo = s.routes()
 	return s, nil
 }
+
+// OpenStreams returns how many answers are being streamed (SSE) now.
+func (s *Server) OpenStreams() int64 { return s.streams.Load() }
 
 // Handler returns the HTTP handler, for tests.
 func (s *Server) Handler() http.Handler { return s.echo }
