@@ -98,6 +98,16 @@ func count(kinds []string, kind string) int {
 	return n
 }
 
+// ask sends req and returns its reply and its answer stream (see streamOf).
+func (e *env) ask(tb testing.TB, req envelope.Request) (envelope.Reply, []string, envelope.Done) {
+	tb.Helper()
+	replies := e.reader(tb, repliesTopic)
+	e.produceRequests(tb, req)
+	reply := replies.replies(tb, 1)[req.RequestID][0]
+	kinds, done, _ := streamOf(tb, e, req)
+	return reply, kinds, done
+}
+
 func streamReq(n int, text string) envelope.Request {
 	req := newRequest(n, text)
 	req.Stream = true
@@ -158,11 +168,7 @@ func TestStreamResetOnRetryAndFallback(t *testing.T) {
 	cfg := testConfig()
 	cfg.StreamFlush = 0 // every piece written at once: each cut call's pieces are out
 	e.start(t, cfg, llmc)
-	replies := e.reader(t, repliesTopic)
-	req := streamReq(3, "refund please")
-	e.produceRequests(t, req)
-	reply := replies.replies(t, 1)[req.RequestID][0]
-	kinds, done, _ := streamOf(t, e, req)
+	reply, kinds, done := e.ask(t, streamReq(3, "refund please"))
 	if reply.Source != envelope.SourceFallbackModel || done.Source != envelope.SourceFallbackModel {
 		t.Errorf("source %q / %q, want the fallback model's", reply.Source, done.Source)
 	}
@@ -182,13 +188,9 @@ func TestStreamPiecesNotWrittenAreDroppedNotReset(t *testing.T) {
 		c.Attempts = 2
 		c.FallbackBaseURL = mockURL(t, tokenMock(10))
 	}))
-	replies := e.reader(t, repliesTopic)
-	req := streamReq(8, "refund please")
-	e.produceRequests(t, req)
-	replies.replies(t, 1)
 	// The first call's first piece went out: one reset; the second cut
 	// call's pieces never left, so they need none.
-	if kinds, _, _ := streamOf(t, e, req); count(kinds, store.StreamReset) != 1 {
+	if _, kinds, _ := e.ask(t, streamReq(8, "refund please")); count(kinds, store.StreamReset) != 1 {
 		t.Errorf("entries %v: want exactly one reset", kinds)
 	}
 }
@@ -198,11 +200,7 @@ func TestStreamCannedAfterPiecesIsReset(t *testing.T) {
 	broken := tokenMock(10)
 	broken.StreamBreakRate = 1
 	e.start(t, testConfig(), streamingLLM(t, mockURL(t, broken), func(c *llm.Config) { c.Attempts = 1 }))
-	replies := e.reader(t, repliesTopic)
-	req := streamReq(4, "hello")
-	e.produceRequests(t, req)
-	reply := replies.replies(t, 1)[req.RequestID][0]
-	kinds, done, _ := streamOf(t, e, req)
+	reply, kinds, done := e.ask(t, streamReq(4, "hello"))
 	if reply.Source != envelope.SourceCanned || done.Answer != reply.Answer {
 		t.Errorf("reply %+v, done %+v", reply, done)
 	}

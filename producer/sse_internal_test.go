@@ -57,12 +57,28 @@ func (w *stuckWriter) Write(p []byte) (int, error) {
 	return 0, os.ErrDeadlineExceeded
 }
 
-func TestStreamSlowReaderIsGivenUp(t *testing.T) {
+// deltaStore is a store on miniredis holding n deltas of text for request
+// r1 of the dialog it returns.
+func deltaStore(t *testing.T, n int, text string) (*store.Redis, store.Dialog) {
+	t.Helper()
 	_, rdb := stacktest.Miniredis(t)
 	st, err := store.New(rdb, store.DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
+	d := store.Dialog{Tenant: "t", User: "u", ID: "0123456789abcdef0123456789abcdef"}
+	entries := make([]store.StreamEntry, n)
+	for i := range entries {
+		entries[i] = store.StreamEntry{Kind: store.StreamDelta, Seq: i, Text: text}
+	}
+	if _, err := st.AppendStream(context.Background(), d, "r1", entries...); err != nil {
+		t.Fatal(err)
+	}
+	return st, d
+}
+
+func TestStreamSlowReaderIsGivenUp(t *testing.T) {
+	st, d := deltaStore(t, 500, "piece of the answer ")
 	v, err := auth.NewVerifier(auth.Config{Secret: "sse-internal-test-secret-0123456789"})
 	if err != nil {
 		t.Fatal(err)
@@ -77,14 +93,6 @@ func TestStreamSlowReaderIsGivenUp(t *testing.T) {
 	}
 	t.Cleanup(s.Close)
 
-	d := store.Dialog{Tenant: "t", User: "u", ID: "0123456789abcdef0123456789abcdef"}
-	entries := make([]store.StreamEntry, 500)
-	for i := range entries {
-		entries[i] = store.StreamEntry{Kind: store.StreamDelta, Seq: i, Text: "piece of the answer "}
-	}
-	if _, err := st.AppendStream(context.Background(), d, "r1", entries...); err != nil {
-		t.Fatal(err)
-	}
 	w := &stuckWriter{header: http.Header{}, room: 600}
 	c := echo.New().NewContext(httptest.NewRequest(http.MethodGet, "/", nil), w)
 	done := make(chan error, 1)
@@ -108,19 +116,7 @@ func TestStreamSlowReaderIsGivenUp(t *testing.T) {
 }
 
 func TestStreamNextIsBounded(t *testing.T) {
-	_, rdb := stacktest.Miniredis(t)
-	st, err := store.New(rdb, store.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := store.Dialog{Tenant: "t", User: "u", ID: "0123456789abcdef0123456789abcdef"}
-	entries := make([]store.StreamEntry, 300)
-	for i := range entries {
-		entries[i] = store.StreamEntry{Kind: store.StreamDelta, Seq: i, Text: "x"}
-	}
-	if _, err := st.AppendStream(context.Background(), d, "r1", entries...); err != nil {
-		t.Fatal(err)
-	}
+	st, d := deltaStore(t, 300, "x")
 	a := NewAnswerStream(st, d, "r1", "", AnswerStreamConfig{Count: 16, Block: time.Millisecond})
 	for range 5 {
 		evs, err := a.Next(context.Background())

@@ -148,11 +148,19 @@ func streamingMock(tokens int, delay time.Duration) stackOptions {
 	return stackOptions{partitions: 4, mock: m}
 }
 
-func TestStreamSSE(t *testing.T) {
-	s := newStack(t, backends()[0], streamingMock(30, 10*time.Millisecond))
+// streamStack is a stack on opt with one consumer that writes every piece
+// at once.
+func streamStack(t *testing.T, opt stackOptions) *stack {
+	t.Helper()
+	s := newStack(t, backends()[0], opt)
 	cc := testConsumerConfig()
 	cc.StreamFlush = 0
 	s.addConsumer(cc)
+	return s
+}
+
+func TestStreamSSE(t *testing.T) {
+	s := streamStack(t, streamingMock(30, 10*time.Millisecond))
 	p := s.addProducer(testProducerConfig())
 	c := s.client(p.url, "shop-1", "u")
 
@@ -182,10 +190,7 @@ func TestStreamSSE(t *testing.T) {
 }
 
 func TestStreamResumeOnAnotherReplica(t *testing.T) {
-	s := newStack(t, backends()[0], streamingMock(40, 20*time.Millisecond))
-	cc := testConsumerConfig()
-	cc.StreamFlush = 0
-	s.addConsumer(cc)
+	s := streamStack(t, streamingMock(40, 20*time.Millisecond))
 	p1 := s.addProducer(testProducerConfig())
 	p2 := s.addProducer(testProducerConfig())
 	c1, c2 := s.client(p1.url, "shop-1", "u"), s.client(p2.url, "shop-1", "u")
@@ -219,10 +224,7 @@ func TestStreamResumeOnAnotherReplica(t *testing.T) {
 func TestStreamResetOnFallback(t *testing.T) {
 	opt := streamingMock(10, 5*time.Millisecond)
 	opt.mock.StreamBreakRate = 1 // every call cut after 5 tokens: the canned answer follows
-	s := newStack(t, backends()[0], opt)
-	cc := testConsumerConfig()
-	cc.StreamFlush = 0
-	s.addConsumer(cc)
+	s := streamStack(t, opt)
 	p := s.addProducer(testProducerConfig())
 	evs := s.client(p.url, "shop-1", "u").openSSE(http.MethodPost, "/v1/chat", map[string]any{"text": "hi"}, "").rest(t)
 	done, _ := answerOf(t, evs)
@@ -258,10 +260,7 @@ func TestStreamDeadClientFreesItsStream(t *testing.T) {
 }
 
 func TestStreamSlowReaderGetsItAll(t *testing.T) {
-	s := newStack(t, backends()[0], streamingMock(60, 0))
-	cc := testConsumerConfig()
-	cc.StreamFlush = 0
-	s.addConsumer(cc)
+	s := streamStack(t, streamingMock(60, 0))
 	pc := testProducerConfig()
 	pc.StreamHeartbeat = 20 * time.Millisecond
 	p := s.addProducer(pc)
