@@ -33,6 +33,10 @@ const (
 	ModeCallback = "callback"
 )
 
+// modeStream counts, in sluice_producer_accepted_total, the questions
+// whose answers stream (Server-Sent Events, WebSocket).
+const modeStream = "stream"
+
 // ChatRequest is the body of POST /v1/chat.
 type ChatRequest struct {
 	Text        string `json:"text"`
@@ -114,27 +118,43 @@ func (s *Server) decodeChat(c echo.Context) (ChatRequest, time.Duration, error) 
 	// a form, and refusing it would only fail clients that work elsewhere.
 	// Without a bearer token no browser form reaches here, so this opens no
 	// cross-site request path.
+	if err := decodeStrict(body, &req); err != nil {
+		return req, 0, err
+	}
+	wait, err := s.checkChat(c.Request().Context(), &req, identity(c))
+	return req, wait, err
+}
+
+// decodeStrict decodes body, one JSON object of UTF-8, into v: unknown
+// fields and trailing data are errors (400).
+func decodeStrict(body []byte, v any) error {
 	if !utf8.Valid(body) {
-		return req, 0, badRequest("body is not valid UTF-8")
+		return badRequest("body is not valid UTF-8")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return req, 0, badRequest(jsonProblem(err))
+	if err := dec.Decode(v); err != nil {
+		return badRequest(jsonProblem(err))
 	}
 	// Only white space may follow. (dec.More would let a stray "}" or "]"
 	// through: it reports the end of an enclosing object or array.)
 	if _, err := dec.Token(); err != io.EOF {
-		return req, 0, badRequest("body must hold exactly one JSON object")
+		return badRequest("body must hold exactly one JSON object")
 	}
+	return nil
+}
+
+// checkChat validates the question req of id and fills in its defaults
+// (mode, lane). It returns the wait, or a 400 or 403 naming what is wrong.
+func (s *Server) checkChat(ctx context.Context, req *ChatRequest, id auth.Identity) (time.Duration, error) {
 	n := utf8.RuneCountInString(req.Text)
 	switch {
 	case strings.TrimSpace(req.Text) == "":
-		return req, 0, badRequest("text must not be empty")
+		return 0, badRequest("text must not be empty")
 	case n > s.cfg.MaxTextChars:
-		return req, 0, badRequest(fmt.Sprintf("text has %d characters, at most %d are allowed", n, s.cfg.MaxTextChars))
+		return 0, badRequest(fmt.Sprintf("text has %d characters, at most %d are allowed", n, s.cfg.MaxTextChars))
 	case req.DialogID != "" && !envelope.ValidDialogID(req.DialogID):
-		return req, 0, badRequest("dialog_id must be 32 lowercase hex characters")
+		return 0, badRequest("dialog_id must be 32 lowercase hex characters")
 	}
 	switch req.Mode {
 	case "":
@@ -142,30 +162,29 @@ func (s *Server) decodeChat(c echo.Context) (ChatRequest, time.Duration, error) 
 	case ModeWait, ModeAsync:
 	case ModeCallback:
 		if !s.cfg.Callbacks.Enabled() {
-			return req, 0, badRequest("mode callback is not enabled on this server (no callback hosts allowed)")
+			return 0, badRequest("mode callback is not enabled on this server (no callback hosts allowed)")
 		}
 		if req.CallbackURL == "" {
-			return req, 0, badRequest("mode callback needs callback_url")
+			return 0, badRequest("mode callback needs callback_url")
 		}
-		if _, err := s.cfg.Callbacks.Check(c.Request().Context(), req.CallbackURL); err != nil {
-			return req, 0, badRequest(err.Error())
+		if _, err := s.cfg.Callbacks.Check(ctx, req.CallbackURL); err != nil {
+			return 0, badRequest(err.Error())
 		}
 	default:
-		return req, 0, badRequest(fmt.Sprintf("mode must be wait, async or callback, got %q", req.Mode))
+		return 0, badRequest(fmt.Sprintf("mode must be wait, async or callback, got %q", req.Mode))
 	}
 	if req.CallbackURL != "" && req.Mode != ModeCallback {
-		return req, 0, badRequest("callback_url is only allowed with mode callback")
+		return 0, badRequest("callback_url is only allowed with mode callback")
 	}
-	lane, err := laneOf(req.Lane, identity(c))
+	lane, err := laneOf(req.Lane, id)
 	if err != nil {
-		return req, 0, err
+		return 0, err
 	}
 	req.Lane = lane
 	if req.DeadlineMS != nil && *req.DeadlineMS <= 0 {
-		return req, 0, badRequest("deadline_ms must be positive")
+		return 0, badRequest("deadline_ms must be positive")
 	}
-	wait, err := s.waitParam(req.WaitMS)
-	return req, wait, err
+	return s.waitParam(req.WaitMS)
 }
 
 // ttl returns how long after acceptance body's question is still worth
@@ -270,7 +289,7 @@ func (s *Server) postChat(c echo.Context) error {
 	if err := s.admitRequest(body.Mode, wait, body.Lane, s.ttl(body)); err != nil {
 		return err
 	}
-	req, rec, err := s.newRequest(c, id, body, stream)
+	req, rec, err := s.newRequest(c.Request().Header.Get(envelope.HeaderTraceparent), id, body, stream)
 	if err != nil {
 		return err
 	}
@@ -294,23 +313,13 @@ func (s *Server) postChat(c echo.Context) error {
 	if wake == nil || !s.router.owns(req.Reply.Partition) {
 		s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
 	}
-	switch err := s.produce(ctx, rec, s.lateProduce(d, &req)); {
-	case errors.Is(err, errUnconfirmed):
-		// It may be on Kafka: a 503 would be a lie half the time. The
-		// client gets its poll_url; the poll answers the answer, or
-		// expired if Kafka refuses the record after all.
-		s.log.Warn("produce request unconfirmed, answering 202", "request_id", req.RequestID, "timeout", s.cfg.ProduceTimeout)
-		s.m.accepted.With("unconfirmed").Inc()
-		s.m.laneAccepted.With(body.Lane).Inc()
-		s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
-		return s.queued(c, req.DialogID, req.RequestID)
-	case err != nil:
-		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
-		s.m.rejected.With("kafka").Inc()
-		return unavailable("the request queue is unavailable, retry shortly", 1)
+	confirmed, err := s.put(ctx, d, &req, rec, body.Mode, body.Lane)
+	if err != nil {
+		return err
 	}
-	s.m.accepted.With(body.Mode).Inc()
-	s.m.laneAccepted.With(body.Lane).Inc()
+	if !confirmed {
+		return s.queued(c, req.DialogID, req.RequestID)
+	}
 
 	if wake != nil {
 		if res, ok := s.awaitAnswer(ctx, wake, wait, d, req.RequestID, req.CreatedAt, !bulk); ok {
@@ -332,18 +341,9 @@ func (s *Server) postStream(c echo.Context, id auth.Identity, body ChatRequest, 
 	ctx := c.Request().Context()
 	d := store.DialogOf(req)
 	s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
-	switch err := s.produce(ctx, rec, s.lateProduce(d, req)); {
-	case errors.Is(err, errUnconfirmed):
-		s.log.Warn("produce request unconfirmed, streaming", "request_id", req.RequestID, "timeout", s.cfg.ProduceTimeout)
-		s.m.accepted.With("unconfirmed").Inc()
-	case err != nil:
-		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
-		s.m.rejected.With("kafka").Inc()
-		return unavailable("the request queue is unavailable, retry shortly", 1)
-	default:
-		s.m.accepted.With("stream").Inc()
+	if _, err := s.put(ctx, d, req, rec, modeStream, body.Lane); err != nil {
+		return err
 	}
-	s.m.laneAccepted.With(body.Lane).Inc()
 	observe := func(*DoneBody) {
 		s.m.answered.With("answered").Inc()
 		if body.Lane != envelope.LaneBulk {
@@ -351,6 +351,47 @@ func (s *Server) postStream(c echo.Context, id auth.Identity, body ChatRequest, 
 		}
 	}
 	return s.streamAnswer(c, d, req.RequestID, "", s.poll.url(id, req.DialogID, req.RequestID), streamUntil(req.Deadline), observe)
+}
+
+// put puts rec, the record of req asked in mode on lane, on Kafka and
+// counts it. It reports false when Kafka did not confirm it within the
+// produce timeout: it may still arrive, so it is accepted, with the queued
+// marker, and its poll answers the answer or expired. It returns 503 when
+// Kafka refused it.
+func (s *Server) put(ctx context.Context, d store.Dialog, req *envelope.Request, rec *kgo.Record, mode, lane string) (bool, error) {
+	switch err := s.produce(ctx, rec, s.lateProduce(d, req)); {
+	case errors.Is(err, errUnconfirmed):
+		// It may be on Kafka: a 503 would be a lie half the time.
+		s.log.Warn("produce request unconfirmed, accepting it", "request_id", req.RequestID, "timeout", s.cfg.ProduceTimeout)
+		s.m.accepted.With("unconfirmed").Inc()
+		s.m.laneAccepted.With(lane).Inc()
+		s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
+		return false, nil
+	case err != nil:
+		s.log.Warn("produce request", "request_id", req.RequestID, "err", err)
+		s.m.rejected.With("kafka").Inc()
+		return false, unavailable("the request queue is unavailable, retry shortly", 1)
+	}
+	s.m.accepted.With(mode).Inc()
+	s.m.laneAccepted.With(lane).Inc()
+	return true, nil
+}
+
+// enqueue puts id's question body, validated and admitted, on Kafka, for
+// an answer no handler waits for on a reply partition: it streams, or is
+// polled. The queued marker goes on first, so that its result is
+// announced through the store. It returns 503 when Kafka refused it.
+func (s *Server) enqueue(ctx context.Context, id auth.Identity, body ChatRequest) (envelope.Request, error) {
+	req, rec, err := s.newRequest("", id, body, true)
+	if err != nil {
+		return envelope.Request{}, err
+	}
+	d := store.DialogOf(&req)
+	s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
+	if _, err := s.put(ctx, d, &req, rec, modeStream, body.Lane); err != nil {
+		return envelope.Request{}, err
+	}
+	return req, nil
 }
 
 // lateProduce returns what to do with the final outcome of req's record
@@ -376,24 +417,34 @@ func (s *Server) lateProduce(d store.Dialog, req *envelope.Request) func(error) 
 // server drains or when a rate limit of id is reached, and otherwise reads
 // and validates its body. It returns the body and the wait.
 func (s *Server) door(c echo.Context, id auth.Identity) (ChatRequest, time.Duration, error) {
-	if s.closing.Load() {
-		s.m.rejected.With("draining").Inc()
-		return ChatRequest{}, 0, unavailable("server is shutting down", 1)
-	}
-	lctx, lcancel := context.WithTimeout(c.Request().Context(), s.cfg.StoreTimeout)
-	err := s.limit.allow(lctx, id)
-	lcancel()
-	if err != nil {
-		return ChatRequest{}, 0, s.count(err)
+	if err := s.gate(c.Request().Context(), id); err != nil {
+		return ChatRequest{}, 0, err
 	}
 	return s.decodeChat(c)
 }
 
+// gate refuses a question of id while the server drains (503) or when a
+// rate limit of id is reached (429), and counts the refusal.
+func (s *Server) gate(ctx context.Context, id auth.Identity) error {
+	if s.closing.Load() {
+		s.m.rejected.With("draining").Inc()
+		return unavailable("server is shutting down", 1)
+	}
+	lctx, lcancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+	err := s.limit.allow(lctx, id)
+	lcancel()
+	if err != nil {
+		return s.count(err)
+	}
+	return nil
+}
+
 // newRequest returns the request record of id's question body, created
 // now, with its reply coming to a partition this replica reads, on the
-// topic of its lane, with its deadline (ttl). It carries the client's
-// traceparent.
-func (s *Server) newRequest(c echo.Context, id auth.Identity, body ChatRequest, stream bool) (envelope.Request, *kgo.Record, error) {
+// topic of its lane, with its deadline (ttl), asking the consumer for the
+// answer's pieces when stream. It carries traceparent, the client's W3C
+// trace context ("" for none).
+func (s *Server) newRequest(traceparent string, id auth.Identity, body ChatRequest, stream bool) (envelope.Request, *kgo.Record, error) {
 	rid, err := uuid.NewV7()
 	if err != nil {
 		return envelope.Request{}, nil, fmt.Errorf("request id: %w", err)
@@ -414,8 +465,8 @@ func (s *Server) newRequest(c echo.Context, id auth.Identity, body ChatRequest, 
 		return envelope.Request{}, nil, fmt.Errorf("encode request: %w", err)
 	}
 	rec := &kgo.Record{Topic: topic, Key: []byte(req.Key()), Value: value}
-	if tp := c.Request().Header.Get(envelope.HeaderTraceparent); tp != "" {
-		rec.Headers = []kgo.RecordHeader{{Key: envelope.HeaderTraceparent, Value: []byte(tp)}}
+	if traceparent != "" {
+		rec.Headers = []kgo.RecordHeader{{Key: envelope.HeaderTraceparent, Value: []byte(traceparent)}}
 	}
 	return req, rec, nil
 }

@@ -126,6 +126,24 @@ type Config struct {
 	// CORSOrigins are the storefront origins browsers may call the API
 	// from ("https://shop.example"); empty disables CORS.
 	CORSOrigins []string
+	// WSMaxMessageBytes bounds a message a client sends on GET /v1/ws.
+	// Default 16 KiB.
+	WSMaxMessageBytes int64
+	// WSMaxMessages bounds the messages a client sends on one WebSocket.
+	// Default 1000.
+	WSMaxMessages int
+	// WSIdleTimeout closes a WebSocket with no frame either way and no
+	// answer under way. Default 2 min.
+	WSIdleTimeout time.Duration
+	// WSPingInterval is how often a WebSocket client is pinged, and how
+	// long its pong may take. Default 30 s.
+	WSPingInterval time.Duration
+	// WSWriteTimeout disconnects a WebSocket client that does not take a
+	// frame within it. Default 10 s.
+	WSWriteTimeout time.Duration
+	// WSMaxConns bounds the WebSockets this replica holds; 0: no bound.
+	// Default 20000.
+	WSMaxConns int
 	// GzipMinBytes compresses responses of at least this size for clients
 	// that accept gzip; 0 disables. Default 1024.
 	GzipMinBytes int
@@ -165,6 +183,12 @@ func DefaultConfig() Config {
 		GzipMinBytes:        1024,
 		StreamHeartbeat:     15 * time.Second,
 		StreamWriteTimeout:  30 * time.Second,
+		WSMaxMessageBytes:   16 << 10,
+		WSMaxMessages:       1000,
+		WSIdleTimeout:       2 * time.Minute,
+		WSPingInterval:      30 * time.Second,
+		WSWriteTimeout:      10 * time.Second,
+		WSMaxConns:          20000,
 	}
 }
 
@@ -194,6 +218,12 @@ func (c Config) Validate() error {
 	p.Check(c.GzipMinBytes >= 0, "gzip-min-bytes", "must not be negative")
 	p.Check(c.StreamHeartbeat >= 10*time.Millisecond, "stream-heartbeat", "must be at least 10ms, got %v", c.StreamHeartbeat)
 	p.Check(c.StreamWriteTimeout >= 10*time.Millisecond, "stream-write-timeout", "must be at least 10ms, got %v", c.StreamWriteTimeout)
+	p.Check(c.WSMaxMessageBytes >= 256, "ws-max-message-bytes", "must be at least 256 bytes")
+	p.Check(c.WSMaxMessages >= 1, "ws-max-messages", "must be at least 1")
+	p.Check(c.WSIdleTimeout >= time.Second, "ws-idle-timeout", "must be at least 1s")
+	p.Check(c.WSPingInterval >= 100*time.Millisecond, "ws-ping-interval", "must be at least 100ms")
+	p.Check(c.WSWriteTimeout >= 10*time.Millisecond, "ws-write-timeout", "must be at least 10ms")
+	p.Check(c.WSMaxConns >= 0, "ws-max-conns", "must not be negative")
 	return p.Err()
 }
 
@@ -223,6 +253,8 @@ type Server struct {
 	release func() error // closes what Open made for the server; nil after New
 
 	waiters  *waiters
+	ws       *wsConns
+	events   eventsFunc // follow; tests replace it
 	ready    atomic.Bool
 	draining atomic.Bool // readiness false
 	closing  atomic.Bool // new questions refused
@@ -247,14 +279,20 @@ type metrics struct {
 	storeErrors     *prometheus.CounterVec
 	replyPartitions prometheus.Gauge
 	rejected        metric.Children[prometheus.Counter] // by reason
+	wsOpened        prometheus.Counter
+	wsClosed        metric.Children[prometheus.Counter] // by reason
+	wsRefused       prometheus.Counter
 }
 
 // newMetrics makes the ingress's metrics with f; waiters reads the number
-// of handlers waiting for an answer.
-func newMetrics(f promauto.Factory, waiters func() float64) metrics {
+// of handlers waiting for an answer, wsOpen that of open WebSockets.
+func newMetrics(f promauto.Factory, waiters, wsOpen func() float64) metrics {
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_waiters", Help: "Handlers waiting for an answer.",
 	}, waiters)
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_producer_ws_connections", Help: "Open WebSocket connections (GET /v1/ws).",
+	}, wsOpen)
 	return metrics{
 		requests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_http_requests_total", Help: "HTTP requests served.",
@@ -265,7 +303,7 @@ func newMetrics(f promauto.Factory, waiters func() float64) metrics {
 		}, []string{"route", "method"}),
 		accepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_accepted_total", Help: "Requests accepted, by mode: wait, async, callback, stream (put on Kafka; stream: answered as Server-Sent Events), cache (answered from the hot-answer cache) or unconfirmed (answered 202 when Kafka had not acknowledged within the produce timeout).",
-		}, []string{"mode"}), ModeWait, ModeAsync, ModeCallback, "stream", "cache", "unconfirmed"),
+		}, []string{"mode"}), ModeWait, ModeAsync, ModeCallback, modeStream, "cache", "unconfirmed"),
 		laneAccepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_lane_accepted_total", Help: "Requests put on Kafka (acknowledged or unconfirmed), by lane: interactive (chat.requests) or bulk (chat.requests.bulk).",
 		}, []string{"lane"}), envelope.LaneInteractive, envelope.LaneBulk),
@@ -284,6 +322,15 @@ func newMetrics(f promauto.Factory, waiters func() float64) metrics {
 		rejected: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_producer_rejected_total", Help: "Requests refused at the door, by reason.",
 		}, []string{"reason"}), "rate_user", "rate_tenant", "rate_global", "queue_wait", "backlog", "draining", "kafka"),
+		wsOpened: f.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_producer_ws_opened_total", Help: "WebSocket connections accepted (GET /v1/ws).",
+		}),
+		wsClosed: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_producer_ws_closed_total", Help: "WebSocket connections ended, by reason: client (closed or broke it), auth (no or bad auth frame), expired (token), idle, limit (messages per connection), too_big (message size), slow (did not take a frame within the write timeout), dead (no pong), shutdown.",
+		}, []string{"reason"}), "client", "auth", "expired", "idle", "limit", "too_big", "slow", "dead", "shutdown"),
+		wsRefused: f.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_producer_ws_refused_total", Help: "WebSocket handshakes refused with 503 because the replica holds SLUICE_WS_MAX_CONNS connections.",
+		}),
 	}
 }
 
@@ -297,11 +344,11 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 	if err := cfgBus.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, bus: cfgBus, log: log, reg: reg, auth: v, store: st, now: time.Now, waiters: newWaiters(), poll: newPollKey(cfg.PollSecret),
+	s := &Server{cfg: cfg, bus: cfgBus, log: log, reg: reg, auth: v, store: st, now: time.Now, waiters: newWaiters(), ws: newWSConns(), poll: newPollKey(cfg.PollSecret),
 		drained: make(chan struct{})}
 	r := metric.NewRegisterer(reg)
 	f := promauto.With(r)
-	s.m = newMetrics(f, func() float64 { return float64(s.waiters.len()) })
+	s.m = newMetrics(f, func() float64 { return float64(s.waiters.len()) }, func() float64 { return float64(s.ws.open()) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_producer_streams_open", Help: "Answers being streamed to clients (Server-Sent Events) now.",
 	}, func() float64 { return float64(s.streams.Load()) })
@@ -328,6 +375,7 @@ func New(cfg Config, cfgBus bus.Config, v *auth.Verifier, st *store.Redis, log *
 		cl.Close()
 		return nil, fmt.Errorf("register producer metrics: %w", err)
 	}
+	s.events = s.follow
 	s.echo = s.routes()
 	return s, nil
 }
@@ -349,6 +397,9 @@ func (s *Server) ReplyPartitions() []int32 {
 	}
 	return s.router.partitions()
 }
+
+// WSConns returns how many WebSocket connections are open.
+func (s *Server) WSConns() int { return s.ws.open() }
 
 // Client returns the Kafka client, for readiness checks.
 func (s *Server) Client() *kgo.Client { return s.cl }
@@ -375,7 +426,7 @@ func (s *Server) routes() *echo.Echo {
 			// writer costs more than the small chat answers it would
 			// compress (it was an eighth of the CPU under load).
 			Skipper: func(c echo.Context) bool {
-				return c.Path() != "/v1/dialogs/:dialog_id" && c.Path() != "/openapi.yaml"
+				return c.Path() != "/v1/dialogs/:dialog_id" && c.Path() != "/openapi.yaml" && c.Path() != "/widget/*"
 			},
 		}))
 	}
@@ -386,6 +437,8 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/v1/chat/:dialog_id/:request_id", s.pollChat, s.authenticate)
 	e.GET("/v1/dialogs/:dialog_id", s.getDialog, s.authenticate)
 	e.DELETE("/v1/dialogs/:dialog_id", s.deleteDialog, s.authenticate)
+	e.GET("/v1/ws", s.serveWS)
+	e.GET("/widget/*", s.serveWidget)
 	e.GET("/openapi.yaml", func(c echo.Context) error { return c.Blob(http.StatusOK, "application/yaml", docs.OpenAPI) })
 	return e
 }
@@ -482,6 +535,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		s.log.Warn("http shutdown", "err", err)
 	}
+	// Shutdown does not wait for hijacked connections: WebSocket clients
+	// are told to go elsewhere, and resume their answers there.
+	s.ws.closeAll(sctx)
 	if err := s.cl.Flush(sctx); err != nil {
 		s.log.Warn("kafka flush", "err", err)
 	}

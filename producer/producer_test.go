@@ -32,6 +32,7 @@ type harness struct {
 	broker *devstack.Broker
 	bus    bus.Config
 	store  *store.Redis
+	stop   context.CancelFunc // ends the producer's Run
 }
 
 // mustStart runs a producer against kfake and miniredis, without consumers.
@@ -80,7 +81,7 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 		case <-time.After(5 * time.Millisecond): // readiness has no event to await
 		}
 	}
-	return &harness{srv: p, redis: m, url: "http://" + ln.Addr().String(), broker: b, bus: cfg, store: st}
+	return &harness{srv: p, redis: m, url: "http://" + ln.Addr().String(), broker: b, bus: cfg, store: st, stop: cancel}
 }
 
 func token(tb testing.TB, tenant, user string) string {

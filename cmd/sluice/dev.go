@@ -250,7 +250,14 @@ func printTry(w io.Writer, apiURL, secret string, d devSettings) error {
 	fmt.Fprintf(w, "\nA dev token (tenant %s, user %s, valid 24h):\n  export TOKEN=%s\n\nAsk a question:\n", d.tenant, d.user, tok)
 	fmt.Fprintf(w, "  curl -s %s/v1/chat -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{\"text\":\"优惠券还能用吗？\"}'\n\n", apiURL)
 	fmt.Fprintf(w, "Or paste this one (token inline):\n  curl -s %s/v1/chat -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"text\":\"When does my order ship?\"}'\n\n", apiURL, tok)
+	// The token rides in the fragment, which the browser never sends.
+	fmt.Fprintf(w, "Chat in a browser (the storefront widget on a demo page, dev token in the fragment):\n  %s\n\n", widgetURL(apiURL, tok))
 	return nil
+}
+
+// widgetURL is the widget's demo page with tok in the fragment.
+func widgetURL(apiURL, tok string) string {
+	return apiURL + "/widget/#token=" + tok
 }
 
 // dialable turns a listener address into one a local client can dial.

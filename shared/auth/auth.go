@@ -48,6 +48,9 @@ type Identity struct {
 	// caller to the bulk lane; "" (or envelope.LaneInteractive) leaves it
 	// both.
 	Lane string
+	// Expires is the token's exp claim: a WebSocket authenticated with it
+	// is closed then.
+	Expires time.Time
 }
 
 // Claims are Sluice's token claims.
@@ -152,7 +155,11 @@ func (v *Verifier) Verify(token string) (Identity, error) {
 		// version cannot read must not lift it.
 		return Identity{}, fmt.Errorf("%w: claim lane must be %s or %s", ErrInvalidToken, envelope.LaneInteractive, envelope.LaneBulk)
 	}
-	return Identity{Tenant: c.Tenant, User: c.Subject, Lane: c.Lane}, nil
+	id := Identity{Tenant: c.Tenant, User: c.Subject, Lane: c.Lane}
+	if c.ExpiresAt != nil {
+		id.Expires = c.ExpiresAt.Time
+	}
+	return id, nil
 }
 
 // Mint returns an HS256 token for user of tenant valid for ttl, without a

@@ -92,6 +92,10 @@ func wantIdentity(t *testing.T, v *auth.Verifier, token string, want auth.Identi
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
+	if id.Expires.IsZero() {
+		t.Error("identity has no expiry, want the token's exp")
+	}
+	id.Expires = time.Time{}
 	if id != want {
 		t.Errorf("identity = %+v, want %+v", id, want)
 	}
