@@ -13,8 +13,9 @@ func SetDeltas(s *Server, gen func(ctx context.Context, requestID string, emit f
 	s.events = func(ctx context.Context, _ store.Dialog, requestID, _ string, emit func(wsOut) bool) error {
 		seq := 0
 		gen(ctx, requestID, func(text string) bool {
+			n := seq
 			seq++
-			return emit(wsOut{Type: "delta", Seq: seq, Text: text})
+			return emit(wsOut{Type: "delta", Seq: &n, Text: text})
 		})
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -68,7 +69,7 @@ type wsOut struct {
 	DialogID  string `json:"dialog_id,omitempty"`
 	ID        string `json:"id,omitempty"`
 	// Seq and Text: delta frames.
-	Seq  int    `json:"seq,omitempty"`
+	Seq  *int   `json:"seq,omitempty"`
 	Text string `json:"text,omitempty"`
 	// Status, Title, Problem (the problem's type), Detail and RetryAfter:
 	// error frames, the problem POST /v1/chat would answer.
@@ -612,33 +613,58 @@ func clip(s string, n int) string {
 	return s[:n]
 }
 
-// eventsFunc calls emit with the events of requestID's answer after lastID
-// until the answer is done (Server.follow).
+// eventsFunc calls emit with the frames of requestID's answer after
+// lastID until the answer is done (Server.follow).
 type eventsFunc func(ctx context.Context, d store.Dialog, requestID, lastID string, emit func(wsOut) bool) error
 
 // follow calls emit with the events of requestID's answer after lastID
-// ("" for all), until its done event, ctx's end, or emit's false. It
-// returns an error for a request that is unknown or not d's.
+// ("" for all), read from its answer stream (AnswerStream), until its done
+// or error event, ctx's end, or emit's false. The stream is read only as
+// fast as emit takes the events. It returns 404 for a request unknown or
+// not d's, 503 when Redis fails (the client resumes with its last id).
 func (s *Server) follow(ctx context.Context, d store.Dialog, requestID, lastID string, emit func(wsOut) bool) error {
-	wake, done := s.waiters.add(requestID, viaStore, d, time.Time{}) // before the look, so no wake is missed
-	defer done()
-	res, err := s.store.Result(ctx, d, requestID)
+	sctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+	_, err := s.store.Result(sctx, d, requestID)
+	cancel()
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return notFound("no such request")
 	case err != nil:
-		return unavailable("result store unavailable, retry shortly", 1)
-	case res.Final():
-		b := doneBody(res.Reply, res.CreatedAt)
-		emit(wsOut{Type: "done", Done: &b})
-		return nil
+		return unavailable("answer stream unavailable, resume shortly", 1)
 	}
-	last := func() (envelope.Reply, bool) { return s.finalResult(ctx, d, requestID) }
-	r, ok := s.await(ctx, wake, s.cfg.BulkRequestTTL, last)
-	if !ok {
-		return nil
+	var until time.Time
+	if created, ok := createdAt(requestID); ok {
+		until = created.Add(max(s.cfg.RequestTTL, s.cfg.BulkRequestTTL) + time.Minute)
 	}
-	b := doneBody(r, res.CreatedAt)
-	emit(wsOut{Type: "done", Done: &b})
-	return nil
+	a := NewAnswerStream(s.store, d, requestID, lastID, AnswerStreamConfig{Until: until})
+	for {
+		evs, err := a.Next(ctx)
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case err != nil && ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return unavailable("answer stream unavailable, resume shortly", 1)
+		}
+		for _, e := range evs {
+			if !emit(frameOf(e)) {
+				return nil
+			}
+		}
+	}
+}
+
+// frameOf returns the frame of a streamed answer's event.
+func frameOf(e Event) wsOut {
+	f := wsOut{Type: e.Kind, ID: e.ID}
+	switch e.Kind {
+	case EventDelta:
+		f.Seq, f.Text = &e.Seq, e.Text
+	case EventDone:
+		f.Done = e.Done
+	case EventError:
+		f.Status, f.Title, f.Problem, f.Detail = http.StatusBadGateway, http.StatusText(http.StatusBadGateway), "/problems/answer-failed", e.Text
+	}
+	return f
 }
