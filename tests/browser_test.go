@@ -82,7 +82,7 @@ func lastBot(t *testing.T, ctx context.Context, cond string) (state, text string
 
 func count(t *testing.T, ctx context.Context, selector string) int {
 	t.Helper()
-	n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('` + selector + `').length`))
+	n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('`+selector+`').length`))
 	if err != nil {
 		t.Fatal(err)
 	}
