@@ -144,6 +144,12 @@ type Config struct {
 	// ReplyTimeout ends a kafka run when no reply came for this long; it
 	// also bounds the delivery of each request record. Default 30 s.
 	ReplyTimeout time.Duration
+
+	// Hold, target ws: open this many idle WebSockets, hold them for
+	// Duration, and report what they cost the producer whose Prometheus
+	// metrics MetricsURL serves (its admin listener's /metrics).
+	Hold       int
+	MetricsURL string
 }
 
 // DefaultConfig returns the defaults: 200 users for 20 s against
@@ -199,12 +205,25 @@ func (c Config) Validate() error {
 		if c.Timeout <= 0 {
 			p.Add(fmt.Errorf("request timeout must be positive, got %v", c.Timeout))
 		}
+	case TargetWS:
+		u, err := url.Parse(c.URL)
+		p.Check(err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "", "url",
+			"%q must be http:// or https:// and name a host", c.URL)
+		p.Check(c.Users >= 1, "users", "must be at least 1, got %d", c.Users)
+		p.Check(c.Duration > 0, "duration", "must be positive, got %v", c.Duration)
+		p.Check(c.Turns >= 1, "turns", "must be at least 1, got %d", c.Turns)
+		p.Check(c.Secret != "", "jwt-secret", "is required to mint the users' tokens")
+		p.Check(c.Hold >= 0 && c.Hold <= maxHold, "hold", "must be from 0 to %d connections, got %d", maxHold, c.Hold)
+		p.Check(c.Hold == 0 || c.MetricsURL != "", "metrics-url", "is required with --hold: the producer's admin /metrics, to read its memory")
+		if c.Timeout <= 0 {
+			p.Add(fmt.Errorf("request timeout must be positive, got %v", c.Timeout))
+		}
 	case TargetKafka:
 		p.Add(c.Kafka.Validate())
 		p.Check(c.Dialogs >= 1, "dialogs", "must be at least 1, got %d", c.Dialogs)
 		p.Check(c.ReplyTimeout > 0, "reply-timeout", "must be positive, got %v", c.ReplyTimeout)
 	default:
-		p.Check(false, "target", "unknown target %q (want %s or %s)", c.Target, TargetHTTP, TargetKafka)
+		p.Check(false, "target", "unknown target %q (want %s, %s or %s)", c.Target, TargetHTTP, TargetWS, TargetKafka)
 	}
 	return p.Err()
 }
@@ -212,7 +231,9 @@ func (c Config) Validate() error {
 // RegisterFlags registers c's settings on fs, with c's values as defaults,
 // and the Kafka settings of c.Kafka.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Target, "target", c.Target, "http: closed-loop users against the API; kafka: requests produced straight to Kafka, replies counted")
+	fs.StringVar(&c.Target, "target", c.Target, "http: closed-loop users against the API; ws: closed-loop users streaming answers over GET /v1/ws (time to first piece and to the whole answer), or with --hold idle connections; kafka: requests produced straight to Kafka, replies counted")
+	fs.IntVar(&c.Hold, "hold", c.Hold, "target ws: open this many idle WebSockets, hold them --duration, and report the producer's memory per connection (needs --metrics-url)")
+	fs.StringVar(&c.MetricsURL, "metrics-url", c.MetricsURL, "target ws --hold: the producer's admin /metrics URL, e.g. http://127.0.0.1:9090/metrics")
 	fs.StringVar(&c.URL, "url", c.URL, "API base URL (target http)")
 	fs.IntVar(&c.Users, "users", c.Users, "concurrent users, each asking, waiting for the answer, asking again (target http); with --rate, the distinct users the requests are spread over")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long to run (target http)")
@@ -245,6 +266,8 @@ func Run(ctx context.Context, c Config, log *slog.Logger) (Result, error) {
 	switch {
 	case c.Target == TargetKafka:
 		return runKafka(ctx, c, log)
+	case c.Target == TargetWS:
+		return runWS(ctx, c)
 	case c.Rate > 0:
 		return runOpen(ctx, c)
 	}
@@ -287,6 +310,22 @@ type Result struct {
 	P90MS float64 `json:"p90_ms"`
 	P99MS float64 `json:"p99_ms"`
 	MaxMS float64 `json:"max_ms"`
+	// FirstP50MS...: target ws, the time from the ask to the answer's
+	// first piece (P50MS... are to its done frame).
+	FirstP50MS float64 `json:"first_p50_ms,omitempty"`
+	FirstP90MS float64 `json:"first_p90_ms,omitempty"`
+	FirstP99MS float64 `json:"first_p99_ms,omitempty"`
+	FirstMaxMS float64 `json:"first_max_ms,omitempty"`
+	// Conns and what follows: target ws with --hold, the idle WebSockets
+	// held and the producer's memory before and after they opened.
+	Conns             int     `json:"conns,omitempty"`
+	RSSBeforeMB       float64 `json:"rss_before_mb,omitempty"`
+	RSSAfterMB        float64 `json:"rss_after_mb,omitempty"`
+	HeapBeforeMB      float64 `json:"heap_before_mb,omitempty"`
+	HeapAfterMB       float64 `json:"heap_after_mb,omitempty"`
+	RSSPerConnKB      float64 `json:"rss_per_conn_kb,omitempty"`
+	HeapPerConnKB     float64 `json:"heap_per_conn_kb,omitempty"`
+	GoroutinesPerConn float64 `json:"goroutines_per_conn,omitempty"`
 	// ErrorKinds counts refusals and errors by kind: "transport",
 	// "http_<status>", "produce".
 	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`

@@ -23,6 +23,15 @@ func (r Result) WriteJSON(w io.Writer) error {
 func (r Result) WriteText(w io.Writer) error {
 	var b strings.Builder
 	switch {
+	case r.Target == TargetWS && r.Conns > 0:
+		fmt.Fprintf(&b, "target ws, %d idle WebSockets opened in %.1f s; producer RSS %.1f -> %.1f MB, heap in use %.1f -> %.1f MB\n",
+			r.Conns, r.Seconds, r.RSSBeforeMB, r.RSSAfterMB, r.HeapBeforeMB, r.HeapAfterMB)
+		fmt.Fprintf(&b, "per connection: RSS %.1f KB, heap %.1f KB, goroutines %.2f\n", r.RSSPerConnKB, r.HeapPerConnKB, r.GoroutinesPerConn)
+		_, err := io.WriteString(w, b.String())
+		return err
+	case r.Target == TargetWS:
+		fmt.Fprintf(&b, "target ws, %d users: %.1f s, answered %d, refused %d (429/503), errors %d\n", r.Users, r.Seconds, r.Answered, r.Refused, r.Errors)
+		fmt.Fprintf(&b, "first piece ms p50 %.1f p90 %.1f p99 %.1f max %.1f\n", r.FirstP50MS, r.FirstP90MS, r.FirstP99MS, r.FirstMaxMS)
 	case r.Target == TargetHTTP && r.Rate > 0:
 		fmt.Fprintf(&b, "target http, open loop %g/s, mode %s, %d users: %.1f s counted, sent %d, answered %d (200), queued %d (202), refused %d (429/503), errors %d",
 			r.Rate, r.Mode, r.Users, r.Seconds, r.Sent, r.Answered, r.Queued, r.Refused, r.Errors)
