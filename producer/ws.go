@@ -260,22 +260,8 @@ func (w *wsConn) end(cause error) {
 	w.endOnce.Do(func() {
 		w.cause = cause
 		w.cancel(cause)
-		code, reason := websocket.StatusNormalClosure, ""
-		var ae *wsAuthError
-		switch {
-		case errors.As(cause, &ae):
-			code, reason = WSCloseUnauthorized, clip(ae.Error(), 120)
-		case errors.Is(cause, errWSIdle):
-			reason = "idle"
-		case errors.Is(cause, errWSLimit):
-			code, reason = websocket.StatusPolicyViolation, fmt.Sprintf("more than %d messages on one connection; reconnect", w.s.cfg.WSMaxMessages)
-		case errors.Is(cause, errWSExpired):
-			code, reason = WSCloseUnauthorized, "token expired"
-		case errors.Is(cause, errWSShutdown):
-			code, reason = websocket.StatusGoingAway, "server shutting down; reconnect"
-		default:
-			// Slow, dead, or the client closed or broke the connection
-			// (the library answered its close frame already).
+		_, code, reason := w.closing(cause)
+		if code == 0 {
 			_ = w.conn.CloseNow()
 			return
 		}
@@ -288,26 +274,35 @@ func (w *wsConn) end(cause error) {
 // label names why the connection ended, for
 // sluice_producer_ws_closed_total.
 func (w *wsConn) label() string {
+	l, _, _ := w.closing(w.cause)
+	return l
+}
+
+// closing returns, for a connection ended by cause, its label, and the
+// close code and reason the client is told; code 0: none, the client does
+// not read, is gone, or closed first (the library answered its close frame
+// already).
+func (w *wsConn) closing(cause error) (label string, code websocket.StatusCode, reason string) {
 	var ae *wsAuthError
-	switch c := w.cause; {
-	case errors.As(c, &ae):
-		return "auth"
-	case errors.Is(c, errWSIdle):
-		return "idle"
-	case errors.Is(c, errWSLimit):
-		return "limit"
-	case errors.Is(c, errWSExpired):
-		return "expired"
-	case errors.Is(c, errWSShutdown):
-		return "shutdown"
-	case errors.Is(c, errWSSlow):
-		return "slow"
-	case errors.Is(c, errWSDead):
-		return "dead"
-	case websocket.CloseStatus(c) == websocket.StatusMessageTooBig:
-		return "too_big"
+	switch {
+	case errors.As(cause, &ae):
+		return "auth", WSCloseUnauthorized, clip(ae.Error(), 120)
+	case errors.Is(cause, errWSIdle):
+		return "idle", websocket.StatusNormalClosure, "idle"
+	case errors.Is(cause, errWSLimit):
+		return "limit", websocket.StatusPolicyViolation, fmt.Sprintf("more than %d messages on one connection; reconnect", w.s.cfg.WSMaxMessages)
+	case errors.Is(cause, errWSExpired):
+		return "expired", WSCloseUnauthorized, "token expired"
+	case errors.Is(cause, errWSShutdown):
+		return "shutdown", websocket.StatusGoingAway, "server shutting down; reconnect"
+	case errors.Is(cause, errWSSlow):
+		return "slow", 0, ""
+	case errors.Is(cause, errWSDead):
+		return "dead", 0, ""
+	case websocket.CloseStatus(cause) == websocket.StatusMessageTooBig:
+		return "too_big", 0, ""
 	}
-	return "client"
+	return "client", 0, ""
 }
 
 // authFrame reads the first frame, which must be an auth frame with a

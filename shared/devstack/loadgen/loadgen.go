@@ -190,34 +190,26 @@ func (c Config) Validate() error {
 		p.Add(fmt.Errorf("backoff must be positive and at most its cap, got %v capped at %v", c.Backoff, c.BackoffMax))
 	}
 	switch c.Target {
-	case TargetHTTP:
+	case TargetHTTP, TargetWS:
 		u, err := url.Parse(c.URL)
 		p.Check(err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "", "url",
 			"%q must be http:// or https:// and name a host", c.URL)
 		p.Check(c.Users >= 1, "users", "must be at least 1, got %d", c.Users)
 		p.Check(c.Duration > 0, "duration", "must be positive, got %v", c.Duration)
+		p.Check(c.Turns >= 1, "turns", "must be at least 1, got %d", c.Turns)
+		p.Check(c.Secret != "", "jwt-secret", "is required to mint the users' tokens")
+		if c.Timeout <= 0 {
+			p.Add(fmt.Errorf("request timeout must be positive, got %v", c.Timeout))
+		}
+		if c.Target == TargetWS {
+			p.Check(c.Hold >= 0 && c.Hold <= maxHold, "hold", "must be from 0 to %d connections, got %d", maxHold, c.Hold)
+			p.Check(c.Hold == 0 || c.MetricsURL != "", "metrics-url", "is required with --hold: the producer's admin /metrics, to read its memory")
+			break
+		}
 		p.Check(c.Mode == "wait" || c.Mode == "async", "mode", "%q must be wait or async", c.Mode)
 		p.Check(c.WaitMS >= 0, "wait-ms", "must not be negative, got %d", c.WaitMS)
-		p.Check(c.Turns >= 1, "turns", "must be at least 1, got %d", c.Turns)
 		p.Check(c.Rate >= 0 && c.Rate <= maxRate, "rate", "must be from 0 (closed loop) to %d requests/s, got %g", maxRate, c.Rate)
 		p.Check(c.Warmup >= 0, "warmup", "must not be negative, got %v", c.Warmup)
-		p.Check(c.Secret != "", "jwt-secret", "is required to mint the users' tokens")
-		if c.Timeout <= 0 {
-			p.Add(fmt.Errorf("request timeout must be positive, got %v", c.Timeout))
-		}
-	case TargetWS:
-		u, err := url.Parse(c.URL)
-		p.Check(err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "", "url",
-			"%q must be http:// or https:// and name a host", c.URL)
-		p.Check(c.Users >= 1, "users", "must be at least 1, got %d", c.Users)
-		p.Check(c.Duration > 0, "duration", "must be positive, got %v", c.Duration)
-		p.Check(c.Turns >= 1, "turns", "must be at least 1, got %d", c.Turns)
-		p.Check(c.Secret != "", "jwt-secret", "is required to mint the users' tokens")
-		p.Check(c.Hold >= 0 && c.Hold <= maxHold, "hold", "must be from 0 to %d connections, got %d", maxHold, c.Hold)
-		p.Check(c.Hold == 0 || c.MetricsURL != "", "metrics-url", "is required with --hold: the producer's admin /metrics, to read its memory")
-		if c.Timeout <= 0 {
-			p.Add(fmt.Errorf("request timeout must be positive, got %v", c.Timeout))
-		}
 	case TargetKafka:
 		p.Add(c.Kafka.Validate())
 		p.Check(c.Dialogs >= 1, "dialogs", "must be at least 1, got %d", c.Dialogs)
