@@ -219,3 +219,47 @@ func dialogTurns(t *testing.T, api, dialogID, tok string) []string {
 	}
 	return out
 }
+
+// TestWidgetHandoffAndRefusal: with the LLM down, the canned answer hands
+// the shopper over to a human, which the widget says; a shopper over the
+// rate limit is told to wait, with the send button off meanwhile.
+func TestWidgetHandoffAndRefusal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test skipped in -short mode")
+	}
+	path := chromium()
+	if path == "" {
+		t.Skip("no Chromium found (chromium, chromium-browser, google-chrome): install Debian's chromium package (.ci/run does) to run the browser test")
+	}
+	dev := startProc(t, []string{"SLUICE_LOG_LEVEL=error"}, "dev",
+		"--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dev-kafka-addr", "127.0.0.1:0",
+		"--mock-error-rate", "1", "--user-rate", "1/m:1")
+	page := dev.waitLine(t, widgetLine)[1]
+	ctx := browser(t, path)
+	if err := chromedp.Do(ctx, chromedp.Navigate(page), chromedp.WaitVisible(".sluice-w-form input"),
+		chromedp.SendKeys(".sluice-w-form input", "xyzzy plugh"), chromedp.Click(".sluice-w-form button")); err != nil {
+		t.Fatal(err)
+	}
+	_, canned := lastBot(t, ctx, `b.dataset.state === 'done'`)
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector('.sluice-w-msg.handoff[data-handoff="true"]') !== null`,
+		chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(10*time.Second))); err != nil {
+		t.Fatalf("no handoff notice after the canned answer %q: %v", canned, err)
+	}
+
+	if err := chromedp.Do(ctx, chromedp.SendKeys(".sluice-w-form input", "and again"), chromedp.Click(".sluice-w-form button")); err != nil {
+		t.Fatal(err)
+	}
+	type shown struct {
+		Status   string `json:"status"`
+		Disabled bool   `json:"disabled"`
+	}
+	got, err := chromedp.Run(ctx, chromedp.Poll[shown](`(() => { const s = document.querySelector('.sluice-w-status');
+		return s.classList.contains('error') ? {status: s.textContent, disabled: document.querySelector('.sluice-w-form button').disabled} : null; })()`,
+		chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(20*time.Second)))
+	if err != nil {
+		t.Fatalf("no refusal shown: %v", err)
+	}
+	if !strings.Contains(got.Status, "too fast") || !strings.Contains(got.Status, "try again in") || !got.Disabled {
+		t.Errorf("refusal shown as %q, send disabled %v: want the rate limit and its wait, and the button off", got.Status, got.Disabled)
+	}
+}
