@@ -168,6 +168,13 @@
         // The answer under way first: resume it where it stopped.
         if (p && p.request_id) {
           ws.send(JSON.stringify({ type: "resume", request_id: p.request_id, dialog_id: saved.dialog, last_event_id: p.last_id }));
+        } else if (p && !queue.some(function (q) { return q.ref === p.ref; })) {
+          // Sent, but the connection dropped before it was confirmed: it
+          // may or may not be on its way, and asking again could ask twice.
+          if (current) { current.remove(); current = null; }
+          saved.pending = null; save();
+          send.disabled = false;
+          say("The connection dropped before your question was confirmed. Please ask again.", "error");
         }
         while (queue.length) { ws.send(JSON.stringify(queue.shift())); }
         return;
