@@ -31,6 +31,20 @@ func chromium() string {
 	return ""
 }
 
+// needChromium returns the path of Chromium, or skips the test (in -short
+// mode, or where there is none) saying why.
+func needChromium(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("browser test skipped in -short mode")
+	}
+	path := chromium()
+	if path == "" {
+		t.Skip("no Chromium found (chromium, chromium-browser, google-chrome): install Debian's chromium package (.ci/run does) to run the browser test")
+	}
+	return path
+}
+
 // browser starts a headless Chromium with a fresh profile and returns a
 // chromedp context on its first tab, ended with the test.
 func browser(t *testing.T, path string) context.Context {
@@ -115,13 +129,7 @@ func askInWidget(t *testing.T, ctx context.Context, q string) (partial, final st
 // resumes it from its last event id. With -update, its screenshot becomes
 // docs/img/widget.png.
 func TestWidgetInBrowser(t *testing.T) {
-	if testing.Short() {
-		t.Skip("browser test skipped in -short mode")
-	}
-	path := chromium()
-	if path == "" {
-		t.Skip("no Chromium found (chromium, chromium-browser, google-chrome): install Debian's chromium package (.ci/run does) to run the browser test")
-	}
+	path := needChromium(t)
 	dev := startProc(t, []string{"SLUICE_LOG_LEVEL=warn"}, "dev",
 		"--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dev-kafka-addr", "127.0.0.1:0",
 		// Slow enough pieces that the page shows an answer half-way.
@@ -224,13 +232,7 @@ func dialogTurns(t *testing.T, api, dialogID, tok string) []string {
 // the shopper over to a human, which the widget says; a shopper over the
 // rate limit is told to wait, with the send button off meanwhile.
 func TestWidgetHandoffAndRefusal(t *testing.T) {
-	if testing.Short() {
-		t.Skip("browser test skipped in -short mode")
-	}
-	path := chromium()
-	if path == "" {
-		t.Skip("no Chromium found (chromium, chromium-browser, google-chrome): install Debian's chromium package (.ci/run does) to run the browser test")
-	}
+	path := needChromium(t)
 	dev := startProc(t, []string{"SLUICE_LOG_LEVEL=error"}, "dev",
 		"--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dev-kafka-addr", "127.0.0.1:0",
 		"--mock-error-rate", "1", "--user-rate", "1/m:1")
