@@ -127,6 +127,13 @@ func checkSpec() []string {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envAllocsBackend) != "" {
+		if err := runAllocsBackend(); err != nil {
+			fmt.Fprintln(os.Stderr, "allocs backend:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	code := m.Run()
 	if code == 0 && len(observed.sorted()) > 0 {
 		if missing := checkSpec(); len(missing) > 0 {
