@@ -24,7 +24,6 @@ import (
 	"sluice/shared/auth"
 	"sluice/shared/bus"
 	"sluice/shared/devstack"
-	"sluice/shared/devstack/stacktest"
 	"sluice/shared/envelope"
 	"sluice/shared/store"
 )
@@ -60,11 +59,11 @@ func TestAllocsPerWaitRequest(t *testing.T) {
 	cfg.Partitions = 2
 	kafkaAddr, redisAddr := startAllocsBackend(t)
 	cfg.Brokers = []string{kafkaAddr}
-	rdb := stacktest.Client(t, redisAddr)
-	st, err := store.New(rdb, store.DefaultConfig())
+	st, err := store.Dial(store.ClientConfig{Addrs: []string{redisAddr}}, store.DefaultConfig()) // the production client's options
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = st.Close() })
 	v, err := auth.NewVerifier(auth.Config{Secret: secret})
 	if err != nil {
 		t.Fatal(err)
