@@ -75,21 +75,7 @@ func TestAllocsPerWaitRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done; p.Close() })
-	for !p.Ready() {
-		select {
-		case err := <-done:
-			t.Fatalf("producer stopped: %v", err)
-		case <-time.After(5 * time.Millisecond): // readiness has no event to await
-		}
-	}
+	addr, _ := mustRun(t, p, func() {})
 
 	const runs, perUser = 300, 5
 	warm := 50
@@ -106,7 +92,7 @@ func TestAllocsPerWaitRequest(t *testing.T) {
 		reqs = append(reqs, fmt.Appendf(nil, "POST /v1/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
 			tok, len(body), body))
 	}
-	c := mustDialRaw(t, ln.Addr().String())
+	c := mustDialRaw(t, addr)
 	next := 0
 	ask := func() {
 		if err := c.roundTrip(reqs[next]); err != nil {

@@ -65,6 +65,16 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	addr, stop := mustRun(tb, p, func() { observed.collect(reg) })
+	routes.add(p)
+	return &harness{srv: p, redis: m, url: "http://" + addr, broker: b, bus: cfg, store: st, stop: stop}
+}
+
+// mustRun runs p on a listener of its own until the test ends, then closes
+// it and calls after, and returns its address once p is ready, and what
+// ends its Run earlier.
+func mustRun(tb testing.TB, p *producer.Server, after func()) (addr string, stop context.CancelFunc) {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -72,8 +82,7 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx, ln) }()
-	tb.Cleanup(func() { cancel(); <-done; p.Close(); observed.collect(reg) })
-	routes.add(p)
+	tb.Cleanup(func() { cancel(); <-done; p.Close(); after() })
 	for !p.Ready() {
 		select {
 		case err := <-done:
@@ -81,7 +90,7 @@ func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 		case <-time.After(5 * time.Millisecond): // readiness has no event to await
 		}
 	}
-	return &harness{srv: p, redis: m, url: "http://" + ln.Addr().String(), broker: b, bus: cfg, store: st, stop: cancel}
+	return ln.Addr().String(), cancel
 }
 
 func token(tb testing.TB, tenant, user string) string {
