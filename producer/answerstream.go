@@ -137,10 +137,13 @@ func NewAnswerStream(st *store.Redis, d store.Dialog, requestID, lastEventID str
 	case idWhole:
 		a.holdsWhole, a.skipping = true, true
 	default:
+		// The client got events up to lastEventID: it may hold pieces
+		// that a whole answer must reset.
+		a.held = true
 		if isEntryID(lastEventID) {
 			a.resumeAt = lastEventID
 		} else {
-			a.held, a.skipping = true, true
+			a.skipping = true
 		}
 	}
 	return a

@@ -180,6 +180,20 @@ func TestAnswerStream(t *testing.T) {
 		}
 	})
 
+	// A client resuming after an entry still in a stream whose head was
+	// trimmed holds pieces: the whole answer comes after a reset.
+	t.Run("ResumeInATrimmedStreamResets", func(t *testing.T) {
+		st := newStreamStore(t)
+		id, err := st.AppendStream(context.Background(), streamDialog, "r11", pieces("a", "b", "c")[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustAppend(t, st, "r11", pieces("a", "b", "c")[2], doneEntry(t, "r11", "abc"))
+		if got := answerOf(t, drain(t, producer.NewAnswerStream(st, streamDialog, "r11", id, cfg))); got != "reset delta done" {
+			t.Errorf("resume after the first entry kept of a trimmed stream: %q", got)
+		}
+	})
+
 	t.Run("PiecesNotMakingTheAnswerAreReset", func(t *testing.T) {
 		st := newStreamStore(t)
 		mustAppend(t, st, "r8", append(pieces("138 0013 8000"), doneEntry(t, "r8", "[phone]"))...)
