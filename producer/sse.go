@@ -1,6 +1,7 @@
 package producer
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"sluice/shared/backoff"
 	"sluice/shared/store"
 )
 
@@ -121,9 +123,13 @@ func (s *Server) streamAnswer(c echo.Context, d store.Dialog, requestID, lastID,
 			s.m.storeErrors.WithLabelValues("stream").Inc()
 			if failures++; failures >= streamErrorsInARow {
 				s.log.Warn("read answer stream", "request_id", requestID, "err", err)
-				// The id of the last event delivered: a resume goes on from there.
-				_ = w.write(&Event{ID: w.lastID, Kind: EventError, RequestID: requestID, Text: "the answer stream is unavailable; resume with Last-Event-ID"})
+				// The id of the last event delivered ("0", the start, when
+				// none was): a resume goes on from there.
+				_ = w.write(&Event{ID: cmp.Or(w.lastID, "0"), Kind: EventError, RequestID: requestID, Text: "the answer stream is unavailable; resume with Last-Event-ID"})
 				return nil
+			}
+			if backoff.Sleep(ctx, backoff.Linear(failures, 100*time.Millisecond, time.Second)) != nil {
+				return nil // the client went away
 			}
 			continue
 		}
