@@ -286,15 +286,21 @@ func (s *Server) postChat(c echo.Context) error {
 		}
 		return c.JSON(http.StatusOK, done)
 	}
-	if err := s.admitRequest(body.Mode, wait, body.Lane, s.ttl(body)); err != nil {
-		return err
+	// A streamed answer is waited for up to its deadline, not wait_ms: it
+	// is admitted as an async request is (as a WebSocket ask is).
+	mode := body.Mode
+	if stream {
+		mode, wait = ModeAsync, 0
 	}
-	req, rec, err := s.newRequest(c.Request().Header.Get(envelope.HeaderTraceparent), id, body, stream)
-	if err != nil {
+	if err := s.admitRequest(mode, wait, body.Lane, s.ttl(body)); err != nil {
 		return err
 	}
 	if stream {
-		return s.postStream(c, id, body, &req, rec)
+		return s.postStream(c, id, body)
+	}
+	req, rec, err := s.newRequest(c.Request().Header.Get(envelope.HeaderTraceparent), id, body, false)
+	if err != nil {
+		return err
 	}
 
 	// A wait-mode request is woken by its reply on a partition this replica
@@ -337,11 +343,9 @@ func (s *Server) postChat(c echo.Context) error {
 // Kafka and answers it as Server-Sent Events. It carries the queued marker
 // from the door on, so a resume on any replica tells it from an unknown
 // one, and its answer comes through its answer stream, not the reply topic.
-func (s *Server) postStream(c echo.Context, id auth.Identity, body ChatRequest, req *envelope.Request, rec *kgo.Record) error {
-	ctx := c.Request().Context()
-	d := store.DialogOf(req)
-	s.markQueued(ctx, d, req.RequestID, req.CreatedAt)
-	if _, err := s.put(ctx, d, req, rec, modeStream, body.Lane); err != nil {
+func (s *Server) postStream(c echo.Context, id auth.Identity, body ChatRequest) error {
+	req, err := s.enqueue(c.Request().Context(), c.Request().Header.Get(envelope.HeaderTraceparent), id, body)
+	if err != nil {
 		return err
 	}
 	observe := func(*DoneBody) {
@@ -350,7 +354,7 @@ func (s *Server) postStream(c echo.Context, id auth.Identity, body ChatRequest, 
 			s.admit.observe(s.now().Sub(req.CreatedAt))
 		}
 	}
-	return s.streamAnswer(c, d, req.RequestID, "", s.poll.url(id, req.DialogID, req.RequestID), streamUntil(req.Deadline), observe)
+	return s.streamAnswer(c, store.DialogOf(&req), req.RequestID, "", s.poll.url(id, req.DialogID, req.RequestID), streamUntil(req.Deadline), observe)
 }
 
 // put puts rec, the record of req asked in mode on lane, on Kafka and
@@ -378,11 +382,13 @@ func (s *Server) put(ctx context.Context, d store.Dialog, req *envelope.Request,
 }
 
 // enqueue puts id's question body, validated and admitted, on Kafka, for
-// an answer no handler waits for on a reply partition: it streams, or is
-// polled. The queued marker goes on first, so that its result is
+// an answer that streams (Server-Sent Events, WebSocket) rather than wakes
+// a handler from a reply partition; traceparent is the client's W3C trace
+// context ("" for none). The queued marker goes on first, so that a resume
+// on any replica tells the request from an unknown one and its result is
 // announced through the store. It returns 503 when Kafka refused it.
-func (s *Server) enqueue(ctx context.Context, id auth.Identity, body ChatRequest) (envelope.Request, error) {
-	req, rec, err := s.newRequest("", id, body, true)
+func (s *Server) enqueue(ctx context.Context, traceparent string, id auth.Identity, body ChatRequest) (envelope.Request, error) {
+	req, rec, err := s.newRequest(traceparent, id, body, true)
 	if err != nil {
 		return envelope.Request{}, err
 	}

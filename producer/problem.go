@@ -66,14 +66,13 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	p := Problem{Status: http.StatusInternalServerError, Type: "/problems/internal", Detail: "internal error"}
+	p, retry := problemOf(err)
 	var ae *apiError
 	var he *echo.HTTPError
 	switch {
 	case errors.As(err, &ae):
-		p.Status, p.Type, p.Detail = ae.status, "/problems/"+ae.slug, ae.detail
-		if ae.retryAfter > 0 {
-			c.Response().Header().Set("Retry-After", strconv.Itoa(ae.retryAfter))
+		if retry > 0 {
+			c.Response().Header().Set("Retry-After", strconv.Itoa(retry))
 		}
 	case errors.As(err, &he):
 		p.Status = he.Code
@@ -101,4 +100,18 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		return
 	}
 	_ = c.JSON(p.Status, p)
+}
+
+// problemOf returns the problem err answers as, and its Retry-After in
+// seconds (0: none): an apiError's own, a 500 for anything else. The
+// HTTP error handler and the WebSocket's error frames both use it.
+func problemOf(err error) (Problem, int) {
+	p := Problem{Status: http.StatusInternalServerError, Type: "/problems/internal", Detail: "internal error"}
+	var ae *apiError
+	retry := 0
+	if errors.As(err, &ae) {
+		p.Status, p.Type, p.Detail, retry = ae.status, "/problems/"+ae.slug, ae.detail, ae.retryAfter
+	}
+	p.Title = http.StatusText(p.Status)
+	return p, retry
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/labstack/echo/v4"
@@ -142,7 +143,8 @@ func (s *Server) serveWS(c echo.Context) error {
 	// The request's context is not to be used after the hijack: the
 	// connection gets its own, ended by end.
 	ctx, cancel := context.WithCancelCause(context.Background())
-	wc := &wsConn{s: s, conn: conn, ctx: ctx, cancel: cancel, out: make(chan []byte, wsQueue), id: id, activity: make(chan struct{}, 1)}
+	wc := &wsConn{s: s, conn: conn, ctx: ctx, cancel: cancel, out: make(chan []byte, wsQueue), id: id, activity: make(chan struct{}, 1),
+		traceparent: r.Header.Get(envelope.HeaderTraceparent)}
 	s.ws.add(wc)
 	defer s.ws.remove(wc)
 	s.m.wsClosed.With(wc.run(offered)).Inc()
@@ -190,6 +192,9 @@ type wsConn struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	id     auth.Identity
+	// traceparent is the upgrade request's W3C trace context, carried by
+	// every question asked on the connection ("" for none).
+	traceparent string
 	// out holds the frames for the client, written by write. Senders wait
 	// while it is full (backpressure).
 	out chan []byte
@@ -408,7 +413,7 @@ func (w *wsConn) ask(f wsFrame) {
 	}
 	var req envelope.Request
 	if err == nil {
-		req, err = s.enqueue(w.ctx, w.id, body)
+		req, err = s.enqueue(w.ctx, w.traceparent, w.id, body)
 	}
 	if err != nil {
 		w.sendErr(f.Ref, "", err)
@@ -541,19 +546,6 @@ func (w *wsConn) write() {
 	}
 }
 
-// problemOf returns the problem err answers as, the way errorHandler
-// writes it, and its Retry-After in seconds.
-func problemOf(err error) (Problem, int) {
-	p := Problem{Status: http.StatusInternalServerError, Type: "/problems/internal", Detail: "internal error"}
-	var ae *apiError
-	retry := 0
-	if errors.As(err, &ae) {
-		p.Status, p.Type, p.Detail, retry = ae.status, "/problems/"+ae.slug, ae.detail, ae.retryAfter
-	}
-	p.Title = http.StatusText(p.Status)
-	return p, retry
-}
-
 // wsConns are the open connections of a server, ended at its shutdown.
 type wsConns struct {
 	mu    sync.Mutex
@@ -601,9 +593,14 @@ func (c *wsConns) closeAll(ctx context.Context) {
 	}
 }
 
+// clip returns s cut to at most n bytes.
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	// Cut at a character's start: a close reason must be valid UTF-8.
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n]
 }
