@@ -145,7 +145,7 @@ func (c Config) Validate() error {
 	p.Check(c.SessionTimeout >= time.Second, "session-timeout", "must be at least 1s")
 	p.Check(c.OrderBy == OrderByKey || c.OrderBy == OrderByPartition, "order-by", "must be %q or %q, got %q", OrderByKey, OrderByPartition, c.OrderBy)
 	p.Check(c.LagInterval >= 100*time.Millisecond, "lag-interval", "must be at least 100ms")
-	p.Check(c.BulkMinShare >= 0 && c.BulkMinShare <= 1, "bulk-min-share", "must be from 0 to 1, got %g", c.BulkMinShare)
+	p.Check(c.BulkMinShare >= 0 && c.BulkMinShare <= 0.5, "bulk-min-share", "must be from 0 to 0.5 (the interactive lane goes first), got %g", c.BulkMinShare)
 	p.Check(c.Lanes == LanesTwo || c.Lanes == LanesSingle, "lanes", "must be %q or %q, got %q", LanesTwo, LanesSingle, c.Lanes)
 	p.Check(c.StreamFlush >= 0 && c.StreamFlush <= 5*time.Second, "stream-flush", "must be within 0..5s, got %v", c.StreamFlush)
 	return p.Err()
@@ -163,18 +163,19 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LagInterval, "lag-interval", c.LagInterval, "how often the consumer group's lag is read from Kafka (by one consumer per interval, shared through Redis)")
 	fs.BoolVar(&c.Stream, "stream", c.Stream, "publish answers' pieces as the model streams them, for requests that ask (SSE clients); off, they get the whole answer as one piece")
 	fs.DurationVar(&c.StreamFlush, "stream-flush", c.StreamFlush, "how long answer pieces gather before one write to the answer stream")
-	fs.Float64Var(&c.BulkMinShare, "bulk-min-share", c.BulkMinShare, "share of the in-flight budget the bulk lane keeps however busy the interactive lane is (0 to 1)")
+	fs.Float64Var(&c.BulkMinShare, "bulk-min-share", c.BulkMinShare, "share of the in-flight budget the bulk lane keeps however busy the interactive lane is (0 to 0.5)")
 	fs.StringVar(&c.Lanes, "lanes", c.Lanes, "two: the interactive lane first, bulk with its minimum share; single: both topics as one lane in fetch order, no priority (the design before the lanes, for comparison only)")
 }
 
 // bulkMin is how many records of the bulk lane may be in flight whatever
 // the interactive lane does: BulkMinShare of the budget, at least one when
-// the share is not 0; none with a single lane.
+// the share is not 0, but never the whole budget (a budget of one goes to
+// the interactive lane first); none with a single lane.
 func (c Config) bulkMin() int {
 	if c.BulkMinShare <= 0 || c.Lanes == LanesSingle {
 		return 0
 	}
-	return max(int(math.Ceil(c.BulkMinShare*float64(c.InFlight))), 1)
+	return min(max(int(math.Ceil(c.BulkMinShare*float64(c.InFlight))), 1), c.InFlight-1)
 }
 
 // refusedSession returns a settings error when the group coordinator
@@ -293,14 +294,16 @@ type metrics struct {
 
 // newMetrics makes the consumer's metrics with f; inflight reads the
 // records in flight, of at most budget.
-func newMetrics(f promauto.Factory, inflight func() float64, budget int) metrics {
+// newMetrics registers the consumer's metrics; inflight and interactive
+// count the records in flight, all and the interactive lane's.
+func newMetrics(f promauto.Factory, inflight, interactive func() float64, budget int) metrics {
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_consumer_in_flight", Help: "Records handed to workers and not finished.",
 	}, inflight)
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_consumer_in_flight_ratio",
-		Help: "Records in flight over the in-flight budget (0 to 1), this process's: it leads the group lag, which grows without bound only once the budgets are full.",
-	}, func() float64 { return inflight() / float64(budget) })
+		Help: "Records of the interactive lane in flight over the in-flight budget (0 to 1), this process's: it leads the group lag, which grows without bound only once the budgets are full. Bulk records, which take what the interactive lane leaves, do not count: a bulk backlog alone does not make pods look busy.",
+	}, func() float64 { return interactive() / float64(budget) })
 	e2e := f.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "sluice_consumer_end_to_end_seconds", Help: "From the request's created_at to its reply produced, by lane.",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
@@ -316,7 +319,7 @@ func newMetrics(f promauto.Factory, inflight func() float64, budget int) metrics
 			Name: "sluice_consumer_records_total", Help: "Request records finished, by outcome.",
 		}, []string{"outcome"}), "done", "expired", "duplicate", "dead_letter", "abandoned"),
 		paused: f.NewGauge(prometheus.GaugeOpts{
-			Name: "sluice_consumer_paused", Help: "1 while the in-flight budget is full: the bulk lane's fetching is paused, the interactive lane's next records wait fetched.",
+			Name: "sluice_consumer_paused", Help: "1 while the in-flight budget is full: fetched records wait for a slot (records of the interactive lane first).",
 		}),
 		process: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "sluice_consumer_process_duration_seconds", Help: "From poll to reply produced.",
@@ -374,7 +377,8 @@ func New(cfg Config, cfgBus bus.Config, st Store, ans Answerer, log *slog.Logger
 	c.lanes = &lanes{c: c, dispatch: c.dispatch}
 	c.work, c.stopWork = context.WithCancel(context.Background())
 	r := metric.NewRegisterer(reg)
-	c.m = newMetrics(promauto.With(r), func() float64 { return float64(c.inflight.Load()) }, cfg.InFlight)
+	c.m = newMetrics(promauto.With(r), func() float64 { return float64(c.inflight.Load()) },
+		func() float64 { return float64(c.inflight.Load() - c.inflightBulk.Load()) }, cfg.InFlight)
 	r.MustRegister(laneCollector{c})
 	r.MustRegister(c.lag)
 	if err := r.Err(); err != nil {
@@ -580,12 +584,13 @@ func (l *lanes) topics(lane int) []string {
 	return []string{l.c.bus.RequestsTopic}
 }
 
-// laneOf returns the lane that holds r.
+// laneOf returns the lane that holds r: its own, but for the one lane of
+// LanesSingle.
 func (l *lanes) laneOf(r *kgo.Record) int {
-	if r.Topic == l.c.bus.BulkTopic && l.c.cfg.Lanes != LanesSingle {
-		return bulk
+	if l.c.cfg.Lanes == LanesSingle {
+		return interactive
 	}
-	return interactive
+	return l.c.lane(r.Topic)
 }
 
 // run takes and starts records until ctx ends or the client is closed. It

@@ -150,7 +150,7 @@ func (r *running) stop(tb testing.TB) error {
 // helps are the HELP texts of the metrics these tests read:
 // testutil.GatherAndCompare compares them too.
 var helps = map[string]string{
-	"sluice_consumer_paused":    "1 while the in-flight budget is full: the bulk lane's fetching is paused, the interactive lane's next records wait fetched.",
+	"sluice_consumer_paused":    "1 while the in-flight budget is full: fetched records wait for a slot (records of the interactive lane first).",
 	"sluice_consumer_in_flight": "Records handed to workers and not finished.",
 	"sluice_consumer_reply_partition_fallbacks_total": "Replies whose requested reply.partition the reply topic does not have, " +
 		"sent to the key's partition instead.",

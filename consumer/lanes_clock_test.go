@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -161,5 +162,27 @@ func TestLanesPriorityAndMinimumShare(t *testing.T) {
 				t.Logf("interactive %d (longest wait %v), bulk %d", got[interactive], s.maxWait[interactive], got[bulk])
 			})
 		})
+	}
+}
+
+// TestBulkMinNeverTakesTheWholeBudget: the bulk lane's minimum share is at
+// least one slot, but never the whole budget, which would keep shoppers
+// out while any bulk record is held.
+func TestBulkMinNeverTakesTheWholeBudget(t *testing.T) {
+	for _, tc := range []struct {
+		inFlight int
+		share    float64
+		want     int
+	}{{256, 0.1, 26}, {10, 0.2, 2}, {4, 0.01, 1}, {2, 0.5, 1}, {1, 0.1, 0}, {8, 0, 0}} {
+		cfg := DefaultConfig()
+		cfg.InFlight, cfg.BulkMinShare = tc.inFlight, tc.share
+		if got := cfg.bulkMin(); got != tc.want {
+			t.Errorf("bulkMin of a budget of %d with share %g = %d, want %d", tc.inFlight, tc.share, got, tc.want)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.BulkMinShare = 1
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "bulk-min-share") {
+		t.Errorf("a bulk minimum share of the whole budget: %v, want an error naming bulk-min-share", err)
 	}
 }

@@ -71,6 +71,11 @@ func TestInteractiveLaneGoesFirst(t *testing.T) {
 			t.Fatalf("%q started with only bulk records queued", req.Text)
 		}
 	}
+	// The autoscaling ratio counts the interactive lane only: a budget
+	// full of bulk records does not make the pod look busy.
+	if got := gauge(t, run.reg, "sluice_consumer_in_flight_ratio"); got != 0 {
+		t.Errorf("in-flight ratio %g with only bulk records in flight, want 0", got)
+	}
 	// Shoppers ask while the budget is full of bulk records.
 	e.produceLane(t, e.bus.RequestsTopic, "shop", 100, 6)
 	// The consumer holds what the client fetched even while the budget is
@@ -84,6 +89,9 @@ func TestInteractiveLaneGoesFirst(t *testing.T) {
 	}
 	if want := []string{"shop", "shop", "shop", "bulk"}; strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("freed slots went to %v, want %v: shoppers first, down to the bulk lane's one slot", got, want)
+	}
+	if got := gauge(t, run.reg, "sluice_consumer_in_flight_ratio"); got != 0.75 {
+		t.Errorf("in-flight ratio %g with 3 shoppers' and 1 bulk record in flight of 4, want 0.75", got)
 	}
 }
 
