@@ -246,6 +246,7 @@ type Consumer struct {
 
 	inflight       atomic.Int64
 	inflightBulk   atomic.Int64 // of inflight, records of the bulk lane
+	slotTime       atomic.Int64 // how long a record holds its slot, a moving average in ns; 0 until one finished
 	lanes          *lanes
 	fallbackWarned rate.Sometimes // the reply partition fallback warning, at most every 10 s
 	freed          chan struct{}
@@ -569,8 +570,10 @@ type lanes struct {
 	dispatch func(r *kgo.Record, now time.Time) // starts a record: Consumer.dispatch
 	paused   [2]bool
 
-	mu   sync.Mutex       // held is also dropped by revoke and lost
-	held [2][]*kgo.Record // fetched and not started, by lane, in fetch order
+	mu     sync.Mutex       // held is also dropped by revoke and lost
+	held   [2][]*kgo.Record // fetched and not started, by lane, in fetch order
+	bulkAt time.Time        // the pace of bulk starts: see bulkTokens
+	wake   time.Time        // when the pace lets a held bulk record start; zero: not held back
 }
 
 // topics returns the topics whose records lane holds.
@@ -619,7 +622,7 @@ func (l *lanes) run(ctx context.Context) error {
 		}
 		// A freed slot matters to the wait only when something is held or
 		// the budget is full; otherwise only new records can change anything.
-		if closed, err := l.wait(ctx, room, free <= 0 || l.heldCount() > 0); closed || err != nil {
+		if closed, err := l.wait(ctx, room, free <= 0 || l.heldCount() > 0, l.wakeAt()); closed || err != nil {
 			return err
 		}
 	}
@@ -633,34 +636,91 @@ func b2f(b bool) float64 {
 	return 0
 }
 
+// maxSlotTime caps what one record's time in its slot counts for the pace of
+// bulk starts: a bulk request may wait minutes for LLM quota, which says
+// nothing about how soon the other slots free.
+const maxSlotTime = 2 * time.Second
+
+// slotHeld counts d, the time a record held its slot, into the moving
+// average of slot times (a weight of 1/16: about the last few dozen
+// records).
+func (c *Consumer) slotHeld(d time.Duration) {
+	d = min(max(d, 0), maxSlotTime)
+	if old := c.slotTime.Load(); old == 0 {
+		c.slotTime.Store(int64(max(d, 1)))
+	} else {
+		c.slotTime.Store(old + (int64(d)-old)/16) // a lost update only loses a sample
+	}
+}
+
+// bulkSpacing is the time between bulk starts when they are paced: the
+// time a slot is held, over the budget. Bulk records started together
+// would finish together, and with a model of steady latency free their
+// slots together again, call after call: a shopper's question fetched
+// just after such a wave finds the budget full and waits for the next
+// one, up to a whole call (docs/benchmarks.md, "Two lanes"). Spaced over
+// one slot time, bulk starts keep completions spread, so a slot frees
+// every bulkSpacing, and the pace is the budget's whole rate: bulk never
+// runs slower for it once its slots are taken. Until a record finished,
+// a slot is taken to be held for a second.
+func (c *Consumer) bulkSpacing() time.Duration {
+	held := time.Duration(c.slotTime.Load())
+	if held <= 0 {
+		held = time.Second
+	}
+	return held / time.Duration(c.cfg.InFlight)
+}
+
 // wait waits for the next records, which it holds, while there is room to
-// hold more, and for a slot to free when onFreed (or there is no room).
-func (l *lanes) wait(ctx context.Context, room int, onFreed bool) (closed bool, err error) {
+// hold more, for a slot to free when onFreed (or there is no room), and
+// until wake, unless that is zero.
+func (l *lanes) wait(ctx context.Context, room int, onFreed bool, wake time.Time) (closed bool, err error) {
+	var timer <-chan time.Time
+	if !wake.IsZero() {
+		t := time.NewTimer(time.Until(wake))
+		defer t.Stop()
+		timer = t.C
+	}
 	if room <= 0 {
 		select {
 		case <-l.c.freed:
+		case <-timer:
 		case <-ctx.Done():
 		}
 		return false, nil
 	}
-	if !onFreed {
+	if !onFreed && timer == nil {
 		_, closed, err = l.take(ctx, room)
 		return closed, err
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	freed := l.c.freed
+	if !onFreed {
+		freed = nil
+	}
 	go func() {
 		// The signal is taken, not put back: the next round counts the free
 		// slots itself, and a signal put back would wake every wait at once,
 		// for ever (an idle consumer spun at 1.2 cores).
 		select {
-		case <-l.c.freed:
+		case <-freed:
+			cancel()
+		case <-timer:
 			cancel()
 		case <-pctx.Done():
 		}
 	}()
 	_, closed, err = l.take(pctx, room)
 	return closed, err
+}
+
+// wakeAt returns when the pace lets a held bulk record start, zero when
+// none is held back.
+func (l *lanes) wakeAt() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.wake
 }
 
 // take polls up to most records (without waiting when ctx is nil) and
@@ -688,24 +748,74 @@ func (l *lanes) take(ctx context.Context, most int) (got int, closed bool, err e
 
 // start starts up to free held records: interactive first, but for the
 // slots the bulk lane's minimum share has unused while bulk records are
-// held; bulk records take what is left when no interactive one waits.
+// held; bulk records take what is left when no interactive one waits, as
+// fast as their pace allows (Consumer.bulkSpacing; the minimum share's
+// slots are not paced). When the pace holds back a bulk record that could
+// start, l.wake is when it may.
 func (l *lanes) start(free int) int {
 	c := l.c
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := time.Now()
 	owed := max(c.cfg.bulkMin()-int(c.inflightBulk.Load()), 0)
 	reserve := 0
 	if len(l.held[bulk]) > 0 {
 		reserve = min(owed, free)
 	}
-	now := time.Now()
 	n := l.startLane(interactive, free-reserve, now)
 	free -= n
 	allow := owed
 	if len(l.held[interactive]) == 0 {
 		allow = free
 	}
-	return n + l.startLane(bulk, min(allow, free), now)
+	allow = min(allow, free)
+	b := l.startLane(bulk, min(allow, max(l.bulkTokens(now), owed)), now)
+	l.takeBulk(b, now)
+	l.wake = time.Time{}
+	if b < allow && len(l.held[bulk]) > 0 {
+		l.wake = l.bulkNext(now)
+	}
+	return n + b
+}
+
+// bulkBurst is how many bulk starts the pace lets through at once after a
+// pause: a few, so that a budget's worth never starts together.
+func (l *lanes) bulkBurst() int { return max(l.c.cfg.InFlight/32, 1) }
+
+// bulkTokens returns how many bulk records the pace lets start at now: a
+// generic cell rate, one per Consumer.bulkSpacing, up to bulkBurst saved.
+func (l *lanes) bulkTokens(now time.Time) int {
+	if l.c.cfg.Lanes == LanesSingle {
+		return l.c.cfg.InFlight // one lane, in fetch order: nothing is paced
+	}
+	every := l.c.bulkSpacing()
+	at := l.bulkFrom(now, every)
+	return max(int(now.Sub(at)/every), 0)
+}
+
+// bulkFrom is the time from which bulk starts are counted: the last start's
+// share of the pace, but no earlier than a burst ago.
+func (l *lanes) bulkFrom(now time.Time, every time.Duration) time.Time {
+	earliest := now.Add(-time.Duration(l.bulkBurst()) * every)
+	if l.bulkAt.Before(earliest) {
+		return earliest
+	}
+	return l.bulkAt
+}
+
+// takeBulk counts n bulk starts at now against the pace.
+func (l *lanes) takeBulk(n int, now time.Time) {
+	if n == 0 || l.c.cfg.Lanes == LanesSingle {
+		return
+	}
+	every := l.c.bulkSpacing()
+	l.bulkAt = l.bulkFrom(now, every).Add(time.Duration(n) * every)
+}
+
+// bulkNext returns when the pace lets the next bulk record start.
+func (l *lanes) bulkNext(now time.Time) time.Time {
+	every := l.c.bulkSpacing()
+	return l.bulkFrom(now, every).Add(every)
 }
 
 // startLane starts up to n held records of lane, oldest first. Call with
@@ -940,6 +1050,7 @@ func (c *Consumer) handle(w *work) {
 		if w.rec.Topic == c.bus.BulkTopic {
 			c.inflightBulk.Add(-1)
 		}
+		c.slotHeld(time.Since(w.got))
 		c.inflight.Add(-1)
 		select {
 		case c.freed <- struct{}{}:
