@@ -80,7 +80,11 @@ func Open(ctx context.Context, s Settings, log *slog.Logger, reg prometheus.Regi
 	}
 	rdb := st.Client()
 	fail := func(err error) (*Consumer, error) { _ = st.Close(); return nil, err }
-	model, err := llm.New(s.LLM, log, reg, llm.WithRedis(rdb, s.Store.Prefix+":"))
+	share := s.Consumer.BulkMinShare
+	if s.Consumer.Lanes == LanesSingle {
+		share = 0
+	}
+	model, err := llm.New(s.LLM, log, reg, llm.WithRedis(rdb, s.Store.Prefix+":"), llm.WithBulkMinShare(share))
 	if err != nil {
 		return fail(err)
 	}

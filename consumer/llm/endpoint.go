@@ -131,7 +131,7 @@ func newEndpoint(ec endpointConfig, cfg Config, q quota, c *Client) *endpoint {
 			option.WithMaxRetries(0), // retries are ours: bounded by the request's deadline
 			option.WithHTTPClient(&http.Client{Transport: transport(cfg.MaxConcurrent)}),
 		),
-		gate:   newGate(cfg.MaxConcurrent),
+		gate:   newGate(cfg.MaxConcurrent, c.bulkShare),
 		quota:  q,
 		m:      c.m,
 		em:     c.m.endpoint(ec.name),
@@ -387,9 +387,10 @@ func completionContent(raw []byte) (string, error) {
 // releases the slot. A request waits for quota without a slot, so that
 // waiting requests never hold the slots of calls that could be made. An
 // interactive request asks for quota as soon as it finds room; a bulk one
-// asks only while no interactive request of this process waits for quota:
-// when room comes, interactive requests take it first. A failing quota
-// store lets the call through.
+// asks only while no interactive request of this process waits for quota,
+// or while its lane had less than its minimum share of the recent calls
+// (WithBulkMinShare): when room comes, interactive requests take it first.
+// A failing quota store lets the call through.
 func (e *endpoint) enter(ctx context.Context, until time.Time, tokens int) error {
 	lane := laneIndex(ctx)
 	waited := "" // the limit the request waited for
@@ -408,6 +409,7 @@ func (e *endpoint) enter(ctx context.Context, until time.Time, tokens int) error
 			e.gate.release()
 			return err
 		case wait <= 0:
+			e.gate.entered(lane)
 			if waited != "" {
 				e.m.limited.WithLabelValues(waited, "waited").Inc()
 			}

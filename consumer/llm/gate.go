@@ -43,17 +43,50 @@ func laneIndex(ctx context.Context) int {
 // gate holds an endpoint's call slots and orders the requests that wait:
 // a freed slot goes to the interactive request waiting longest, to a bulk
 // one only when no interactive one waits; and while an interactive request
-// waits for quota, bulk requests do not ask for it (quotaTurn).
+// waits for quota, bulk requests do not ask for it (quotaTurn). Both but
+// while the bulk lane is owed its minimum share of the recent calls
+// (owedBulk).
 type gate struct {
 	mu    sync.Mutex
 	cap   int
 	used  int                // slots taken, including those handed to a waiter
 	queue [2][]chan struct{} // waiting for a slot, by lane, longest first; closed when handed one
 	quota int                // interactive requests waiting for quota
-	clear chan struct{}      // closed when quota falls to 0; nil while it is 0
+	clear chan struct{}      // closed when quota falls to 0 or the bulk lane is owed; nil while neither waits for it
+
+	share  float64    // the bulk lane's minimum share of calls; 0: none
+	served [2]float64 // calls that entered, by lane, halved every servedWindow: the recent ones
 }
 
-func newGate(slots int) *gate { return &gate{cap: slots} }
+// servedWindow is about how many recent calls the bulk lane's share is
+// counted over: the counts are halved when their sum reaches it.
+const servedWindow = 200
+
+func newGate(slots int, bulkShare float64) *gate { return &gate{cap: slots, share: bulkShare} }
+
+// entered counts a call of lane that entered (had its slot and quota).
+func (g *gate) entered(lane int) {
+	if g.share <= 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.served[lane]++
+	if g.served[laneInteractive]+g.served[laneBulk] >= servedWindow {
+		g.served[laneInteractive] /= 2
+		g.served[laneBulk] /= 2
+	}
+	if g.clear != nil && g.owedBulkLocked() {
+		close(g.clear) // the bulk requests waiting their turn ask now
+		g.clear = nil
+	}
+}
+
+// owedBulkLocked tells whether the bulk lane had less than its share of
+// the recent calls. Call with g.mu held.
+func (g *gate) owedBulkLocked() bool {
+	return g.share > 0 && g.served[laneBulk] < g.share*(g.served[laneInteractive]+g.served[laneBulk]+1)
+}
 
 // inUse returns the slots taken.
 func (g *gate) inUse() int {
@@ -105,8 +138,9 @@ func (g *gate) acquire(ctx context.Context, lane int, expire <-chan time.Time) (
 	return false, err
 }
 
-// release gives a slot back: to the first interactive waiter, else to the
-// first bulk one, else to the pool.
+// release gives a slot back: to the first interactive waiter (the first
+// bulk one while the bulk lane is owed its share), else to the first bulk
+// one, else to the pool.
 func (g *gate) release() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -114,8 +148,12 @@ func (g *gate) release() {
 }
 
 func (g *gate) releaseLocked() {
-	for lane, q := range g.queue {
-		if len(q) > 0 {
+	order := [2]int{laneInteractive, laneBulk}
+	if len(g.queue[laneBulk]) > 0 && g.owedBulkLocked() {
+		order = [2]int{laneBulk, laneInteractive}
+	}
+	for _, lane := range order {
+		if q := g.queue[lane]; len(q) > 0 {
 			close(q[0])
 			g.queue[lane] = q[1:]
 			return
@@ -145,11 +183,11 @@ func (g *gate) waitQuota() (done func()) {
 }
 
 // quotaTurn returns a channel closed once no interactive request waits for
-// quota (at once when none does).
+// quota, or the bulk lane is owed its share (at once when either holds).
 func (g *gate) quotaTurn() <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.quota == 0 {
+	if g.quota == 0 || g.owedBulkLocked() {
 		return closed
 	}
 	if g.clear == nil {

@@ -3,6 +3,7 @@ package llm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -37,14 +38,14 @@ func (q *roomEvery) take(context.Context, int) (time.Duration, string, error) {
 }
 
 // testEndpoint returns the primary endpoint of a client with q as its
-// quota and slots call slots. It is never
-// called: the tests go through enter.
-func testEndpoint(t *testing.T, q quota, slots int) *endpoint {
+// quota, slots call slots and opts. It is never called: the tests go
+// through enter.
+func testEndpoint(t *testing.T, q quota, slots int, opts ...Option) *endpoint {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.BaseURL = "http://127.0.0.1:1/v1"
 	cfg.MaxConcurrent = slots
-	c, err := New(cfg, nil, prometheus.NewRegistry())
+	c, err := New(cfg, nil, prometheus.NewRegistry(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,4 +257,67 @@ func TestBulkGivesWayUntilItsDeadline(t *testing.T) {
 // limited reads sluice_llm_limited_total{limit,outcome} of e.
 func limited(e *endpoint, limit, outcome string) float64 {
 	return testutil.ToFloat64(e.m.limited.WithLabelValues(limit, outcome))
+}
+
+// TestBulkKeepsItsMinimumShare: six interactive requests always wait (for a
+// call slot, or for quota) beside three bulk ones. With no minimum share the
+// bulk lane gets nothing before its deadline; with a share of 0.2 it gets
+// about a fifth of the calls, and the interactive lane the rest.
+func TestBulkKeepsItsMinimumShare(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		slots int
+		quota func() quota // nil: none
+	}{
+		{"call slots", 1, func() quota { return nil }},
+		{"quota", 8, func() quota { return &roomEvery{period: time.Second} }},
+	} {
+		for _, share := range []float64{0, 0.2} {
+			t.Run(fmt.Sprintf("%s, share %g", tc.name, share), func(t *testing.T) {
+				noJitter(t)
+				synctest.Test(t, func(t *testing.T) {
+					e := testEndpoint(t, tc.quota(), tc.slots, WithBulkMinShare(share))
+					var mu sync.Mutex
+					var calls [2]int
+					start := time.Now()
+					var wg sync.WaitGroup
+					ask := func(ctx context.Context, deadline time.Duration) {
+						defer wg.Done()
+						for time.Since(start) < 10*time.Minute {
+							if err := e.enter(ctx, time.Now().Add(deadline), 1); err != nil {
+								time.Sleep(100 * time.Millisecond) // fell back: the next question
+								continue
+							}
+							mu.Lock()
+							calls[laneIndex(ctx)]++
+							mu.Unlock()
+							time.Sleep(time.Second) // the call
+							e.gate.release()
+						}
+					}
+					for range 6 {
+						wg.Add(1)
+						go ask(context.Background(), 5*time.Second)
+					}
+					for range 3 {
+						wg.Add(1)
+						go ask(bulkCtx(), 20*time.Minute)
+					}
+					wg.Wait()
+					total := float64(calls[laneInteractive] + calls[laneBulk])
+					got := float64(calls[laneBulk]) / total
+					t.Logf("interactive %d calls, bulk %d (%.3f)", calls[laneInteractive], calls[laneBulk], got)
+					if total < 500 {
+						t.Errorf("%g calls in 10 min, want the slots or the quota used (about 600)", total)
+					}
+					if share == 0 && got > 0.01 {
+						t.Errorf("bulk had %.3f of the calls with no minimum share, want none but the first while shoppers wait", got)
+					}
+					if share > 0 && (got < share*0.9 || got > share*1.25) {
+						t.Errorf("bulk had %.3f of the calls, want about its minimum share %g", got, share)
+					}
+				})
+			})
+		}
+	}
 }

@@ -227,15 +227,28 @@ type Answer struct {
 type Option func(*options)
 
 type options struct {
-	rdb    redis.UniversalClient
-	prefix string
-	faqs   *faq.Library
+	rdb       redis.UniversalClient
+	prefix    string
+	faqs      *faq.Library
+	bulkShare float64
 }
 
 // WithRedis shares the RPM/TPM quota through rdb, under keys starting with
 // prefix. Without it the quota is per process.
 func WithRedis(rdb redis.UniversalClient, prefix string) Option {
 	return func(o *options) { o.rdb, o.prefix = rdb, prefix }
+}
+
+// WithBulkMinShare gives the bulk lane share (0 to 1) of each endpoint's
+// recent calls while its requests wait, however many interactive ones wait
+// too: a freed call slot goes to a bulk request while the lane had less, and
+// bulk requests ask for quota beside interactive ones. Without it (or with
+// 0) bulk requests get a slot or quota only when no interactive request
+// waits for it, which under steady interactive pressure is at their
+// deadline. The consumer passes its bulk lane's share of the in-flight
+// budget (SLUICE_BULK_MIN_SHARE).
+func WithBulkMinShare(share float64) Option {
+	return func(o *options) { o.bulkShare = share }
 }
 
 // WithFAQ uses lib for the faq tier instead of loading Config.FAQ.
@@ -252,6 +265,7 @@ type Client struct {
 	faqs      *faq.Library
 	pii       *pii.Auditor
 	m         *metrics
+	bulkShare float64 // see WithBulkMinShare
 }
 
 // New returns a client for cfg. It reads the prompts and FAQ files cfg
@@ -269,7 +283,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option
 	for _, opt := range opts {
 		opt(&o)
 	}
-	c := &Client{cfg: cfg, log: log, prompts: Prompts{Default: cfg.SystemPrompt}, faqs: o.faqs}
+	c := &Client{cfg: cfg, log: log, prompts: Prompts{Default: cfg.SystemPrompt}, faqs: o.faqs, bulkShare: o.bulkShare}
 	if cfg.PromptsFile != "" {
 		p, err := LoadPrompts(cfg.PromptsFile)
 		if err != nil {
