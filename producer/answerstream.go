@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"sluice/shared/backoff"
 	"sluice/shared/store"
 )
 
@@ -272,6 +273,47 @@ func (a *AnswerStream) idle(ctx context.Context) ([]Event, error) {
 		return nil, err
 	}
 	return a.finish(idDone, doneBody(res.Reply, res.CreatedAt)), nil
+}
+
+// streamErrorsInARow is how many failed reads of an answer stream in a
+// row make a stream give up (see Server.nextEvents).
+const streamErrorsInARow = 3
+
+// nextEvents returns a's next events (AnswerStream.Next) for a stream to
+// its client, SSE or WebSocket: a read of the answer stream that fails
+// (a Redis blip: a timeout, a failover) is counted in
+// sluice_producer_store_errors_total{op="stream"} and read again after a
+// pause (100 ms, 200 ms, ... with jitter), so that it delays the answer
+// instead of ending it. It gives up, logging it and returning the last
+// read's error, after streamErrorsInARow failed reads in a row, or when
+// the next pause would leave the client without news for longer than
+// Config.StreamWriteTimeout since the first failure, or run past a's
+// Until (the request's deadline). It returns ctx's error when ctx ends
+// during a pause. The caller sends the error event or frame that tells
+// the client to resume.
+func (s *Server) nextEvents(ctx context.Context, a *AnswerStream) ([]Event, error) {
+	var first time.Time
+	for failures := 1; ; failures++ {
+		evs, err := a.Next(ctx)
+		if err == nil || errors.Is(err, io.EOF) || ctx.Err() != nil {
+			return evs, err
+		}
+		s.m.storeErrors.WithLabelValues("stream").Inc()
+		now := time.Now()
+		if failures == 1 {
+			first = now
+		}
+		pause := backoff.Linear(failures, 100*time.Millisecond, time.Second)
+		resumeAt := now.Add(pause)
+		if failures >= streamErrorsInARow || resumeAt.Sub(first) > s.cfg.StreamWriteTimeout ||
+			!a.cfg.Until.IsZero() && resumeAt.After(a.cfg.Until) {
+			s.log.Warn("read answer stream", "request_id", a.requestID, "failed_reads", failures, "err", err)
+			return nil, err
+		}
+		if err := backoff.Sleep(ctx, pause); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // isEntryID reports whether id has the shape of a Redis stream entry id.

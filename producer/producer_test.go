@@ -13,6 +13,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"sluice/producer"
 	"sluice/shared/auth"
@@ -38,11 +39,21 @@ type harness struct {
 // mustStart runs a producer against kfake and miniredis, without consumers.
 func mustStart(tb testing.TB, mutate func(*producer.Config)) *harness {
 	tb.Helper()
+	return mustStartHooked(tb, mutate, nil)
+}
+
+// mustStartHooked is mustStart with hook, when not nil, on the producer's
+// Redis client (to fail chosen commands).
+func mustStartHooked(tb testing.TB, mutate func(*producer.Config), hook redis.Hook) *harness {
+	tb.Helper()
 	cfg := bus.DefaultConfig()
 	cfg.Partitions = 2
 	b := stacktest.Broker(tb, cfg, false)
 	cfg.Brokers = []string{b.Addr()}
 	m, rdb := stacktest.Miniredis(tb)
+	if hook != nil {
+		rdb.AddHook(hook)
+	}
 	st, err := store.New(rdb, store.DefaultConfig())
 	if err != nil {
 		tb.Fatal(err)

@@ -12,7 +12,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"sluice/shared/backoff"
 	"sluice/shared/store"
 )
 
@@ -23,10 +22,6 @@ const mimeEventStream = "text/event-stream"
 func wantsStream(c echo.Context) bool {
 	return strings.Contains(c.Request().Header.Get(echo.HeaderAccept), mimeEventStream)
 }
-
-// streamErrorsInARow is how many failed reads of the answer stream in a
-// row end it with an error event (the client resumes with its last id).
-const streamErrorsInARow = 3
 
 // ResetData is the data of a reset event.
 type ResetData struct {
@@ -100,11 +95,10 @@ func (s *Server) streamAnswer(c echo.Context, d store.Dialog, requestID, lastID,
 	}
 	ctx := c.Request().Context()
 	a := NewAnswerStream(s.store, d, requestID, lastID, AnswerStreamConfig{Until: until, Block: min(2*time.Second, s.cfg.StreamHeartbeat)})
-	failures := 0
 	for {
 		// Next is called only once the events before are written: a slow
 		// reader slows the reads from Redis, nothing queues here.
-		evs, err := a.Next(ctx)
+		evs, err := s.nextEvents(ctx, a)
 		if ctx.Err() != nil {
 			return nil // the client went away
 		}
@@ -120,20 +114,11 @@ func (s *Server) streamAnswer(c echo.Context, d store.Dialog, requestID, lastID,
 		case errors.Is(err, io.EOF):
 			return nil
 		case err != nil:
-			s.m.storeErrors.WithLabelValues("stream").Inc()
-			if failures++; failures >= streamErrorsInARow {
-				s.log.Warn("read answer stream", "request_id", requestID, "err", err)
-				// The id of the last event delivered ("0", the start, when
-				// none was): a resume goes on from there.
-				_ = w.write(&Event{ID: cmp.Or(w.lastID, "0"), Kind: EventError, RequestID: requestID, Text: "the answer stream is unavailable; resume with Last-Event-ID"})
-				return nil
-			}
-			if backoff.Sleep(ctx, backoff.Linear(failures, 100*time.Millisecond, time.Second)) != nil {
-				return nil // the client went away
-			}
-			continue
+			// The id of the last event delivered ("0", the start, when
+			// none was): a resume goes on from there.
+			_ = w.write(&Event{ID: cmp.Or(w.lastID, "0"), Kind: EventError, RequestID: requestID, Text: "the answer stream is unavailable; resume with Last-Event-ID"})
+			return nil
 		}
-		failures = 0
 		if len(evs) == 0 && time.Since(w.last) >= s.cfg.StreamHeartbeat && w.write(nil) != nil {
 			return nil
 		}

@@ -612,8 +612,10 @@ type eventsFunc func(ctx context.Context, d store.Dialog, requestID, lastID stri
 // follow calls emit with the events of requestID's answer after lastID
 // ("" for all), read from its answer stream (AnswerStream), until its done
 // or error event, ctx's end, or emit's false. The stream is read only as
-// fast as emit takes the events. It returns 404 for a request unknown or
-// not d's, 503 when Redis fails (the client resumes with its last id).
+// fast as emit takes the events; failed reads are read again
+// (Server.nextEvents). It returns 404 for a request unknown or not d's,
+// 503 when Redis fails and the stream gives up (the client resumes with
+// its last id).
 func (s *Server) follow(ctx context.Context, d store.Dialog, requestID, lastID string, emit func(wsOut) bool) error {
 	sctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	_, err := s.store.Result(sctx, d, requestID)
@@ -630,7 +632,9 @@ func (s *Server) follow(ctx context.Context, d store.Dialog, requestID, lastID s
 	}
 	a := NewAnswerStream(s.store, d, requestID, lastID, AnswerStreamConfig{Until: until})
 	for {
-		evs, err := a.Next(ctx)
+		// A failed read is read again after a pause, as for SSE; the 503
+		// comes only when the stream gives up.
+		evs, err := s.nextEvents(ctx, a)
 		switch {
 		case errors.Is(err, io.EOF):
 			return nil

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"sluice/producer"
 	"sluice/shared/auth"
@@ -450,4 +451,101 @@ func TestWSStreamsAndResumes(t *testing.T) {
 	if f := readFrame(t, other); f.Type != "error" || f.code() != 404 {
 		t.Fatalf("another user's resume: %+v, want a 404 error frame", f)
 	}
+}
+
+// failingReads is a Redis client hook that fails the next reads of answer
+// streams (XREAD), as a Redis blip does, and counts the failures.
+type failingReads struct {
+	left   atomic.Int64 // reads still to fail; below 0: every read passes
+	failed atomic.Int64
+}
+
+var errBlip = errors.New("i/o timeout (a Redis blip)")
+
+func (f *failingReads) fail(cmd redis.Cmder) bool {
+	if cmd.Name() != "xread" || f.left.Add(-1) < 0 {
+		return false
+	}
+	f.failed.Add(1)
+	cmd.SetErr(errBlip)
+	return true
+}
+
+func (f *failingReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (f *failingReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if f.fail(cmd) {
+			return errBlip
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (f *failingReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			if f.fail(cmd) {
+				return errBlip
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A read of the answer stream that fails is read again after a pause, as
+// for SSE: the answer of a Redis blip comes whole, without an error frame.
+// Reads that keep failing end the answer with the 503 error frame the
+// client resumes after.
+func TestWSAnswerStreamReadRetried(t *testing.T) {
+	blip := &failingReads{}
+	h := mustStartHooked(t, nil, blip)
+	tok := token(t, "t1", "blip")
+	ask := func(t *testing.T, c *websocket.Conn) wsFrame {
+		t.Helper()
+		writeFrame(t, c, map[string]any{"type": "ask", "ref": "q", "text": "hi"})
+		acc := readFrame(t, c)
+		if acc.Type != "accepted" {
+			t.Fatalf("%+v, want accepted", acc)
+		}
+		return acc
+	}
+
+	t.Run("Blip", func(t *testing.T) {
+		blip.left.Store(2) // fewer than the failures in a row that end a stream
+		blip.failed.Store(0)
+		c := h.mustWS(t, tok)
+		acc := ask(t, c)
+		d := store.Dialog{Tenant: "t1", User: "blip", ID: acc.DialogID}
+		done, _ := json.Marshal(producer.DoneBody{RequestID: acc.RequestID, DialogID: acc.DialogID, Status: "done", Answer: "Hello", Source: "llm"})
+		if _, err := h.store.AppendStream(context.Background(), d, acc.RequestID,
+			store.StreamEntry{Kind: store.StreamBegin},
+			store.StreamEntry{Kind: store.StreamDelta, Seq: 0, Text: "Hello"},
+			store.StreamEntry{Kind: store.StreamDone, Text: string(done)}); err != nil {
+			t.Fatal(err)
+		}
+		if f := readFrame(t, c); f.Type != "delta" || f.Text != "Hello" {
+			t.Fatalf("after %d failed reads: %+v, want the delta", blip.failed.Load(), f)
+		}
+		if f := readFrame(t, c); f.Type != "done" || f.Answer != "Hello" {
+			t.Fatalf("%+v, want done", f)
+		}
+		if n := blip.failed.Load(); n != 2 {
+			t.Errorf("%d reads failed, want 2", n)
+		}
+	})
+	t.Run("Outage", func(t *testing.T) {
+		blip.left.Store(1 << 40) // Redis stays down for the stream
+		blip.failed.Store(0)
+		t.Cleanup(func() { blip.left.Store(0) })
+		c := h.mustWS(t, tok)
+		acc := ask(t, c)
+		f := readFrame(t, c)
+		if f.Type != "error" || f.code() != http.StatusServiceUnavailable || f.RequestID != acc.RequestID || f.RetryAfter < 1 {
+			t.Fatalf("%+v, want a 503 error frame with retry_after for %s", f, acc.RequestID)
+		}
+		if n := blip.failed.Load(); n < 2 {
+			t.Errorf("gave up after %d failed read(s), want it to read again first", n)
+		}
+	})
 }
