@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"time"
 
 	"sluice/consumer/llm"
@@ -37,17 +38,27 @@ const streamWriteTimeout = time.Second
 // model's pieces masked by a pii.StreamMasker (a phone number split across
 // tokens leaves only whole, masked), batched so that pieces arriving within
 // Config.StreamFlush of the last write go out together in one command,
-// then the final answer's done entry. Its entries follow the rules
+// then the final answer's done entry. A timer writes pieces held back
+// for the batch once StreamFlush has passed since the last write, so a
+// piece followed by a long pause of the model reaches the readers within
+// StreamFlush, not with the next piece. Its entries follow the rules
 // producer.AnswerStream relies on: the first write of a delivery begins
 // with store.StreamBegin (a reset when an earlier delivery sent pieces),
 // deltas are numbered from 0 after each reset, and the deltas after the
 // last reset make the done body's answer.
+//
+// The model's pieces come from one goroutine, the flush timer's writes
+// from another: mu serialises them.
 type pieceWriter struct {
 	c         *Consumer
 	ctx       context.Context
 	d         store.Dialog
 	requestID string
 
+	mu      sync.Mutex
+	flush   *time.Timer // writes pending pieces StreamFlush after the last write
+	armed   bool        // flush is set and has not fired yet
+	ended   bool        // finish ran: the timer writes no more
 	masker  pii.StreamMasker
 	pending []store.StreamEntry
 	// mark is where in pending the pieces since the last reset start,
@@ -67,12 +78,44 @@ func (c *Consumer) newPieceWriter(ctx context.Context, d store.Dialog, requestID
 
 // Piece takes a piece of the model's answer, unmasked.
 func (w *pieceWriter) Piece(text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	out := w.masker.Write(text)
-	if out == "" {
+	if out == "" || w.ended {
 		return
 	}
 	w.add(out)
-	if !w.broken && time.Since(w.last) >= w.c.cfg.StreamFlush {
+	if w.broken {
+		return
+	}
+	if wait := w.c.cfg.StreamFlush - time.Since(w.last); wait > 0 {
+		w.flushIn(wait)
+		return
+	}
+	w.write()
+}
+
+// flushIn arms the flush timer to write the pending entries in wait,
+// unless it is armed already: for an earlier piece of the same batch, due
+// at the same time.
+func (w *pieceWriter) flushIn(wait time.Duration) {
+	if w.armed {
+		return
+	}
+	w.armed = true
+	if w.flush == nil {
+		w.flush = time.AfterFunc(wait, w.flushed)
+		return
+	}
+	w.flush.Reset(wait)
+}
+
+// flushed writes what the batch holds when the flush timer fires.
+func (w *pieceWriter) flushed() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.armed = false
+	if !w.ended && !w.broken {
 		w.write()
 	}
 }
@@ -86,6 +129,12 @@ func (w *pieceWriter) add(text string) {
 // Reset voids the pieces so far: pieces not written yet are dropped, and
 // a reset entry follows the written ones.
 func (w *pieceWriter) Reset() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.reset()
+}
+
+func (w *pieceWriter) reset() {
 	w.masker = pii.StreamMasker{}
 	w.seq = 0
 	w.given.Reset()
@@ -103,12 +152,18 @@ func (w *pieceWriter) Reset() {
 // finished request, another delivery's answer stored first), then done.
 // It is called after the reply is stored.
 func (w *pieceWriter) finish(stored envelope.Reply, created time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ended = true
+	if w.flush != nil {
+		w.flush.Stop()
+	}
 	if rest := w.masker.Flush(); rest != "" {
 		w.add(rest)
 	}
 	if w.given.String() != stored.Answer {
 		if w.given.Len() > 0 {
-			w.Reset()
+			w.reset()
 		}
 		if stored.Answer != "" {
 			w.add(stored.Answer)

@@ -1,0 +1,103 @@
+package consumer
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"sluice/shared/envelope"
+	"sluice/shared/store"
+)
+
+// recordedStreams is a Streams that keeps each write's entries.
+type recordedStreams struct {
+	mu     sync.Mutex
+	writes [][]store.StreamEntry
+}
+
+func (r *recordedStreams) AppendStream(_ context.Context, _ store.Dialog, _ string, entries ...store.StreamEntry) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.writes = append(r.writes, append([]store.StreamEntry(nil), entries...))
+	return "1-0", nil
+}
+
+// texts returns the delta texts written so far, write by write.
+func (r *recordedStreams) texts() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, w := range r.writes {
+		var b strings.Builder
+		for _, e := range w {
+			if e.Kind == store.StreamDelta {
+				b.WriteString(e.Text)
+			}
+		}
+		out = append(out, b.String())
+	}
+	return out
+}
+
+// A piece held back for the batch is written within StreamFlush even when
+// the model pauses after it: the flush timer writes it, not the next
+// piece. Time is synctest's fake clock.
+func TestPieceWriterFlushesInAModelPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &recordedStreams{}
+		cfg := DefaultConfig()
+		cfg.StreamFlush = 50 * time.Millisecond
+		zero := func() float64 { return 0 }
+		c := &Consumer{cfg: cfg, log: slog.New(slog.DiscardHandler), streams: rec,
+			m: newMetrics(promauto.With(prometheus.NewRegistry()), zero, zero, 1)}
+		d := store.Dialog{Tenant: "t", User: "u", ID: "0123456789abcdef0123456789abcdef"}
+		w := c.newPieceWriter(context.Background(), d, "r1")
+
+		w.Piece("Hello ") // the first piece goes out at once
+		time.Sleep(10 * time.Millisecond)
+		w.Piece("dear ") // within StreamFlush of that write: batched
+		time.Sleep(10 * time.Millisecond)
+		w.Piece("shopper. ")
+		synctest.Wait()
+		if got := rec.texts(); len(got) != 1 || got[0] != "Hello " {
+			t.Fatalf("writes %q before the flush interval passed, want only the first piece", got)
+		}
+
+		// The model pauses for a minute; the batch is due 50 ms after
+		// the first write, 30 ms from now.
+		time.Sleep(30 * time.Millisecond)
+		synctest.Wait()
+		if got := rec.texts(); len(got) != 2 || got[1] != "dear shopper. " {
+			t.Fatalf("writes %q at the flush interval, want the batch written by then", got)
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if n := len(rec.texts()); n != 2 {
+			t.Fatalf("%d writes after a pause with nothing pending, want 2", n)
+		}
+
+		// A piece after the pause goes out at once; done ends the stream,
+		// and the timer writes nothing after it.
+		w.Piece("Bye. ")
+		w.Piece("Really.") // held by the masker until the end
+		created := time.Now()
+		w.finish(envelope.Reply{RequestID: "r1", DialogID: d.ID, Status: envelope.StatusDone, Answer: "Hello dear shopper. Bye. Really."}, created)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		got := rec.texts()
+		if len(got) != 4 || got[2] != "Bye. " || got[3] != "Really." {
+			t.Fatalf("writes %q, want the piece after the pause at once, then the rest with done", got)
+		}
+		last := rec.writes[len(rec.writes)-1]
+		if last[len(last)-1].Kind != store.StreamDone {
+			t.Errorf("the last write %+v does not end with done", last)
+		}
+	})
+}
