@@ -229,13 +229,16 @@ func dialogTurns(t *testing.T, api, dialogID, tok string) []string {
 }
 
 // TestWidgetHandoffAndRefusal: with the LLM down, the canned answer hands
-// the shopper over to a human, which the widget says; a shopper over the
-// rate limit is told to wait, with the send button off meanwhile.
+// the shopper over to a human, which the widget says; a question refused by
+// the rate limit (429 with retry_after) stays pending, the widget shows the
+// wait with the send button off, and asks it again when the wait is over.
 func TestWidgetHandoffAndRefusal(t *testing.T) {
 	path := needChromium(t)
 	dev := startProc(t, []string{"SLUICE_LOG_LEVEL=error"}, "dev",
 		"--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dev-kafka-addr", "127.0.0.1:0",
-		"--mock-error-rate", "1", "--user-rate", "1/m:1")
+		// One question per 10 s: the second, asked once the first is
+		// answered, is refused with a wait of a few seconds.
+		"--mock-error-rate", "1", "--user-rate", "6/m:1")
 	page := dev.waitLine(t, widgetLine)[1]
 	ctx := browser(t, path)
 	if err := chromedp.Do(ctx, chromedp.Navigate(page), chromedp.WaitVisible(".sluice-w-form input"),
@@ -254,14 +257,32 @@ func TestWidgetHandoffAndRefusal(t *testing.T) {
 	type shown struct {
 		Status   string `json:"status"`
 		Disabled bool   `json:"disabled"`
+		Bubble   string `json:"bubble"` // the pending answer's state
+		Pending  string `json:"pending"`
 	}
 	got, err := chromedp.Run(ctx, chromedp.Poll[shown](`(() => { const s = document.querySelector('.sluice-w-status');
-		return s.classList.contains('error') ? {status: s.textContent, disabled: document.querySelector('.sluice-w-form button').disabled} : null; })()`,
+		if (!s.classList.contains('error')) return null;
+		const all = document.querySelectorAll('.sluice-w-msg.bot'); const b = all[all.length-1];
+		let pending = '';
+		for (let i = 0; i < localStorage.length; i++) { const k = localStorage.key(i);
+			if (k.startsWith('sluice:')) { const p = JSON.parse(localStorage.getItem(k)).pending; pending = p ? p.text : ''; } }
+		return {status: s.textContent, disabled: document.querySelector('.sluice-w-form button').disabled,
+			bubble: all.length === 2 ? b.dataset.state : 'bubbles: ' + all.length, pending: pending}; })()`,
 		chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(20*time.Second)))
 	if err != nil {
 		t.Fatalf("no refusal shown: %v", err)
 	}
-	if !strings.Contains(got.Status, "too fast") || !strings.Contains(got.Status, "try again in") || !got.Disabled {
+	if !strings.Contains(got.Status, "too fast") || !strings.Contains(got.Status, "Asking again in") || !got.Disabled {
 		t.Errorf("refusal shown as %q, send disabled %v: want the rate limit and its wait, and the button off", got.Status, got.Disabled)
+	}
+	if got.Bubble != "waiting" || got.Pending != "and again" {
+		t.Errorf("while refused: answer bubble %q, pending question %q: want the question kept pending, its bubble waiting", got.Bubble, got.Pending)
+	}
+	// After the wait the widget asks again, and the answer comes.
+	if _, text := lastBot(t, ctx, `document.querySelectorAll('.sluice-w-msg.bot').length === 2 && b.dataset.state === 'done'`); text == "" {
+		t.Errorf("the question asked again after the wait has an empty answer")
+	}
+	if n := count(t, ctx, ".sluice-w-msg.user"); n != 2 {
+		t.Errorf("%d questions shown, want 2: the retry is not shown as a new question", n)
 	}
 }

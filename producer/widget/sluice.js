@@ -30,6 +30,8 @@
   var KEY = "sluice:" + cfg.api;   // localStorage: {dialog, pending}
   var saved = load();
   var ws = null, ready = false, retries = 0, retryTimer = 0, blockedUntil = 0, queue = [];
+  var waitTimer = 0;       // counts down a refused question's retry_after
+  var connecting = false; // a token is being fetched for a new connection
 
   // ---- DOM -------------------------------------------------------------
   var root = el("div", "sluice-w");
@@ -91,8 +93,10 @@
   }
 
   // ---- the answer under way ------------------------------------------
-  // saved.pending = {ref, text, request_id, last_id, answer}: what was asked
-  // and what arrived of its answer, so that a reload resumes it.
+  // saved.pending = {ref, text, request_id, last_id, answer, retry_at, why}:
+  // what was asked and what arrived of its answer, so that a reload resumes
+  // it; retry_at (ms) and why while the server asked to wait (429, 503)
+  // before the question is asked again or its answer resumed.
   var current = null; // the bot bubble of saved.pending
   function showPending() {
     var p = saved.pending;
@@ -101,6 +105,7 @@
     if (p.request_id) { current.setAttribute("data-request-id", p.request_id); }
   }
   function finish(done) {
+    stopWaiting();
     var p = saved.pending;
     if (!current) { current = bubble("bot", ""); }
     current.textContent = done.answer || (done.status === "expired" ? "Sorry, that took too long. Please ask again." : "");
@@ -138,8 +143,10 @@
       .then(function (j) { cfg.token = j.token; return cfg.token; });
   }
   function connect() {
-    if (ws || retryTimer) { return; }
-    token().then(open, function () { say("Cannot sign in to the chat service.", "error"); retry(); });
+    if (ws || retryTimer || connecting) { return; }
+    connecting = true;
+    token().then(function (tok) { connecting = false; open(tok); },
+      function () { connecting = false; say("Cannot sign in to the chat service.", "error"); retry(); });
   }
   function open(tok) {
     var url = cfg.api.replace(/^http/, "ws") + "/v1/ws";
@@ -167,7 +174,10 @@
         ready = true; retries = 0; say("");
         // The answer under way first: resume it where it stopped.
         if (p && p.request_id) {
+          stopWaiting();
           ws.send(JSON.stringify({ type: "resume", request_id: p.request_id, dialog_id: saved.dialog, last_event_id: p.last_id }));
+        } else if (p && p.retry_at) {
+          // Refused, so not on its way: the wait's timer asks it again.
         } else if (p && !queue.some(function (q) { return q.ref === p.ref; })) {
           // Sent, but the connection dropped before it was confirmed: it
           // may or may not be on its way, and asking again could ask twice.
@@ -211,6 +221,17 @@
   function onError(f) {
     var p = saved.pending;
     var mine = p && ((f.ref && f.ref === p.ref) || (f.request_id && f.request_id === p.request_id));
+    if (mine && f.retry_after) {
+      // 429 or 503: the question was not taken (or its answer cannot be
+      // read just now). It stays pending and goes again after the wait.
+      p.retry_at = Date.now() + f.retry_after * 1000;
+      p.why = f.status === 429 ? "You are sending questions too fast." : "We are very busy right now.";
+      save();
+      blockedUntil = Math.max(blockedUntil, p.retry_at);
+      send.disabled = true;
+      waitThenRetry();
+      return;
+    }
     if (f.retry_after) {
       blockedUntil = Date.now() + f.retry_after * 1000;
       var why = f.status === 429 ? "You are sending questions too fast." : "We are very busy right now.";
@@ -221,10 +242,39 @@
       say(f.detail || f.title || "Something went wrong.", "error");
     }
     if (mine) {
+      clearTimeout(waitTimer); waitTimer = 0;
       if (current) { current.remove(); current = null; }
       saved.pending = null; save();
       if (!f.retry_after) { send.disabled = false; }
     }
+  }
+
+  // waitThenRetry shows the pending question's wait, counting down, and
+  // then asks it again (a refused ask) or resumes its answer.
+  function waitThenRetry() {
+    var p = saved.pending;
+    clearTimeout(waitTimer); waitTimer = 0;
+    if (!p || !p.retry_at) { return; }
+    var left = Math.ceil((p.retry_at - Date.now()) / 1000);
+    if (left > 0) {
+      say(p.why + (p.request_id ? " Resuming" : " Asking again") + " in " + left + " s…", "error");
+      waitTimer = setTimeout(waitThenRetry, Math.min(1000, p.retry_at - Date.now()));
+      return;
+    }
+    p.retry_at = 0; save();
+    say("");
+    if (p.request_id) {
+      if (ws && ready) {
+        ws.send(JSON.stringify({ type: "resume", request_id: p.request_id, dialog_id: saved.dialog, last_event_id: p.last_id }));
+      } else { connect(); } // ready resumes it
+      return;
+    }
+    p.ref = String(Date.now()); save();
+    frame({ type: "ask", ref: p.ref, text: p.text, dialog_id: saved.dialog || undefined });
+  }
+  function stopWaiting() {
+    clearTimeout(waitTimer); waitTimer = 0;
+    if (saved.pending && saved.pending.retry_at) { saved.pending.retry_at = 0; save(); say(""); }
   }
 
   // ---- start -------------------------------------------------------------
@@ -241,7 +291,7 @@
         var b = bubble(t.role === "user" ? "user" : "bot", t.content, t.role === "user" ? "" : "done");
         if (t.request_id) { b.setAttribute("data-request-id", t.request_id); }
       });
-      if (p) { bubble("user", p.text); showPending(); send.disabled = true; }
+      if (p) { bubble("user", p.text); showPending(); send.disabled = true; waitThenRetry(); }
     }, function () { /* offline: the history comes with the next reload */ });
   }
   function openPanel() {
