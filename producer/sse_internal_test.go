@@ -2,17 +2,21 @@ package producer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"sluice/shared/auth"
 	"sluice/shared/bus"
@@ -126,5 +130,76 @@ func TestStreamNextIsBounded(t *testing.T) {
 		if len(evs) > 16 {
 			t.Fatalf("one Next returned %d events, more than Count 16", len(evs))
 		}
+	}
+}
+
+// failXRead is a Redis client hook that fails the first n XREADs.
+type failXRead struct{ n atomic.Int64 }
+
+func (f *failXRead) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f *failXRead) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "xread" && f.n.Add(-1) >= 0 {
+			err := errors.New("i/o timeout (a Redis blip)")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (f *failXRead) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// An SSE stream reads its answer stream again after failed reads (the
+// code WebSocket answers share): a blip delays the answer; an outage ends
+// the stream with an error event whose id resumes from the start.
+func TestStreamRetriesFailedReads(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fails int64
+		want  string // in the body
+		not   string // never in the body
+	}{
+		{"Blip", 2, "event: done\n", "event: error\n"},
+		{"Outage", 1 << 40, "id: 0\nevent: error\n", "event: delta\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, rdb := stacktest.Miniredis(t)
+			hook := &failXRead{}
+			rdb.AddHook(hook)
+			st, err := store.New(rdb, store.DefaultConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := store.Dialog{Tenant: "t", User: "u", ID: "0123456789abcdef0123456789abcdef"}
+			done, _ := json.Marshal(DoneBody{RequestID: "r1", DialogID: d.ID, Status: "done", Answer: "Hi", Source: "llm"})
+			if _, err := st.AppendStream(context.Background(), d, "r1",
+				store.StreamEntry{Kind: store.StreamDelta, Seq: 0, Text: "Hi"},
+				store.StreamEntry{Kind: store.StreamDone, Text: string(done)}); err != nil {
+				t.Fatal(err)
+			}
+			v, err := auth.NewVerifier(auth.Config{Secret: "sse-internal-test-secret-0123456789"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			bcfg := bus.DefaultConfig()
+			bcfg.Brokers = []string{stacktest.RefusingAddr(t)}
+			s, err := New(DefaultConfig(), bcfg, v, st, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(s.Close)
+			hook.n.Store(tc.fails)
+			rec := httptest.NewRecorder()
+			c := echo.New().NewContext(httptest.NewRequest(http.MethodGet, "/", nil), rec)
+			if err := s.streamAnswer(c, d, "r1", "", "/poll", time.Time{}, nil); err != nil {
+				t.Fatal(err)
+			}
+			body := rec.Body.String()
+			if !strings.Contains(body, tc.want) || strings.Contains(body, tc.not) {
+				t.Errorf("body %q: want %q in it, not %q", body, tc.want, tc.not)
+			}
+		})
 	}
 }
