@@ -80,12 +80,19 @@ func (c *Consumer) newPieceWriter(ctx context.Context, d store.Dialog, requestID
 func (w *pieceWriter) Piece(text string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := w.masker.Write(text)
-	if out == "" || w.ended {
+	if w.ended {
 		return
 	}
-	w.add(out)
-	if w.broken {
+	if out := w.masker.Write(text); out != "" {
+		w.add(out)
+		w.schedule()
+	}
+}
+
+// schedule writes the pending entries now when StreamFlush has passed
+// since the last write, else arms the flush timer for then.
+func (w *pieceWriter) schedule() {
+	if w.broken || w.ended || len(w.pending) == 0 {
 		return
 	}
 	if wait := w.c.cfg.StreamFlush - time.Since(w.last); wait > 0 {
@@ -127,11 +134,16 @@ func (w *pieceWriter) add(text string) {
 }
 
 // Reset voids the pieces so far: pieces not written yet are dropped, and
-// a reset entry follows the written ones.
+// a reset entry follows the written ones, written like a piece (readers
+// clear the pieces they show while the retry or the next tier runs).
 func (w *pieceWriter) Reset() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.ended {
+		return
+	}
 	w.reset()
+	w.schedule()
 }
 
 func (w *pieceWriter) reset() {

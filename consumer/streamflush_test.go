@@ -46,19 +46,25 @@ func (r *recordedStreams) texts() []string {
 	return out
 }
 
+// newFlushWriter returns a pieceWriter of request r1 on rec with a flush
+// interval of 50 ms.
+func newFlushWriter(rec *recordedStreams) *pieceWriter {
+	cfg := DefaultConfig()
+	cfg.StreamFlush = 50 * time.Millisecond
+	zero := func() float64 { return 0 }
+	c := &Consumer{cfg: cfg, log: slog.New(slog.DiscardHandler), streams: rec,
+		m: newMetrics(promauto.With(prometheus.NewRegistry()), zero, zero, 1)}
+	return c.newPieceWriter(context.Background(), store.Dialog{Tenant: "t", User: "u", ID: "0123456789abcdef0123456789abcdef"}, "r1")
+}
+
 // A piece held back for the batch is written within StreamFlush even when
 // the model pauses after it: the flush timer writes it, not the next
 // piece. Time is synctest's fake clock.
 func TestPieceWriterFlushesInAModelPause(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rec := &recordedStreams{}
-		cfg := DefaultConfig()
-		cfg.StreamFlush = 50 * time.Millisecond
-		zero := func() float64 { return 0 }
-		c := &Consumer{cfg: cfg, log: slog.New(slog.DiscardHandler), streams: rec,
-			m: newMetrics(promauto.With(prometheus.NewRegistry()), zero, zero, 1)}
-		d := store.Dialog{Tenant: "t", User: "u", ID: "0123456789abcdef0123456789abcdef"}
-		w := c.newPieceWriter(context.Background(), d, "r1")
+		w := newFlushWriter(rec)
+		d := w.d
 
 		w.Piece("Hello ") // the first piece goes out at once
 		time.Sleep(10 * time.Millisecond)
@@ -98,6 +104,26 @@ func TestPieceWriterFlushesInAModelPause(t *testing.T) {
 		last := rec.writes[len(rec.writes)-1]
 		if last[len(last)-1].Kind != store.StreamDone {
 			t.Errorf("the last write %+v does not end with done", last)
+		}
+	})
+}
+
+// A reset after written pieces is written within StreamFlush too, also
+// when the retry that follows is slow to give its first piece: readers
+// stop showing the failed call's pieces.
+func TestPieceWriterFlushesAResetInAPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &recordedStreams{}
+		w := newFlushWriter(rec)
+		w.Piece("Hello ")
+		time.Sleep(10 * time.Millisecond)
+		w.Reset() // the call failed; the retry waits for its backoff
+		time.Sleep(40 * time.Millisecond)
+		synctest.Wait()
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if len(rec.writes) != 2 || len(rec.writes[1]) != 1 || rec.writes[1][0].Kind != store.StreamReset {
+			t.Fatalf("writes %+v, want the piece, then the reset by the flush interval", rec.writes)
 		}
 	})
 }
