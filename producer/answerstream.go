@@ -281,7 +281,7 @@ const streamErrorsInARow = 3
 
 // nextEvents returns a's next events (AnswerStream.Next) for a stream to
 // its client, SSE or WebSocket: a read of the answer stream that fails
-// (a Redis blip: a timeout, a failover) is counted in
+// (a Redis blip: a timeout, a dropped connection) is counted in
 // sluice_producer_store_errors_total{op="stream"} and read again after a
 // pause (100 ms, 200 ms, ... with jitter), so that it delays the answer
 // instead of ending it. It gives up, logging it and returning the last
