@@ -1125,6 +1125,7 @@ func (c *Consumer) process(ctx context.Context, r *kgo.Record) (string, error) {
 	var pieces *pieceWriter
 	if req.Stream && c.streams != nil {
 		pieces = c.newPieceWriter(ctx, d, req.RequestID)
+		defer pieces.stop() // a failed request's held pieces are not written after it
 	}
 	if res.Final() {
 		pieces.finishIf(res.Reply, req.CreatedAt)

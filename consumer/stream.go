@@ -214,6 +214,22 @@ func (w *pieceWriter) write() {
 	w.pending, w.mark = w.pending[:0], 0
 }
 
+// stop ends a writer whose request ends without finish (the store or the
+// model failed: the request is retried or redelivered, and that delivery's
+// first write begins anew): the flush timer writes no more. After finish
+// it does nothing. w may be nil (the request does not stream).
+func (w *pieceWriter) stop() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ended = true
+	if w.flush != nil {
+		w.flush.Stop()
+	}
+}
+
 // finishIf is finish on a writer that may be nil (the request does not
 // stream).
 func (w *pieceWriter) finishIf(stored envelope.Reply, created time.Time) {

@@ -127,3 +127,23 @@ func TestPieceWriterFlushesAResetInAPause(t *testing.T) {
 		}
 	})
 }
+
+// TestPieceWriterStopWritesNoMore: a request that fails after pieces were
+// held for the batch (the model or the store failed) writes nothing more:
+// the timer does not write its pieces after the request ended.
+func TestPieceWriterStopWritesNoMore(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &recordedStreams{}
+		w := newFlushWriter(rec)
+		w.Piece("Hello ") // written at once
+		w.Piece("dear ")  // held for the batch
+		w.stop()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := rec.texts(); len(got) != 1 {
+			t.Fatalf("writes %q after the request stopped, want only the first piece", got)
+		}
+		w.stop() // again, and on a writer of a request that does not stream
+		(*pieceWriter)(nil).stop()
+	})
+}
