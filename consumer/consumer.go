@@ -100,7 +100,9 @@ type Config struct {
 	// StreamFlush is how long pieces gather before they are written: a
 	// piece that comes StreamFlush after the last write goes out at once
 	// with those before it, so a fast model costs a Redis command per
-	// StreamFlush, not per token. Default 50 ms.
+	// StreamFlush, not per token; pieces held for a batch are written
+	// StreamFlush after the last write also when the model pauses.
+	// Default 50 ms.
 	StreamFlush time.Duration
 }
 
