@@ -40,6 +40,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -147,37 +148,75 @@ const maxAttempts = 3
 var ErrBusy = errors.New("the machine is too busy to measure")
 
 // awaitQuiet waits until the rest of the machine, sampled over
-// quietSample, uses at most cfg.MaxOtherCores (the deployment idling, the
-// bench and Redis not counted), at most cfg.QuietWait. There is no event
-// to await: /proc is read again.
-func (d *deployment) awaitQuiet(ctx context.Context, cfg Config, log *slog.Logger) error {
-	if cfg.MaxOtherCores <= 0 {
+// quietSample, uses at most maxOther cores (what usage reads not counted:
+// the processes under test, the bench and Redis), at most wait. There is
+// no event to await: /proc is read again. maxOther 0 does not wait.
+func awaitQuiet(ctx context.Context, maxOther float64, wait time.Duration, log *slog.Logger, usage func(context.Context) snapshot) error {
+	if maxOther <= 0 {
 		return nil
 	}
-	deadline := time.Now().Add(cfg.QuietWait)
+	deadline := time.Now().Add(wait)
 	for logged := false; ; logged = true {
-		s0 := d.usage(ctx)
+		s0 := usage(ctx)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(quietSample):
 		}
-		s1 := d.usage(ctx)
+		s1 := usage(ctx)
 		if err := errors.Join(append(s0.errs, s1.errs...)...); err != nil {
 			return err
 		}
 		cores := otherCores(s0, s1)
-		if cores <= cfg.MaxOtherCores {
+		if cores <= maxOther {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			log.Warn("bench: the rest of the machine is still busy; running anyway", "cores", cores, "waited", cfg.QuietWait)
+			log.Warn("bench: the rest of the machine is still busy; running anyway", "cores", cores, "waited", wait)
 			return nil
 		}
 		if !logged {
-			log.Info("bench: waiting for the rest of the machine to idle", "cores", cores, "max", cfg.MaxOtherCores)
+			log.Info("bench: waiting for the rest of the machine to idle", "cores", cores, "max", maxOther)
 		}
 	}
+}
+
+// attempts runs the measured runs of one rate: each waits for a quiet
+// machine first, and one during which the rest of the machine was busy
+// all the same is discarded, up to maxAttempts times as many runs as
+// asked for (one more for a profiled run) in all.
+type attempts struct {
+	cfg   Config
+	log   *slog.Logger
+	usage func(context.Context) snapshot
+	// what names the rate (and primitive) in the discard warning.
+	what []any
+	n    int
+	// discarded counts the runs discarded so far.
+	discarded int
+}
+
+// run waits for a quiet machine and runs measure once, with the attempt's
+// number; measure returns the cores the rest of the machine used during
+// its window. kept is false when the run was discarded for them.
+func (a *attempts) run(ctx context.Context, measure func(n int) (otherCores float64, err error)) (kept bool, err error) {
+	if a.n++; a.n > maxAttempts*(a.cfg.Runs+1) {
+		return false, fmt.Errorf("%w: %d of %d runs discarded", ErrBusy, a.discarded, a.n-1)
+	}
+	if err := awaitQuiet(ctx, a.cfg.MaxOtherCores, a.cfg.QuietWait, a.log, a.usage); err != nil {
+		return false, err
+	}
+	other, err := measure(a.n)
+	if err != nil {
+		return false, fmt.Errorf("run %d: %w", a.n, err)
+	}
+	if a.cfg.MaxOtherCores > 0 && other > a.cfg.MaxOtherCores {
+		a.log.Warn("bench: run discarded: the rest of the machine was busy",
+			append(slices.Clone(a.what), "run", a.n, "other_cores", other, "max", a.cfg.MaxOtherCores)...)
+		a.discarded++
+		return false, nil
+	}
+	return true, nil
 }
 
 // quietSample is how long awaitQuiet samples the machine's CPU time.
@@ -218,30 +257,24 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, progress func(RunRes
 		"consumer_pid", d.consumer.Pid(), "dev_pid", d.dev.Pid())
 	for _, rate := range cfg.Rates {
 		rr := RateReport{Rate: rate}
-		attempts := 0
-		// attempt runs rate once after waiting for a quiet machine; kept
-		// is false when the run was discarded because the machine was
-		// busy all the same.
+		a := attempts{cfg: cfg, log: log, usage: d.usage, what: []any{"rate", rate}}
+		// attempt runs rate once; kept is false when the run was
+		// discarded because the machine was busy.
 		attempt := func(profiles func(role string) string) (res RunResult, kept bool, err error) {
-			if attempts++; attempts > maxAttempts*(cfg.Runs+1) {
-				return res, false, fmt.Errorf("%w: %d of %d runs discarded", ErrBusy, len(rr.Discarded), attempts-1)
-			}
-			if err := d.awaitQuiet(ctx, cfg, log); err != nil {
-				return res, false, err
-			}
-			if res, err = d.measure(ctx, cfg, rate, attempts, profiles); err != nil {
-				return res, false, fmt.Errorf("run %d: %w", attempts, err)
-			}
-			if progress != nil {
-				progress(res)
-			}
-			if cfg.MaxOtherCores > 0 && res.OtherCores > cfg.MaxOtherCores {
-				log.Warn("bench: run discarded: the rest of the machine was busy", "rate", rate, "run", attempts,
-					"other_cores", res.OtherCores, "max", cfg.MaxOtherCores)
+			kept, err = a.run(ctx, func(n int) (float64, error) {
+				var err error
+				if res, err = d.measure(ctx, cfg, rate, n, profiles); err != nil {
+					return 0, err
+				}
+				if progress != nil {
+					progress(res)
+				}
+				return res.OtherCores, nil
+			})
+			if err == nil && !kept {
 				rr.Discarded = append(rr.Discarded, res)
-				return res, false, nil
 			}
-			return res, true, nil
+			return res, kept, err
 		}
 		for len(rr.Runs) < cfg.Runs {
 			res, kept, err := attempt(nil)

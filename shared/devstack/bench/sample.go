@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/redis/go-redis/v9"
 
 	"sluice/shared/devstack/loadgen"
 	"sluice/shared/devstack/proc"
@@ -57,13 +58,13 @@ func (d *deployment) take(ctx context.Context, begin bool) snapshot {
 				s.hotHits = m.hotHits
 			}
 		}
-		d.readRedis(ctx, &s, "cpu", "stats", "commandstats")
+		readRedis(ctx, d.rdb, &s, "cpu", "stats", "commandstats")
 	}
 	if begin {
 		scrape()
-		d.readProcs(&s)
+		readProcs(&s, d.pids())
 	} else {
-		d.readProcs(&s)
+		readProcs(&s, d.pids())
 		scrape()
 	}
 	return s
@@ -71,9 +72,15 @@ func (d *deployment) take(ctx context.Context, begin bool) snapshot {
 
 // usage reads the processes', the machine's and Redis's CPU time only.
 func (d *deployment) usage(ctx context.Context) snapshot {
+	return usage(ctx, d.rdb, d.pids())
+}
+
+// usage reads the CPU time of the processes of pids, the machine's and,
+// when rdb is not nil, Redis's.
+func usage(ctx context.Context, rdb *redis.Client, pids map[string]int) snapshot {
 	s := newSnapshot()
-	d.readRedis(ctx, &s, "cpu", "stats")
-	d.readProcs(&s)
+	readRedis(ctx, rdb, &s, "cpu", "stats")
+	readProcs(&s, pids)
 	return s
 }
 
@@ -81,12 +88,17 @@ func newSnapshot() snapshot {
 	return snapshot{procs: map[string]proc.Usage{}, kafka: map[string]map[string]float64{}}
 }
 
-// readProcs reads the usage of the deployment's processes and the bench's
-// own, and the machine's CPU time.
-func (d *deployment) readProcs(s *snapshot) {
+// pids are the deployment's processes and the bench's own, by role.
+func (d *deployment) pids() map[string]int {
+	return map[string]int{roleProducer: d.producer.Pid(), roleConsumer: d.consumer.Pid(),
+		roleBroker: d.dev.Pid(), roleLoadgen: os.Getpid()}
+}
+
+// readProcs reads the usage of the processes of pids, by role, and the
+// machine's CPU time.
+func readProcs(s *snapshot, pids map[string]int) {
 	s.at = time.Now()
-	for role, pid := range map[string]int{roleProducer: d.producer.Pid(), roleConsumer: d.consumer.Pid(),
-		roleBroker: d.dev.Pid(), roleLoadgen: os.Getpid()} {
+	for role, pid := range pids {
 		u, err := proc.Read(pid)
 		if err != nil {
 			s.errs = append(s.errs, fmt.Errorf("%s: %w", role, err))
@@ -100,13 +112,13 @@ func (d *deployment) readProcs(s *snapshot) {
 	s.machine = m
 }
 
-// readRedis reads sections of the machine's Redis's INFO, when the
-// deployment uses it.
-func (d *deployment) readRedis(ctx context.Context, s *snapshot, sections ...string) {
-	if d.rdb == nil {
+// readRedis reads sections of the machine's Redis's INFO through rdb; nil
+// (an embedded Redis, whose CPU is its process's) reads nothing.
+func readRedis(ctx context.Context, rdb *redis.Client, s *snapshot, sections ...string) {
+	if rdb == nil {
 		return
 	}
-	info, err := d.rdb.Info(ctx, sections...).Result()
+	info, err := rdb.Info(ctx, sections...).Result()
 	if err == nil {
 		var ri redisInfo
 		if ri, err = parseRedisInfo(info); err == nil {
@@ -320,17 +332,8 @@ func compute(rate float64, run int, l loadgen.Result, before, after snapshot) Ru
 	if n == 0 || secs <= 0 {
 		return r
 	}
-	hz := float64(proc.ClockTicks())
 	cost := func(role string) ProcessCost {
-		u := after.procs[role].Sub(before.procs[role])
-		c := ProcessCost{
-			CPUUS:  float64(u.UserTicks+u.SysTicks) / hz * 1e6 / n,
-			SysUS:  float64(u.SysTicks) / hz * 1e6 / n,
-			Reads:  float64(u.ReadCalls) / n,
-			Writes: float64(u.WriteCalls) / n,
-			Cores:  float64(u.UserTicks+u.SysTicks) / hz / secs,
-		}
-		c.Syscalls = c.Reads + c.Writes
+		c := costOf(after.procs[role].Sub(before.procs[role]), n, secs)
 		if a, ok := after.kafka[role]; ok {
 			b := before.kafka[role]
 			var all float64
@@ -345,15 +348,38 @@ func compute(rate float64, run int, l loadgen.Result, before, after snapshot) Ru
 	}
 	r.Producer, r.Consumer, r.Broker, r.LoadGen = cost(roleProducer), cost(roleConsumer), cost(roleBroker), cost(roleLoadgen)
 	r.AppCPUUS = r.Producer.CPUUS + r.Consumer.CPUUS
-	if before.redis != nil && after.redis != nil {
-		cpu := after.redis.CPU - before.redis.CPU
-		r.Redis = &RedisCost{CPUUS: cpu * 1e6 / n, Commands: (after.redis.Commands - before.redis.Commands) / n, Cores: cpu / secs,
-			ByCommand: map[string]float64{}}
-		for cmd, calls := range after.redis.ByCommand {
-			if d := calls - before.redis.ByCommand[cmd]; d > 0 {
-				r.Redis.ByCommand[cmd] = d / n
-			}
+	r.Redis = redisCostOf(before, after, n, secs)
+	return r
+}
+
+// redisCostOf is what the machine's Redis used between two snapshots, per
+// operation of n, over a window of secs seconds; nil when it was not read.
+func redisCostOf(before, after snapshot, n, secs float64) *RedisCost {
+	if before.redis == nil || after.redis == nil {
+		return nil
+	}
+	cpu := after.redis.CPU - before.redis.CPU
+	rc := &RedisCost{CPUUS: cpu * 1e6 / n, Commands: (after.redis.Commands - before.redis.Commands) / n, Cores: cpu / secs,
+		ByCommand: map[string]float64{}}
+	for cmd, calls := range after.redis.ByCommand {
+		if d := calls - before.redis.ByCommand[cmd]; d > 0 {
+			rc.ByCommand[cmd] = d / n
 		}
 	}
-	return r
+	return rc
+}
+
+// costOf is what a process used, u, per operation of n, over a window of
+// secs seconds.
+func costOf(u proc.Usage, n, secs float64) ProcessCost {
+	hz := float64(proc.ClockTicks())
+	c := ProcessCost{
+		CPUUS:  float64(u.UserTicks+u.SysTicks) / hz * 1e6 / n,
+		SysUS:  float64(u.SysTicks) / hz * 1e6 / n,
+		Reads:  float64(u.ReadCalls) / n,
+		Writes: float64(u.WriteCalls) / n,
+		Cores:  float64(u.UserTicks+u.SysTicks) / hz / secs,
+	}
+	c.Syscalls = c.Reads + c.Writes
+	return c
 }

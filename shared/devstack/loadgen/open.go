@@ -258,3 +258,12 @@ func pace(ctx context.Context, clk clock, start, end time.Time, rate float64, se
 		send(due)
 	}
 }
+
+// Pace calls send for the operations of an open loop of rate a second
+// from start until end, on the wall clock, as the open-loop load does
+// (pace): the i-th is due at start + i/rate, and a late one is sent at
+// once without moving the next. It returns how many it sent; fewer than
+// rate × (end − start) when ctx ended first.
+func Pace(ctx context.Context, start, end time.Time, rate float64, send func(due time.Time)) int64 {
+	return pace(ctx, &wallClock{}, start, end, rate, send)
+}
