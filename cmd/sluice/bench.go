@@ -43,8 +43,9 @@ func (l rateList) Set(s string) error {
 	return nil
 }
 
-// benchFlags returns the flags of `sluice bench`, bound to c and jsonOut.
-func benchFlags(c *bench.Config, jsonOut *bool, out io.Writer) *flag.FlagSet {
+// benchFlags returns the flags of `sluice bench`, bound to c, floor and
+// jsonOut.
+func benchFlags(c *bench.FloorConfig, floor, jsonOut *bool, out io.Writer) *flag.FlagSet {
 	fs := newFlagSet("bench", out)
 	fs.Var(rateList{&c.Rates}, "rates", "offered loads, requests/s, comma-separated; each is measured --runs times")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "counted window of each run")
@@ -60,6 +61,8 @@ func benchFlags(c *bench.Config, jsonOut *bool, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.QuietWait, "quiet-wait", c.QuietWait, "longest wait for a quiet machine before a run; it then starts anyway")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "after each rate's runs, one more run whose CPU profile of each process (pprof) goes to DIR/<role>-<rate>.pprof")
 	fs.BoolVar(jsonOut, "json", false, "print the report as one line of JSON on stdout instead of the table")
+	fs.BoolVar(floor, "floor", false, "measure the floor instead: CPU µs and syscalls per operation of the minimal exchanges an answer makes (HTTP POST, Kafka produce and consume, Redis round trip), each side a process of its own, and their sum for one answer against issue 15's target (--env, --profile-dir, --user-interval and --wait-ms do not apply)")
+	fs.Var(settings.List{P: &c.Primitives}, "primitives", "with --floor: the primitives to measure, comma-separated: "+strings.Join(bench.Primitives, ", "))
 	return fs
 }
 
@@ -71,14 +74,29 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(args) > 0 && (args[0] == "--lanes" || args[0] == "-lanes") {
 		return runBenchLanes(ctx, args[1:], stdout, stderr)
 	}
-	cfg := bench.DefaultConfig()
-	var jsonOut bool
-	fs := benchFlags(&cfg, &jsonOut, stderr)
-	if err := configure(fs, args, cfg.Validate); err != nil {
+	if len(args) > 0 && (args[0] == "--floor-part" || args[0] == "-floor-part") {
+		return runFloorPart(ctx, args[1:], stdout, stderr)
+	}
+	cfg := bench.DefaultFloorConfig()
+	var floor, jsonOut bool
+	fs := benchFlags(&cfg, &floor, &jsonOut, stderr)
+	if err := configure(fs, args, func() error {
+		if floor {
+			return cfg.Validate()
+		}
+		return cfg.Config.Validate()
+	}); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	rep, err := bench.Run(ctx, cfg, log, func(r bench.RunResult) { _ = r.WriteRun(stderr) })
+	if floor {
+		rep, err := bench.RunFloor(ctx, cfg, log, func(r bench.FloorRun) { _ = r.WriteRun(stderr) })
+		if len(rep.Rates) > 0 {
+			err = writeReport(stdout, jsonOut, rep.WriteText, rep.WriteJSON, err)
+		}
+		return err
+	}
+	rep, err := bench.Run(ctx, cfg.Config, log, func(r bench.RunResult) { _ = r.WriteRun(stderr) })
 	if len(rep.Rates) > 0 {
 		err = writeReport(stdout, jsonOut, rep.WriteText, rep.WriteJSON, err)
 	}
@@ -127,7 +145,7 @@ func runBenchLanes(ctx context.Context, args []string, stdout, stderr io.Writer)
 	cfg := bench.DefaultLanesConfig()
 	var jsonOut bool
 	fs := lanesFlags(&cfg, &jsonOut, stderr)
-	if err := configure(fs, args, cfg.Validate); err != nil {
+	if err := configure(fs, args, func() error { return cfg.Validate() }); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -139,4 +157,27 @@ func runBenchLanes(ctx context.Context, args []string, stdout, stderr io.Writer)
 		err = writeReport(stdout, jsonOut, rep.WriteText, rep.WriteJSON, err)
 	}
 	return err
+}
+
+// runFloorPart runs `sluice bench --floor-part ROLE [flags]`, a hidden
+// command: one side of a primitive of `sluice bench --floor`, which starts
+// it in a process of its own and reads the lines it prints on stdout.
+func runFloorPart(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c bench.PartConfig
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		c.Role, args = args[0], args[1:]
+	}
+	fs := newFlagSet("bench --floor-part ROLE", stderr)
+	fs.StringVar(&c.Addr, "addr", "", "the server's host:port (http-server: where to listen), or the Kafka brokers")
+	fs.StringVar(&c.Topic, "topic", "", "Kafka topic")
+	fs.StringVar(&c.Group, "group", "", "Kafka consumer group")
+	fs.StringVar(&c.Prefix, "prefix", "", "Redis key prefix")
+	fs.Float64Var(&c.Rate, "rate", 0, "operations a second, open loop")
+	fs.DurationVar(&c.Warmup, "warmup", 0, "load before the window")
+	fs.DurationVar(&c.Duration, "duration", 0, "the window")
+	if err := configure(fs, args, func() error { return c.Validate() }); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return bench.RunPart(ctx, c, stdout, log)
 }

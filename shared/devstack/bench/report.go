@@ -125,14 +125,15 @@ type RedisCost struct {
 	ByCommand map[string]float64 `json:"by_command,omitempty"`
 }
 
-// figure is one line of the text report, and one key of a summary.
-type figure struct {
+// figure is one line of the text report, and one key of a summary, of a
+// run of type R.
+type figure[R any] struct {
 	key, label string
 	decimals   int
-	get        func(RunResult) float64
+	get        func(R) float64
 }
 
-var figures = []figure{
+var figures = []figure[RunResult]{
 	{"answered_per_second", "answered/s", 1, func(r RunResult) float64 { return r.AnsweredPerSecond }},
 	{"answered", "answered in the window", 0, func(r RunResult) float64 { return float64(r.Answered) }},
 	{"not_answered", "not answered (202, 429/503, errors, missed)", 0, func(r RunResult) float64 {
@@ -173,18 +174,24 @@ func redisOf(r RunResult) RedisCost {
 
 // summarize fills the spread of every figure over the runs.
 func (rr RateReport) summarize() RateReport {
-	rr.Summary = map[string]Spread{}
-	if len(rr.Runs) == 0 {
-		return rr
+	rr.Summary = summary(rr.Runs, figures)
+	return rr
+}
+
+// summary returns the spread of each figure of fs over runs, by key.
+func summary[R any](runs []R, fs []figure[R]) map[string]Spread {
+	out := map[string]Spread{}
+	if len(runs) == 0 {
+		return out
 	}
-	for _, f := range figures {
-		vs := make([]float64, len(rr.Runs))
-		for i, r := range rr.Runs {
+	for _, f := range fs {
+		vs := make([]float64, len(runs))
+		for i, r := range runs {
 			vs[i] = f.get(r)
 		}
-		rr.Summary[f.key] = spread(vs)
+		out[f.key] = spread(vs)
 	}
-	return rr
+	return out
 }
 
 // spread returns the median (of an even count, the mean of the middle
