@@ -154,7 +154,7 @@ func startStandIns(st *config, d devSettings, log *slog.Logger, reg prometheus.R
 		mockDone := make(chan struct{})
 		go func() {
 			defer close(mockDone)
-			if err := serveUntil(mockCtx, ln, m.Handler()); err != nil {
+			if err := devstack.ServeUntil(mockCtx, ln, m.Handler()); err != nil {
 				log.Error("mock LLM", "err", err)
 			}
 		}()

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"sluice/producer"
 	"sluice/shared/admin"
 	"sluice/shared/auth"
+	"sluice/shared/devstack"
 	"sluice/shared/devstack/mockllm"
 	"sluice/shared/envelope"
 	"sluice/shared/settings"
@@ -160,22 +160,7 @@ func runMock(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return usageError(settingError("mock-addr", err))
 	}
 	fmt.Fprintf(stdout, "mock LLM listening: SLUICE_LLM_BASE_URL=http://%s/v1\n", ln.Addr())
-	return serveUntil(ctx, ln, m.Handler())
-}
-
-// serveUntil serves h on ln until ctx ends.
-func serveUntil(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return srv.Shutdown(sctx)
+	return devstack.ServeUntil(ctx, ln, m.Handler())
 }
 
 func shutdownAdmin(adm *admin.Server) {

@@ -142,7 +142,13 @@ func (d *deployment) await(ctx context.Context, role string, p *proc.Process) er
 // stop stops the producer, the consumer and the dev process, in that
 // order, and deletes the run's keys from the machine's Redis.
 func (d *deployment) stop(log *slog.Logger) {
-	for _, p := range []*proc.Process{d.producer, d.consumer, d.dev} {
+	teardown(log, d.rdb, []*proc.Process{d.producer, d.consumer, d.dev}, d.prefix+":*", "rate:"+d.prefix+":*")
+}
+
+// teardown stops ps in order (nil ones skipped), each given 30 s, then,
+// when rdb is not nil, deletes the keys matching patterns and closes it.
+func teardown(log *slog.Logger, rdb *redis.Client, ps []*proc.Process, patterns ...string) {
+	for _, p := range ps {
 		if p == nil {
 			continue
 		}
@@ -150,18 +156,18 @@ func (d *deployment) stop(log *slog.Logger) {
 			log.Warn("bench: stopping "+p.Name(), "err", err, "last_lines", p.Tail(10))
 		}
 	}
-	if d.rdb == nil {
+	if rdb == nil {
 		return
 	}
-	defer d.rdb.Close()
+	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	n, err := devstack.DeleteKeys(ctx, d.rdb, d.prefix+":*", "rate:"+d.prefix+":*")
+	n, err := devstack.DeleteKeys(ctx, rdb, patterns...)
 	if err != nil {
-		log.Warn("bench: deleting the run's keys", "prefix", d.prefix, "err", err)
+		log.Warn("bench: deleting the run's keys", "keys", patterns, "err", err)
 		return
 	}
-	log.Info("bench: the run's keys deleted", "prefix", d.prefix, "keys", n)
+	log.Info("bench: the run's keys deleted", "keys", patterns, "deleted", n)
 }
 
 // conditions describes the deployment for the report.

@@ -13,7 +13,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"sluice/shared/devstack"
 	"sluice/shared/devstack/proc"
 	"sluice/shared/settings"
 )
@@ -42,10 +41,16 @@ const (
 	// PrimitiveRedis is one go-redis round trip, a SET with a TTL, to the
 	// machine's Redis.
 	PrimitiveRedis = "redis"
+	// PrimitivePace is the drivers' own pacing: an operation that does
+	// nothing, sent as the others are (a timer's wake-up and a goroutine
+	// each). In Sluice an exchange is started by the one before it, not
+	// by a timer, so the floor also gives its sum less this much for each
+	// exchange a driver started.
+	PrimitivePace = "pace"
 )
 
 // Primitives lists every primitive, in the order they are measured.
-var Primitives = []string{PrimitiveHTTP, PrimitiveKafka, PrimitiveRedis}
+var Primitives = []string{PrimitiveHTTP, PrimitiveKafka, PrimitiveRedis, PrimitivePace}
 
 // Sides of the primitives: the processes whose CPU an operation costs.
 const (
@@ -54,7 +59,12 @@ const (
 	SideProducer = "producer"
 	SideConsumer = "consumer"
 	SideBroker   = "broker"
+	SideDriver   = "driver"
 )
+
+// driverSide is the side of each primitive that its driver, paced open
+// loop, is.
+var driverSide = map[string]string{PrimitiveHTTP: SideClient, PrimitiveKafka: SideProducer, PrimitiveRedis: SideClient, PrimitivePace: SideDriver}
 
 // sidesOf are the sides of each primitive measured from /proc; the Redis
 // server's CPU comes from its INFO instead (FloorRun.Redis).
@@ -62,6 +72,7 @@ var sidesOf = map[string][]string{
 	PrimitiveHTTP:  {SideServer, SideClient},
 	PrimitiveKafka: {SideProducer, SideConsumer, SideBroker},
 	PrimitiveRedis: {SideClient},
+	PrimitivePace:  {SideDriver},
 }
 
 // FloorConfig is the settings of `sluice bench --floor`: the bench's
@@ -179,6 +190,7 @@ type stand struct {
 	bin    string
 	env    []string
 	serve  map[string]*proc.Process // side → process
+	order  []*proc.Process          // serve's, in the order started
 	driver string                   // the side the driver is
 	args   []string                 // the driver's arguments but the rate and times
 	rdb    *redis.Client            // the Redis primitive's server, read by INFO
@@ -195,6 +207,7 @@ func startStand(ctx context.Context, prim, bin string, cfg Config, cond FloorCon
 		p, err := proc.Start("sluice bench --floor-part "+args[0], bin, st.env, append([]string{"bench", "--floor-part"}, args...)...)
 		if p != nil {
 			st.serve[side] = p
+			st.order = append(st.order, p)
 		}
 		return p, err
 	}
@@ -216,6 +229,7 @@ func startStand(ctx context.Context, prim, bin string, cfg Config, cond FloorCon
 			return st, err
 		}
 		st.serve[SideBroker] = dev
+		st.order = append(st.order, dev)
 		brokers, err := dev.Addr(ctx, proc.BannerKafka, startTimeout)
 		if err != nil {
 			return st, err
@@ -232,6 +246,8 @@ func startStand(ctx context.Context, prim, bin string, cfg Config, cond FloorCon
 		st.rdb = redis.NewClient(&redis.Options{Addr: cond.Redis})
 		st.prefix = cond.RedisPrefix
 		st.driver, st.args = SideClient, []string{PartRedisClient, "--addr", cond.Redis, "--prefix", cond.RedisPrefix}
+	case PrimitivePace:
+		st.driver, st.args = SideDriver, []string{PartPace}
 	}
 	return st, nil
 }
@@ -242,23 +258,10 @@ func (st *stand) stop(log *slog.Logger) {
 	if st == nil {
 		return
 	}
-	for _, p := range st.serve {
-		if _, err := p.Stop(30 * time.Second); err != nil {
-			log.Warn("bench floor: stopping "+p.Name(), "err", err, "last_lines", p.Tail(10))
-		}
-	}
-	if st.rdb == nil {
-		return
-	}
-	defer st.rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	n, err := devstack.DeleteKeys(ctx, st.rdb, st.prefix+":*")
-	if err != nil {
-		log.Warn("bench floor: deleting the keys", "prefix", st.prefix, "err", err)
-		return
-	}
-	log.Info("bench floor: the keys deleted", "prefix", st.prefix, "keys", n)
+	// The clients first, the broker they talk to last.
+	ps := slices.Clone(st.order)
+	slices.Reverse(ps)
+	teardown(log, st.rdb, ps, st.prefix+":*")
 }
 
 // pids are the processes read around a window: the standing ones, the

@@ -36,6 +36,7 @@ func fixedRate() FloorRate {
 			map[string]float64{SideProducer: 3, SideConsumer: 2, SideBroker: 9}),
 		floorRuns(PrimitiveRedis, map[string][]float64{SideClient: same(30), SideRedisServer: same(10)},
 			map[string]float64{SideClient: 2}),
+		floorRuns(PrimitivePace, map[string][]float64{SideDriver: {4, 5, 6}}, nil),
 	}}
 }
 
@@ -60,6 +61,13 @@ func TestFloorSum(t *testing.T) {
 	near("producer + consumer", f.App.Median, producer+consumer)
 	near("producer + consumer, least", f.App.Min, producer+consumer-10)
 	near("producer + consumer, greatest", f.App.Max, producer+consumer+10)
+	// less the pacing: 7.5 operations a driver started (the producer's
+	// produce and 1.5 Redis round trips, the consumer's 3 Redis round
+	// trips, LLM call and produce) × 5 µs (4 – 6).
+	near("paced operations", f.PacedOps, 7.5)
+	near("less the pacing", f.AppLessPacer.Median, producer+consumer-7.5*5)
+	near("less the pacing, least", f.AppLessPacer.Min, producer+consumer-10-7.5*6)
+	near("less the pacing, greatest", f.AppLessPacer.Max, producer+consumer+10-7.5*4)
 	// syscalls: producer 4 + 3 + 2 + 1.5 × 2, consumer 2 + 3 × 2 + 5 + 3.
 	near("syscalls", f.AppSyscalls, 12+16)
 	// beside: broker 2 × 120, Redis server 4.5 × 10, the LLM's server 40.
@@ -79,6 +87,7 @@ func TestFloorSum(t *testing.T) {
 		"floor, producer + consumer µs/answer                           595.0  (585.0 – 605.0)",
 		"floor / target                                                3.97",
 		"consumer   2.00 × redis   client           30.0 µs/op =    60.0 µs  store.Load",
+		"  less the pacing, 7.50 × 5.0 µs                               557.5  (540.0 – 575.0)",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
@@ -90,13 +99,16 @@ func TestFloorSum(t *testing.T) {
 // left out of the sums, not counted as zero silently.
 func TestFloorPartial(t *testing.T) {
 	rr := fixedRate()
-	rr.Primitives = rr.Primitives[:2] // no Redis
+	rr.Primitives = rr.Primitives[:2] // no Redis, no pacing
 	f := floorOf(rr, AnswerExchanges(4))
 	if len(f.Missing) != 1 || f.Missing[0] != PrimitiveRedis {
 		t.Fatalf("missing %v, want [redis]", f.Missing)
 	}
 	if got, want := f.App.Median, float64(40+100+80+80+60+100); got != want {
 		t.Errorf("producer + consumer without Redis = %v, want %v", got, want)
+	}
+	if f.AppLessPacer != (Spread{}) {
+		t.Errorf("less the pacing %+v without a run of it", f.AppLessPacer)
 	}
 	var b bytes.Buffer
 	_ = (FloorReport{Rates: []FloorRate{{Rate: 600, Primitives: rr.Primitives, Floor: f}}}).WriteText(&b)

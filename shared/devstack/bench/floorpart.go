@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"sluice/shared/bus"
+	"sluice/shared/devstack"
 	"sluice/shared/devstack/loadgen"
 	"sluice/shared/settings"
 )
@@ -44,9 +45,11 @@ const (
 	PartKafkaConsumer = "kafka-consumer"
 	// PartRedisClient drives go-redis round trips: a SET with a TTL.
 	PartRedisClient = "redis-client"
+	// PartPace drives operations that do nothing: the pacing alone.
+	PartPace = "pace"
 )
 
-var partRoles = []string{PartHTTPServer, PartHTTPClient, PartKafkaProducer, PartKafkaConsumer, PartRedisClient}
+var partRoles = []string{PartHTTPServer, PartHTTPClient, PartKafkaProducer, PartKafkaConsumer, PartRedisClient, PartPace}
 
 // Lines a part prints, read by the floor (proc.Process.WaitLine).
 var (
@@ -79,8 +82,8 @@ type PartConfig struct {
 func (c PartConfig) Validate() error {
 	var p settings.Problems
 	p.Check(slices.Contains(partRoles, c.Role), "floor-part", "%q is none of %s", c.Role, strings.Join(partRoles, ", "))
-	p.Check(c.Addr != "" || c.Role == PartHTTPServer, "addr", "is required")
-	driver := c.Role == PartHTTPClient || c.Role == PartKafkaProducer || c.Role == PartRedisClient
+	p.Check(c.Addr != "" || c.Role == PartHTTPServer || c.Role == PartPace, "addr", "is required")
+	driver := c.Role == PartHTTPClient || c.Role == PartKafkaProducer || c.Role == PartRedisClient || c.Role == PartPace
 	p.Check(!driver || c.Rate > 0 && c.Rate <= 50000, "rate", "must be from 1 to 50000 a second, got %g", c.Rate)
 	p.Check(!driver || c.Duration > 0, "duration", "must be positive, got %v", c.Duration)
 	p.Check(c.Warmup >= 0, "warmup", "must not be negative, got %v", c.Warmup)
@@ -149,25 +152,15 @@ func serveHTTPPart(ctx context.Context, c PartConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	fmt.Fprintf(out, "floor: listening addr=%s\n", ln.Addr())
+	return devstack.ServeUntil(ctx, ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, err := io.Copy(io.Discard, r.Body); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(floorReply)
-	})}
-	fmt.Fprintf(out, "floor: listening addr=%s\n", ln.Addr())
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return srv.Shutdown(sctx)
+	}))
 }
 
 func consumeKafkaPart(ctx context.Context, c PartConfig, out io.Writer, log *slog.Logger) error {
@@ -251,6 +244,8 @@ func partOp(ctx context.Context, c PartConfig, log *slog.Logger) (op func(ctx co
 			rec := &kgo.Record{Key: strconv.AppendInt(nil, i, 36), Value: value}
 			return cl.ProduceSync(ctx, rec).FirstErr()
 		}, cl.Close, nil
+	case PartPace:
+		return func(context.Context, int64) error { return nil }, func() {}, nil
 	case PartRedisClient:
 		rdb := redis.NewClient(&redis.Options{Addr: c.Addr})
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -199,6 +198,12 @@ type FloorSum struct {
 	App      Spread `json:"app_us"`
 	// AppSyscalls are the read and write system calls of App's terms.
 	AppSyscalls float64 `json:"app_syscalls"`
+	// Pacer is the pace primitive's CPU per operation, and AppLessPacer
+	// App less Pacer for each operation of App's terms that a driver
+	// started (PacedOps a answer): zero without a run of pace.
+	Pacer        Spread  `json:"pacer_us"`
+	PacedOps     float64 `json:"paced_ops"`
+	AppLessPacer Spread  `json:"app_less_pacer_us"`
 	// Others sums the broker's, the Redis server's and the LLM server's
 	// terms: beside the figure.
 	Others   Spread  `json:"others_us"`
@@ -245,30 +250,33 @@ func floorOf(rr FloorRate, exchanges []Exchange) FloorSum {
 			s.Max += t.US.Max
 		}
 		switch e.Role {
-		case PaidByProducer:
-			add(&fs.Producer)
+		case PaidByProducer, PaidByConsumer:
+			if e.Role == PaidByProducer {
+				add(&fs.Producer)
+			} else {
+				add(&fs.Consumer)
+			}
 			add(&fs.App)
 			fs.AppSyscalls += t.Syscalls
-		case PaidByConsumer:
-			add(&fs.Consumer)
-			add(&fs.App)
-			fs.AppSyscalls += t.Syscalls
+			if e.Side == driverSide[e.Primitive] {
+				fs.PacedOps += e.Count
+			}
 		default:
 			add(&fs.Others)
 		}
+	}
+	if pace, ok := byName[PrimitivePace]; ok {
+		fs.Pacer = pace.Summary[SideDriver+"_cpu_us"]
+		// The least floor less the greatest pacing, and the other way
+		// round: the range holds every combination of the runs.
+		fs.AppLessPacer = Spread{Median: fs.App.Median - fs.PacedOps*fs.Pacer.Median,
+			Min: fs.App.Min - fs.PacedOps*fs.Pacer.Max, Max: fs.App.Max - fs.PacedOps*fs.Pacer.Min}
 	}
 	return fs
 }
 
 // WriteJSON writes r as one line of JSON.
-func (r FloorReport) WriteJSON(w io.Writer) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("encode report: %w", err)
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
-}
+func (r FloorReport) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // sideLabels name the sides in the text report.
 var sideLabels = map[string]map[string]string{
@@ -276,6 +284,7 @@ var sideLabels = map[string]map[string]string{
 	PrimitiveKafka: {SideProducer: "producer client (kgo produce, acks=all, idempotent)", SideConsumer: "consumer client (kgo, consumer group)",
 		SideBroker: "broker (embedded kfake: the produce and the fetch)"},
 	PrimitiveRedis: {SideClient: "client (go-redis SET with a TTL)", SideRedisServer: "Redis server (INFO cpu)"},
+	PrimitivePace:  {SideDriver: "driver alone (the pacing: a timer wake-up, a goroutine)"},
 }
 
 // WriteText writes r for a person: the conditions; per rate, each
@@ -299,14 +308,8 @@ func (r FloorReport) WriteText(w io.Writer) error {
 	for _, rr := range r.Rates {
 		fmt.Fprintf(&b, "\noffered %g/s\n  %-58s %9s  %-17s %9s %11s\n", rr.Rate, "per operation", "CPU µs", "(min – max)", "kernel µs", "syscalls")
 		for _, p := range rr.Primitives {
-			head := fmt.Sprintf("%s: %d run(s)", p.Name, len(p.Runs))
-			if len(p.Discarded) > 0 {
-				var others []string
-				for _, d := range p.Discarded {
-					others = append(others, fmt.Sprintf("%.2f", d.OtherCores))
-				}
-				head += fmt.Sprintf(" (%d more discarded: the rest of the machine used %s cores)", len(p.Discarded), strings.Join(others, ", "))
-			}
+			head := fmt.Sprintf("%s: %d run(s)", p.Name, len(p.Runs)) +
+				discardedNote(p.Discarded, func(r FloorRun) float64 { return r.OtherCores })
 			if len(p.Runs) == 0 {
 				fmt.Fprintf(&b, "  %s\n", head)
 				continue
@@ -364,6 +367,9 @@ func writeFloor(b *strings.Builder, f FloorSum) {
 	fmt.Fprintf(b, "  %-58s %9s\n", "  target (issue 15), µs/answer", num(f.TargetUS, 0))
 	if f.TargetUS > 0 {
 		fmt.Fprintf(b, "  %-58s %9s\n", "  floor / target", num(f.App.Median/f.TargetUS, 2))
+	}
+	if f.PacedOps > 0 && f.Pacer != (Spread{}) {
+		line(fmt.Sprintf("  less the pacing, %s × %s µs", num(f.PacedOps, 2), num(f.Pacer.Median, 1)), f.AppLessPacer)
 	}
 	fmt.Fprintf(b, "  %-58s %9s\n", "floor, producer + consumer read+write syscalls/answer", num(f.AppSyscalls, 1))
 	line("beside it: broker, Redis server, LLM server µs/answer", f.Others)

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -14,14 +13,7 @@ import (
 )
 
 // WriteJSON writes r as one line of JSON.
-func (r LanesReport) WriteJSON(w io.Writer) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
-}
+func (r LanesReport) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // scenarios returns the scenarios of r in the order first run, and their
 // runs.

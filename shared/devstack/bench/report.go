@@ -207,8 +207,11 @@ func spread(vs []float64) Spread {
 }
 
 // WriteJSON writes r as one line of JSON.
-func (r Report) WriteJSON(w io.Writer) error {
-	b, err := json.Marshal(r)
+func (r Report) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
+
+// writeJSON writes a report as one line of JSON.
+func writeJSON(w io.Writer, report any) error {
+	b, err := json.Marshal(report)
 	if err != nil {
 		return fmt.Errorf("encode report: %w", err)
 	}
@@ -236,14 +239,8 @@ func (r Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "  producer and consumer settings: %s\n", strings.Join(c.Env, " "))
 	}
 	for _, rr := range r.Rates {
-		head := fmt.Sprintf("offered %g/s, %d run(s)", rr.Rate, len(rr.Runs))
-		if len(rr.Discarded) > 0 {
-			var others []string
-			for _, d := range rr.Discarded {
-				others = append(others, fmt.Sprintf("%.2f", d.OtherCores))
-			}
-			head += fmt.Sprintf(" (%d more discarded: the rest of the machine used %s cores)", len(rr.Discarded), strings.Join(others, ", "))
-		}
+		head := fmt.Sprintf("offered %g/s, %d run(s)", rr.Rate, len(rr.Runs)) +
+			discardedNote(rr.Discarded, func(r RunResult) float64 { return r.OtherCores })
 		fmt.Fprintf(&b, "\n%s\n  %-50s %10s   %s\n", head, "", "median", "min – max")
 		if len(rr.Runs) == 0 {
 			continue
@@ -320,4 +317,17 @@ func num(v float64, decimals int) string {
 		s += "." + frac
 	}
 	return s
+}
+
+// discardedNote says how many runs were discarded and how busy the rest of
+// the machine was in each; "" when none was.
+func discardedNote[R any](discarded []R, otherCores func(R) float64) string {
+	if len(discarded) == 0 {
+		return ""
+	}
+	others := make([]string, len(discarded))
+	for i, d := range discarded {
+		others[i] = fmt.Sprintf("%.2f", otherCores(d))
+	}
+	return fmt.Sprintf(" (%d more discarded: the rest of the machine used %s cores)", len(discarded), strings.Join(others, ", "))
 }
