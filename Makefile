@@ -14,7 +14,7 @@ FUZZTIME ?= 3s
 # Flags of `make loadgen`, e.g. LOADGEN_ARGS='--users 200 --duration 20s --mode async'.
 LOADGEN_ARGS ?= --users 50 --duration 10s
 
-.PHONY: all build run test test-short fuzz-short vet fmt bench bench-cpu bench-lanes loadgen lab verify-k8s clean
+.PHONY: all build run test test-short fuzz-short vet fmt bench bench-cpu bench-floor bench-lanes loadgen lab verify-k8s clean
 
 all: build
 
@@ -61,6 +61,14 @@ bench: ## Go benchmarks of the hot functions (make bench-cpu measures the proces
 BENCH_ARGS ?=
 bench-cpu: build ## sluice bench: CPU µs and syscalls per answer at fixed rates
 	./$(BIN) bench $(BENCH_ARGS)
+
+# The floor of issue 15 (docs/benchmarks.md "The floor"): CPU and syscalls
+# per operation of the minimal exchanges one answer makes (HTTP POST, Kafka
+# produce and consume, Redis round trip, the pacing alone), each side a
+# process of its own, at the same rates, and their sum for one answer
+# against the 150 µs target. BENCH_ARGS adds flags as for bench-cpu.
+bench-floor: build ## sluice bench --floor: the least one answer's exchanges cost
+	./$(BIN) bench --floor $(BENCH_ARGS)
 
 # What a bots' backlog does to the storefront, two lanes against one (issue
 # 13, docs/benchmarks.md "Two lanes"): sluice bench --lanes deploys the

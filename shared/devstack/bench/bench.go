@@ -31,6 +31,12 @@
 // ProfileDir set, one more run per rate, not counted, takes a CPU profile
 // of each process over its window from its admin listener's
 // /debug/pprof/profile.
+//
+// RunFloor (`sluice bench --floor`) measures, with the same readers and
+// rules, the minimal network exchanges an answer makes, each side in a
+// process of its own (RunPart), and their sum for one answer
+// (AnswerExchanges); RunLanes (`sluice bench --lanes`) a bulk backlog's
+// effect on interactive answers.
 package bench
 
 import (

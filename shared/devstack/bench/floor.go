@@ -34,7 +34,7 @@ const (
 	// reply: the ingress every answer pays (server side), and the
 	// consumer's LLM call (client side).
 	PrimitiveHTTP = "http"
-	// PrimitiveKafka is one kgo produce of a ~300-byte record, awaited
+	// PrimitiveKafka is one kgo produce of a ~340-byte record, awaited
 	// until acknowledged, to the embedded broker, and its consume by
 	// another client in a consumer group: each hop of an answer.
 	PrimitiveKafka = "kafka"

@@ -36,7 +36,7 @@ const (
 	PartHTTPServer = "http-server"
 	// PartHTTPClient drives keep-alive POSTs of a small JSON body at it.
 	PartHTTPClient = "http-client"
-	// PartKafkaProducer drives kgo produces of a ~300-byte record with the
+	// PartKafkaProducer drives kgo produces of a ~340-byte record with the
 	// producer's settings (acks=all, idempotent, linger 0, snappy), each
 	// awaited until acknowledged.
 	PartKafkaProducer = "kafka-producer"
@@ -265,7 +265,7 @@ func partOp(ctx context.Context, c PartConfig, log *slog.Logger) (op func(ctx co
 	return nil, nil, fmt.Errorf("%s is no driver", c.Role)
 }
 
-// floorRecord returns a ~300-byte JSON value, about a chat request's
+// floorRecord returns a ~340-byte JSON value, about a chat request's
 // envelope.
 func floorRecord() []byte {
 	b, _ := json.Marshal(map[string]any{
