@@ -61,7 +61,7 @@ func benchFlags(c *bench.FloorConfig, floor, jsonOut *bool, out io.Writer) *flag
 	fs.DurationVar(&c.QuietWait, "quiet-wait", c.QuietWait, "longest wait for a quiet machine before a run; it then starts anyway")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "after each rate's runs, one more run whose CPU profile of each process (pprof) goes to DIR/<role>-<rate>.pprof")
 	fs.BoolVar(jsonOut, "json", false, "print the report as one line of JSON on stdout instead of the table")
-	fs.BoolVar(floor, "floor", false, "measure the floor instead: CPU µs and syscalls per operation of the minimal exchanges an answer makes (HTTP POST, Kafka produce and consume, Redis round trip), each side a process of its own, and their sum for one answer against issue 15's target (--env, --profile-dir, --user-interval and --wait-ms do not apply)")
+	fs.BoolVar(floor, "floor", false, "measure the floor instead: CPU µs and syscalls per operation of the minimal exchanges an answer makes (HTTP POST, Kafka produce and consume, Redis round trip, the pacing alone), each side a process of its own, and their sum for one answer against issue 15's target (--env, --profile-dir, --user-interval and --wait-ms do not apply)")
 	fs.Var(settings.List{P: &c.Primitives}, "primitives", "with --floor: the primitives to measure, comma-separated: "+strings.Join(bench.Primitives, ", "))
 	return fs
 }

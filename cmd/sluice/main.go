@@ -11,6 +11,7 @@
 //	sluice lab        the autoscaling lab: consumers scaled by the HPA on a traffic profile
 //	sluice bench      CPU and system calls per answer of each process at fixed open-loop rates;
 //	                  with --lanes, a bulk backlog's effect on interactive latency, two lanes vs one
+//	                  with --floor, the least one answer's network exchanges cost (issue 15)
 //
 // Every flag has an environment twin: --kafka-brokers is SLUICE_KAFKA_BROKERS.
 package main
@@ -58,7 +59,9 @@ Commands:
   bench      CPU time and system calls per answered request of the producer,
              consumer and broker processes at fixed open-loop rates;
              --lanes first: interactive latency and bulk throughput with a
-             bulk backlog, two lanes against one
+             bulk backlog, two lanes against one; --floor: CPU and system
+             calls per operation of the exchanges one answer makes, at the
+             least, and their sum for one answer
   version    print the version
 
 Run 'sluice <command> -h' for a command's flags. Every flag has an

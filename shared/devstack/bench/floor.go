@@ -143,16 +143,18 @@ func RunFloor(ctx context.Context, cfg FloorConfig, log *slog.Logger, progress f
 			rep.Conditions.RedisPrefix = fmt.Sprintf("sluicefloor:%d", time.Now().UnixNano())
 		}
 	}
-	defer func() {
+	// done sums the floor of each rate from what was measured.
+	done := func(err error) (FloorReport, error) {
 		for i := range rep.Rates {
 			rep.Rates[i].Floor = floorOf(rep.Rates[i], rep.Conditions.Exchanges)
 		}
-	}()
+		return rep, err
+	}
 	for _, prim := range prims {
 		st, err := startStand(ctx, prim, bin, cfg.Config, rep.Conditions, log)
 		if err != nil {
 			st.stop(log)
-			return rep, fmt.Errorf("%s primitive: %w", prim, err)
+			return done(fmt.Errorf("%s primitive: %w", prim, err))
 		}
 		log.Info("bench floor: up", "primitive", prim)
 		for i, rate := range cfg.Rates {
@@ -160,12 +162,12 @@ func RunFloor(ctx context.Context, cfg FloorConfig, log *slog.Logger, progress f
 			rep.Rates[i].Primitives = append(rep.Rates[i].Primitives, fp)
 			if err != nil {
 				st.stop(log)
-				return rep, fmt.Errorf("%s primitive, rate %g/s: %w", prim, rate, err)
+				return done(fmt.Errorf("%s primitive, rate %g/s: %w", prim, rate, err))
 			}
 		}
 		st.stop(log)
 	}
-	return rep, nil
+	return done(nil)
 }
 
 // floorRedis returns the address of the Redis the floor measures, or ""
