@@ -175,7 +175,8 @@ func floorFigures(prim string) []figure[FloorRun] {
 		fs = append(fs,
 			figure[FloorRun]{s + "_cpu_us", s + " CPU µs/op", 1, func(r FloorRun) float64 { return r.Sides[s].CPUUS }},
 			figure[FloorRun]{s + "_sys_us", s + " kernel µs/op", 1, func(r FloorRun) float64 { return r.Sides[s].SysUS }},
-			figure[FloorRun]{s + "_syscalls", s + " syscalls/op", 2, func(r FloorRun) float64 { return r.Sides[s].Syscalls }})
+			figure[FloorRun]{s + "_syscalls", s + " syscalls/op", 2, func(r FloorRun) float64 { return r.Sides[s].Syscalls }},
+			figure[FloorRun]{s + "_sleeps", s + " thread sleeps/op", 2, func(r FloorRun) float64 { return r.Sides[s].Sleeps }})
 	}
 	return fs
 }

@@ -105,6 +105,10 @@ type ProcessCost struct {
 	Syscalls float64 `json:"syscalls"`
 	Reads    float64 `json:"reads"`
 	Writes   float64 `json:"writes"`
+	// Sleeps is how often the process's threads blocked and were woken
+	// again (voluntary context switches): each wake-up of an idle Go
+	// process costs its scheduler and the kernel, whatever it then does.
+	Sleeps float64 `json:"sleeps"`
 	// Cores is the process's average CPU use over the window.
 	Cores float64 `json:"cores"`
 	// Kafka requests its clients wrote, per answer: produce, fetch, and
@@ -146,9 +150,11 @@ var figures = []figure[RunResult]{
 	{"producer_cpu_us", "producer CPU µs/answer", 0, func(r RunResult) float64 { return r.Producer.CPUUS }},
 	{"producer_sys_us", "  of which kernel", 0, func(r RunResult) float64 { return r.Producer.SysUS }},
 	{"producer_syscalls", "producer read+write syscalls/answer", 1, func(r RunResult) float64 { return r.Producer.Syscalls }},
+	{"producer_sleeps", "producer thread sleeps/answer (voluntary context switches)", 1, func(r RunResult) float64 { return r.Producer.Sleeps }},
 	{"consumer_cpu_us", "consumer CPU µs/answer", 0, func(r RunResult) float64 { return r.Consumer.CPUUS }},
 	{"consumer_sys_us", "  of which kernel", 0, func(r RunResult) float64 { return r.Consumer.SysUS }},
 	{"consumer_syscalls", "consumer read+write syscalls/answer", 1, func(r RunResult) float64 { return r.Consumer.Syscalls }},
+	{"consumer_sleeps", "consumer thread sleeps/answer (voluntary context switches)", 1, func(r RunResult) float64 { return r.Consumer.Sleeps }},
 	{"producer_kafka_produce", "Kafka produce requests/answer, producer", 2, func(r RunResult) float64 { return r.Producer.KafkaProduce }},
 	{"consumer_kafka_produce", "Kafka produce requests/answer, consumer", 2, func(r RunResult) float64 { return r.Consumer.KafkaProduce }},
 	{"producer_kafka_fetch", "Kafka fetch requests/answer, producer", 2, func(r RunResult) float64 { return r.Producer.KafkaFetch }},
@@ -156,6 +162,7 @@ var figures = []figure[RunResult]{
 	{"kafka_other", "Kafka other requests/answer, both", 3, func(r RunResult) float64 { return r.Producer.KafkaOther + r.Consumer.KafkaOther }},
 	{"broker_cpu_us", "dev process (broker + mock LLM) CPU µs/answer", 0, func(r RunResult) float64 { return r.Broker.CPUUS }},
 	{"broker_syscalls", "dev process read+write syscalls/answer", 1, func(r RunResult) float64 { return r.Broker.Syscalls }},
+	{"broker_sleeps", "dev process thread sleeps/answer", 1, func(r RunResult) float64 { return r.Broker.Sleeps }},
 	{"redis_cpu_us", "Redis CPU µs/answer", 0, func(r RunResult) float64 { return redisOf(r).CPUUS }},
 	{"redis_commands", "Redis commands/answer", 1, func(r RunResult) float64 { return redisOf(r).Commands }},
 	{"loadgen_cpu_us", "load generator CPU µs/answer", 0, func(r RunResult) float64 { return r.LoadGen.CPUUS }},

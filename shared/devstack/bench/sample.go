@@ -378,6 +378,7 @@ func costOf(u proc.Usage, n, secs float64) ProcessCost {
 		SysUS:  float64(u.SysTicks) / hz * 1e6 / n,
 		Reads:  float64(u.ReadCalls) / n,
 		Writes: float64(u.WriteCalls) / n,
+		Sleeps: float64(u.Sleeps) / n,
 		Cores:  float64(u.UserTicks+u.SysTicks) / hz / secs,
 	}
 	c.Syscalls = c.Reads + c.Writes

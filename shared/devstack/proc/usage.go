@@ -24,6 +24,13 @@ type Usage struct {
 	// I/O goes through these, so they count a server's socket reads and
 	// writes; epoll_wait, futex, sendmsg and the like are not counted.
 	ReadCalls, WriteCalls uint64
+	// Sleeps counts the times a thread of the process blocked and gave up
+	// its CPU (voluntary_ctxt_switches of /proc/PID/task/TID/status,
+	// summed over the threads alive at the reading): in a Go process, a
+	// thread parking in futex or epoll_wait with nothing to run, each
+	// later woken again. Threads that exited took their counts with them
+	// (Go's rarely exit).
+	Sleeps uint64
 }
 
 // Read reads the usage of process pid from /proc/PID/stat and /proc/PID/io.
@@ -45,13 +52,50 @@ func Read(pid int) (Usage, error) {
 	if u.ReadCalls, u.WriteCalls, err = ParseIO(io); err != nil {
 		return Usage{}, fmt.Errorf("/proc/%d/io: %w", pid, err)
 	}
+	if u.Sleeps, err = readSleeps(pid); err != nil {
+		return Usage{}, err
+	}
 	return u, nil
+}
+
+// readSleeps sums voluntary_ctxt_switches over the threads of process pid.
+func readSleeps(pid int) (uint64, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("read threads: %w", err)
+	}
+	var sum uint64
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/status")
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		n, err := ParseVoluntarySwitches(b)
+		if err != nil {
+			return 0, fmt.Errorf("%s/%s/status: %w", dir, t.Name(), err)
+		}
+		sum += n
+	}
+	return sum, nil
+}
+
+// ParseVoluntarySwitches returns voluntary_ctxt_switches of the contents
+// of a /proc/PID/task/TID/status (or /proc/PID/status) file.
+func ParseVoluntarySwitches(b []byte) (uint64, error) {
+	for line := range bytes.Lines(b) {
+		if v, ok := bytes.CutPrefix(line, []byte("voluntary_ctxt_switches:")); ok {
+			return strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
+		}
+	}
+	return 0, errors.New("no voluntary_ctxt_switches line")
 }
 
 // Sub returns u minus an earlier reading v: what was used in between.
 func (u Usage) Sub(v Usage) Usage {
 	return Usage{UserTicks: u.UserTicks - v.UserTicks, SysTicks: u.SysTicks - v.SysTicks,
-		ReadCalls: u.ReadCalls - v.ReadCalls, WriteCalls: u.WriteCalls - v.WriteCalls}
+		ReadCalls: u.ReadCalls - v.ReadCalls, WriteCalls: u.WriteCalls - v.WriteCalls,
+		Sleeps: u.Sleeps - v.Sleeps}
 }
 
 // User is the CPU time spent in user mode.

@@ -138,12 +138,18 @@ func TestReadSelf(t *testing.T) {
 		}
 	}
 	f.Close()
+	for range 10 { // an idle process: its threads block, and are woken
+		time.Sleep(2 * time.Millisecond)
+	}
 	after, err := proc.Read(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := after.Sub(before).ReadCalls; got < 10 {
 		t.Errorf("10 preads counted as %d read calls", got)
+	}
+	if got := after.Sub(before).Sleeps; got < 10 {
+		t.Errorf("10 sleeps of an idle process counted as %d thread sleeps", got)
 	}
 	if _, err := proc.Read(-1); err == nil {
 		t.Error("read the usage of pid -1")
@@ -166,5 +172,15 @@ func TestParseMachine(t *testing.T) {
 	}
 	if _, err := proc.ReadMachine(); runtime.GOOS == "linux" && err != nil {
 		t.Error(err)
+	}
+}
+
+func TestParseVoluntarySwitches(t *testing.T) {
+	status := "Name:\tsluice\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n"
+	if n, err := proc.ParseVoluntarySwitches([]byte(status)); err != nil || n != 1234 {
+		t.Errorf("ParseVoluntarySwitches = %d, %v, want 1234", n, err)
+	}
+	if _, err := proc.ParseVoluntarySwitches([]byte("Name:\tsluice\n")); err == nil {
+		t.Error("a status without the line parsed")
 	}
 }
