@@ -56,7 +56,7 @@ func benchFlags(c *bench.FloorConfig, floor, jsonOut *bool, out io.Writer) *flag
 	fs.IntVar(&c.WaitMS, "wait-ms", c.WaitMS, "wait_ms of the questions")
 	fs.StringVar(&c.Redis, "redis", c.Redis, "auto (the machine's Redis at "+bench.DefaultRedis+" when it answers, else the embedded one), embedded, or host:port; a shared Redis is used under a key prefix of the run's own, deleted afterwards")
 	fs.Var(int32Value{&c.Partitions}, "partitions", "partitions of the topics")
-	fs.Var(settings.List{P: &c.Env}, "env", "SLUICE_NAME=value,...: settings of the producer and the consumer under test, e.g. SLUICE_KAFKA_LINGER=2ms")
+	fs.Var(settings.List{P: &c.Env}, "env", "SLUICE_NAME=value,...: settings of the producer and the consumer under test, e.g. SLUICE_KAFKA_LINGER=2ms; also the Go runtime's GOMAXPROCS, GOGC, GOMEMLIMIT and GODEBUG")
 	fs.Float64Var(&c.MaxOtherCores, "max-other-cores", c.MaxOtherCores, "discard and repeat a run during which the rest of the machine used more than this many cores, and wait before each run until it is this quiet (0: keep every run)")
 	fs.DurationVar(&c.QuietWait, "quiet-wait", c.QuietWait, "longest wait for a quiet machine before a run; it then starts anyway")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "after each rate's runs, one more run whose CPU profile of each process (pprof) goes to DIR/<role>-<rate>.pprof")

@@ -139,7 +139,7 @@ func (c Config) Validate() error {
 	p.Check(c.QuietWait >= 0, "quiet-wait", "must not be negative, got %v", c.QuietWait)
 	for _, e := range c.Env {
 		k, _, ok := cutEnv(e)
-		p.Check(ok, "env", "%q is not SLUICE_NAME=value", e)
+		p.Check(ok, "env", "%q is not SLUICE_NAME=value or a Go runtime setting (GOMAXPROCS, GOGC, GOMEMLIMIT, GODEBUG)", e)
 		p.Check(!ok || !owned[k], "env", "%s is the bench's own to set", k)
 	}
 	return p.Err()
@@ -367,8 +367,12 @@ func (d *deployment) measure(ctx context.Context, cfg Config, rate float64, run 
 	return compute(rate, run, lres, before, after), nil
 }
 
-// cutEnv splits SLUICE_NAME=value.
+// goRuntime are the Go runtime's settings --env may give the processes
+// under test besides Sluice's own.
+var goRuntime = map[string]bool{"GOMAXPROCS": true, "GOGC": true, "GOMEMLIMIT": true, "GODEBUG": true}
+
+// cutEnv splits SLUICE_NAME=value, or a Go runtime setting.
 func cutEnv(e string) (key, value string, ok bool) {
 	key, value, ok = strings.Cut(e, "=")
-	return key, value, ok && strings.HasPrefix(key, "SLUICE_") && len(key) > len("SLUICE_")
+	return key, value, ok && (strings.HasPrefix(key, "SLUICE_") && len(key) > len("SLUICE_") || goRuntime[key])
 }

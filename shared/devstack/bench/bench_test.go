@@ -181,17 +181,17 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 	c := DefaultConfig()
-	c.Rates, c.Runs, c.Env = []float64{600, -1}, 0, []string{"KAFKA_LINGER=1ms", "SLUICE_REDIS_ADDR=x", "SLUICE_KAFKA_LINGER=2ms"}
+	c.Rates, c.Runs, c.Env = []float64{600, -1}, 0, []string{"KAFKA_LINGER=1ms", "GOARCH=386", "SLUICE_REDIS_ADDR=x", "SLUICE_KAFKA_LINGER=2ms", "GOMAXPROCS=1"}
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"--rates", "--runs", `"KAFKA_LINGER=1ms" is not SLUICE_NAME=value`, "SLUICE_REDIS_ADDR is the bench's own"} {
+	for _, want := range []string{"--rates", "--runs", `"KAFKA_LINGER=1ms" is not SLUICE_NAME=value`, `"GOARCH=386" is not SLUICE_NAME=value`, "SLUICE_REDIS_ADDR is the bench's own"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: want it to name %q", err, want)
 		}
 	}
-	if strings.Contains(err.Error(), "SLUICE_KAFKA_LINGER") {
+	if strings.Contains(err.Error(), "SLUICE_KAFKA_LINGER") || strings.Contains(err.Error(), "GOMAXPROCS") {
 		t.Errorf("%v: a setting under test refused", err)
 	}
 }
