@@ -218,8 +218,24 @@ func (r renderedChart) env(c corev1.Container) (env map[string]string, from map[
 			case !created:
 				env[e.Name] = placeholderSecrets[ref.Key]
 			}
+		case e.ValueFrom.ResourceFieldRef != nil && e.Name == "GOMAXPROCS":
+			// The CPU request rounded up: what it is on a node depends on
+			// the pod's resources, which must set it.
+			ref := e.ValueFrom.ResourceFieldRef
+			from[e.Name] = "resourceFieldRef " + ref.Resource
+			cpu, ok := c.Resources.Requests[corev1.ResourceCPU]
+			switch {
+			case ref.Resource != "requests.cpu" || ref.Divisor.String() != "1":
+				problems = append(problems, fmt.Sprintf("GOMAXPROCS from %s with divisor %s, want requests.cpu with divisor 1: whole cores", ref.Resource, ref.Divisor.String()))
+			case ref.ContainerName != "" && ref.ContainerName != c.Name:
+				problems = append(problems, fmt.Sprintf("GOMAXPROCS from container %s's request, not its own", ref.ContainerName))
+			case !ok:
+				problems = append(problems, "GOMAXPROCS from a CPU request the container does not set: it would be the node's cores")
+			default:
+				env[e.Name] = strconv.FormatInt(cpu.MilliValue()/1000+min(cpu.MilliValue()%1000, 1), 10)
+			}
 		default:
-			problems = append(problems, fmt.Sprintf("%s: valueFrom other than a secretKeyRef", e.Name))
+			problems = append(problems, fmt.Sprintf("%s: valueFrom other than a secretKeyRef or GOMAXPROCS's resourceFieldRef", e.Name))
 		}
 	}
 	return env, from, problems
@@ -574,4 +590,46 @@ func reencode(t *testing.T, o charts.Object, v any) charts.Object {
 	}
 	o.JSON = js
 	return o
+}
+
+// TestChartGoMaxProcs: with goMaxProcsFromCPURequest, the producer's and
+// the consumer's GOMAXPROCS is their CPU request rounded up (500m: 1);
+// without it, Go's own.
+func TestChartGoMaxProcs(t *testing.T) {
+	for _, set := range slices.Sorted(maps.Keys(charts.ValueSets)) {
+		t.Run(set, func(t *testing.T) {
+			vals, err := charts.Values(set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			on := true // the chart's default; the set may turn it off
+			if v, ok := vals["goMaxProcsFromCPURequest"].(bool); ok {
+				on = v
+			}
+			r := renderChart(t, set)
+			seen := 0
+			for id, pod := range r.podTemplates(t) {
+				for _, c := range pod.Spec.Containers {
+					if len(c.Args) == 0 || (c.Args[0] != "producer" && c.Args[0] != "consumer") {
+						continue
+					}
+					seen++
+					env, _, problems := r.env(c)
+					for _, p := range problems {
+						t.Errorf("%s: %s", id, p)
+					}
+					got, ok := env["GOMAXPROCS"]
+					switch {
+					case on && got != "1":
+						t.Errorf("%s container %s: GOMAXPROCS %q (set %v), want 1: its 500m request rounded up", id, c.Name, got, ok)
+					case !on && ok:
+						t.Errorf("%s container %s: GOMAXPROCS %q with goMaxProcsFromCPURequest off", id, c.Name, got)
+					}
+				}
+			}
+			if seen < 2 {
+				t.Errorf("%d producer and consumer containers rendered, want both", seen)
+			}
+		})
+	}
 }

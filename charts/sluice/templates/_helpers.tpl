@@ -173,6 +173,22 @@ existing Secret, optional; of the chart's Secret, those it holds.
 {{- end -}}
 {{- end -}}
 
+{{/*
+The GOMAXPROCS env entry of container .container whose resources are
+.resources: its CPU request rounded up, when goMaxProcsFromCPURequest is on
+and the request is set; nothing otherwise.
+*/}}
+{{- define "sluice.goMaxProcs" -}}
+{{- if and .root.Values.goMaxProcsFromCPURequest (dig "requests" "cpu" "" .resources) }}
+- name: GOMAXPROCS
+  valueFrom:
+    resourceFieldRef:
+      containerName: {{ .container }}
+      resource: requests.cpu
+      divisor: "1"
+{{- end -}}
+{{- end -}}
+
 {{- define "sluice.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: 65532
