@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -298,7 +299,7 @@ func newMetrics(f promauto.Factory, waiters, wsOpen func() float64) metrics {
 			Name: "sluice_http_requests_total", Help: "HTTP requests served.",
 		}, []string{"route", "method", "code"}),
 		duration: f.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "sluice_http_request_duration_seconds", Help: "HTTP request latency.",
+			Name: "sluice_http_request_duration_seconds", Help: "HTTP request latency. Streams (a POST /v1/chat or poll answered as Server-Sent Events, a WebSocket) are counted in sluice_http_requests_total but not timed here: they last as long as their answer or connection.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"route", "method"}),
 		accepted: metric.Resolve(f.NewCounterVec(prometheus.CounterOpts{
@@ -444,6 +445,10 @@ func (s *Server) routes() *echo.Echo {
 }
 
 // observe counts and times requests by route pattern (bounded labels).
+// A stream (Server-Sent Events, a WebSocket) is counted but not timed: it
+// lasts as long as its answer or its connection, and would make the
+// latency of POST /v1/chat, and the alert on it, that of the slowest
+// model.
 func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
@@ -457,9 +462,19 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		method := c.Request().Method
 		s.m.requests.WithLabelValues(route, method, strconv.Itoa(c.Response().Status)).Inc()
-		s.m.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+		if !isStream(c) {
+			s.m.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+		}
 		return nil
 	}
+}
+
+// isStream tells whether c was answered as a stream: Server-Sent Events,
+// or a WebSocket (101 Switching Protocols).
+func isStream(c echo.Context) bool {
+	r := c.Response()
+	return r.Status == http.StatusSwitchingProtocols ||
+		strings.HasPrefix(r.Header().Get(echo.HeaderContentType), "text/event-stream")
 }
 
 // Run checks Kafka, starts reading replies and serves HTTP on ln (or on the
