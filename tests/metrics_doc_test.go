@@ -405,7 +405,7 @@ var labelValues = map[string]map[string]string{
 	"sluice_http_request_duration_seconds": {"route": "as in `sluice_http_requests_total`"},
 	"sluice_producer_answered_total":       {"how": "`answered`, `timed_out`"},
 	"sluice_producer_replies_total":        {"outcome": "`woke` a waiter, `no_waiter`, `invalid`"},
-	"sluice_producer_store_errors_total":   {"op": "`mark_queued`, `poll`, `history`, `delete`, `hot_answer`"},
+	"sluice_producer_store_errors_total":   {"op": "`mark_queued`, `poll`, `history`, `delete`, `hot_answer`, `stream` (a failed read of an answer stream, SSE or WebSocket, read again after a pause)"},
 	"sluice_producer_rejected_total": {
 		"reason": "`rate_user`, `rate_tenant`, `rate_global` (429); `queue_wait`, `backlog`, `draining`, `kafka` (503)",
 	},
