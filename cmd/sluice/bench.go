@@ -84,7 +84,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if floor {
 			return cfg.Validate()
 		}
-		return cfg.Config.Validate()
+		var p settings.Problems
+		p.Add(cfg.Config.Validate())
+		fs.Visit(func(f *flag.Flag) {
+			p.Check(f.Name != "primitives", "primitives", "applies only with --floor")
+		})
+		return p.Err()
 	}); err != nil {
 		return err
 	}

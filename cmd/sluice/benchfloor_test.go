@@ -86,3 +86,15 @@ func TestBenchFloorSmoke(t *testing.T) {
 		t.Errorf("no progress line of the Kafka run:\n%s", errb.String())
 	}
 }
+
+// TestBenchPrimitivesNeedFloor: --primitives without --floor is refused,
+// named, instead of being ignored.
+func TestBenchPrimitivesNeedFloor(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // bounds a bench that should not run
+	defer cancel()
+	var out, errb syncBuffer
+	err := runBench(ctx, []string{"--primitives", "http", "--rates", "50", "--runs", "1", "--duration", "1s", "--warmup", "0s", "--max-other-cores", "0"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "--primitives") || !strings.Contains(err.Error(), "only with --floor") {
+		t.Fatalf("runBench --primitives without --floor: %v, want an error naming --primitives", err)
+	}
+}
