@@ -664,13 +664,14 @@ func (c *Consumer) slotHeld(d time.Duration) {
 // one slot time, bulk starts keep completions spread, so a slot frees
 // every bulkSpacing, and the pace is the budget's whole rate: bulk never
 // runs slower for it once its slots are taken. Until a record finished,
-// a slot is taken to be held for a second.
+// a slot is taken to be held for a second. It is at least a microsecond
+// (records that end at once, abandoned ones, must not make it 0).
 func (c *Consumer) bulkSpacing() time.Duration {
 	held := time.Duration(c.slotTime.Load())
 	if held <= 0 {
 		held = time.Second
 	}
-	return held / time.Duration(c.cfg.InFlight)
+	return max(held/time.Duration(c.cfg.InFlight), time.Microsecond)
 }
 
 // wait waits for the next records, which it holds, while there is room to

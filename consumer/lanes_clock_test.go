@@ -191,3 +191,24 @@ func TestBulkMinNeverTakesTheWholeBudget(t *testing.T) {
 		t.Errorf("a bulk minimum share of the whole budget: %v, want an error naming bulk-min-share", err)
 	}
 }
+
+// TestBulkSpacingIsNeverZero: records that end at once (abandoned ones)
+// cannot make the pace's spacing 0, which it divides by.
+func TestBulkSpacingIsNeverZero(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.InFlight = 10000
+	c := &Consumer{cfg: cfg}
+	if got := c.bulkSpacing(); got != time.Second/10000 {
+		t.Errorf("spacing before any record finished %v, want a second over the budget", got)
+	}
+	for range 100 {
+		c.slotHeld(0)
+	}
+	l := &lanes{c: c}
+	if got := c.bulkSpacing(); got <= 0 {
+		t.Fatalf("spacing %v after records that held their slots for no time", got)
+	}
+	if n := l.bulkTokens(time.Now()); n < 1 {
+		t.Errorf("%d bulk starts allowed after a pause, want at least one", n)
+	}
+}
