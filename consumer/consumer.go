@@ -575,7 +575,6 @@ type lanes struct {
 	mu     sync.Mutex       // held is also dropped by revoke and lost
 	held   [2][]*kgo.Record // fetched and not started, by lane, in fetch order
 	bulkAt time.Time        // the pace of bulk starts: see bulkTokens
-	wake   time.Time        // when the pace lets a held bulk record start; zero: not held back
 }
 
 // topics returns the topics whose records lane holds.
@@ -614,9 +613,9 @@ func (l *lanes) run(ctx context.Context) error {
 			}
 			got = n
 		}
-		started := 0
+		started, wake := 0, time.Time{}
 		if free > 0 {
-			started = l.start(free)
+			started, wake = l.start(free)
 		}
 		l.fetchControl()
 		if got > 0 || started > 0 {
@@ -624,7 +623,7 @@ func (l *lanes) run(ctx context.Context) error {
 		}
 		// A freed slot matters to the wait only when something is held or
 		// the budget is full; otherwise only new records can change anything.
-		if closed, err := l.wait(ctx, room, free <= 0 || l.heldCount() > 0, l.wakeAt()); closed || err != nil {
+		if closed, err := l.wait(ctx, room, free <= 0 || l.heldCount() > 0, wake); closed || err != nil {
 			return err
 		}
 	}
@@ -718,14 +717,6 @@ func (l *lanes) wait(ctx context.Context, room int, onFreed bool, wake time.Time
 	return closed, err
 }
 
-// wakeAt returns when the pace lets a held bulk record start, zero when
-// none is held back.
-func (l *lanes) wakeAt() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.wake
-}
-
 // take polls up to most records (without waiting when ctx is nil) and
 // holds them by lane. It returns how many it got.
 func (l *lanes) take(ctx context.Context, most int) (got int, closed bool, err error) {
@@ -754,8 +745,9 @@ func (l *lanes) take(ctx context.Context, most int) (got int, closed bool, err e
 // held; bulk records take what is left when no interactive one waits, as
 // fast as their pace allows (Consumer.bulkSpacing; the minimum share's
 // slots are not paced). When the pace holds back a bulk record that could
-// start, l.wake is when it may.
-func (l *lanes) start(free int) int {
+// start, it returns when it may (zero otherwise): a full budget waits for
+// a freed slot, not for the pace.
+func (l *lanes) start(free int) (n int, wake time.Time) {
 	c := l.c
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -765,7 +757,7 @@ func (l *lanes) start(free int) int {
 	if len(l.held[bulk]) > 0 {
 		reserve = min(owed, free)
 	}
-	n := l.startLane(interactive, free-reserve, now)
+	n = l.startLane(interactive, free-reserve, now)
 	free -= n
 	allow := owed
 	if len(l.held[interactive]) == 0 {
@@ -774,11 +766,10 @@ func (l *lanes) start(free int) int {
 	allow = min(allow, free)
 	b := l.startLane(bulk, min(allow, max(l.bulkTokens(now), owed)), now)
 	l.takeBulk(b, now)
-	l.wake = time.Time{}
 	if b < allow && len(l.held[bulk]) > 0 {
-		l.wake = l.bulkNext(now)
+		wake = l.bulkNext(now)
 	}
-	return n + b
+	return n + b, wake
 }
 
 // bulkBurst is how many bulk starts the pace lets through at once after a
